@@ -1,0 +1,27 @@
+"""Models for ratkit: every model normalises [0, 1] inputs itself and exposes `features` and `head`."""
+
+from .base import CIFAR10_MEAN, CIFAR10_STD, RobustModel
+from .preact_resnet import PreActBlock, PreActResNet18
+from .registry import MODELS, build_from_spec, build_model, model_spec, noise_target_names
+from .resnet import ResNet18, ResNetBlock
+from .small_cnn import SmallCNN
+from .wideresnet import BasicBlock, NetworkBlock, WideResNet
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "MODELS",
+    "BasicBlock",
+    "NetworkBlock",
+    "PreActBlock",
+    "PreActResNet18",
+    "ResNet18",
+    "ResNetBlock",
+    "RobustModel",
+    "SmallCNN",
+    "WideResNet",
+    "build_from_spec",
+    "build_model",
+    "model_spec",
+    "noise_target_names",
+]
