@@ -1,0 +1,52 @@
+"""Adapter to the authors' AutoAttack package (``pyautoattack``), standard version only.
+
+Our evaluation protocol needs per-example results (for the worst case over attacks) and a
+progress bar; pyautoattack returns the adversarial batch, so we run it chunk by chunk and
+classify its output ourselves.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from ..modes import model_mode
+
+
+def autoattack_correct(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    batch_size: int = 250,
+    seed: int = 0,
+    progress=None,
+) -> Tensor:
+    """Per-example bool: still correctly classified after standard AutoAttack.
+
+    Standard AutoAttack = APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000
+    queries). The model runs in eval mode; ``progress`` (a tqdm bar or None) is advanced by
+    the number of examples attacked.
+    """
+    from pyautoattack import AutoAttack  # imported lazily: it is only needed here
+
+    if norm not in ("Linf", "L2"):
+        raise ValueError(f"AutoAttack norm {norm!r}: expected 'Linf' or 'L2'")
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)
+    device = x.device
+    correct = torch.zeros(len(x), dtype=torch.bool, device=device)
+    with model_mode(model, False):
+        attack = AutoAttack(model, eps=eps, norm=norm, version="standard", seed=seed,
+                            device=device)
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            x_adv, _ = attack.run_standard_evaluation(xb, yb, batch_size=batch_size)
+            with torch.no_grad():
+                correct[start:start + len(xb)] = model(x_adv.to(device)).argmax(1) == yb
+            if progress is not None:
+                progress.update(len(xb))
+    return correct

@@ -1,0 +1,177 @@
+"""The one attack engine: projected gradient ascent in pixel space.
+
+Training (AT, TRADES, MART, RAT's noisy attack) and evaluation (FGSM, PGD-20, CW-30) all
+call :func:`pgd` with different :class:`PGDConfig` values. The step and the projection are
+separate small functions (as in MadryLab's ``robustness``); the loop is here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..modes import model_mode
+from ..weights import forward_with
+from .losses import LOSSES, attack_loss
+
+NORMS = ("Linf", "L2")
+STARTS = ("none", "uniform", "normal")
+KEEP = ("last", "best")
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """Settings of one attack.
+
+    random_start: "uniform" samples the eps-ball (L2: a point on its sphere), "normal" adds
+    ``init_std * N(0, 1)`` as TRADES does, "none" starts at x.
+    keep: "last" returns the last iterate (the usual training attack); "best" returns, per
+    example, the strongest point seen (misclassified first, then highest loss) over all
+    iterates, restarts and the clean input itself, so it is never weaker than x.
+    train_mode: run the model in train mode during the attack (default eval).
+    """
+
+    eps: float
+    step_size: float
+    steps: int
+    norm: str = "Linf"
+    loss: str = "ce"
+    random_start: str = "uniform"
+    init_std: float = 0.001
+    restarts: int = 1
+    keep: str = "last"
+    train_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"PGDConfig.norm: {self.norm!r} is not one of {NORMS}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"PGDConfig.loss: {self.loss!r} is not one of {LOSSES}")
+        if self.random_start not in STARTS:
+            raise ValueError(f"PGDConfig.random_start: {self.random_start!r} is not one of {STARTS}")
+        if self.keep not in KEEP:
+            raise ValueError(f"PGDConfig.keep: {self.keep!r} is not one of {KEEP}")
+        if self.eps < 0 or self.step_size < 0 or self.init_std < 0:
+            raise ValueError("PGDConfig: eps, step_size and init_std must be >= 0")
+        if self.steps < 0 or self.restarts < 1:
+            raise ValueError("PGDConfig: steps must be >= 0 and restarts >= 1")
+
+
+def fgsm_config(eps: float, norm: str = "Linf") -> PGDConfig:
+    """FGSM is the one-step, no-random-start case of PGD with step size eps."""
+    return PGDConfig(eps=eps, step_size=eps, steps=1, norm=norm, random_start="none")
+
+
+def _flat_norm(t: Tensor) -> Tensor:
+    """Per-example L2 norm, broadcastable against ``t``."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(delta: Tensor, eps: float, norm: str) -> Tensor:
+    """Project a perturbation onto the eps-ball (L2: rescale only if outside)."""
+    if norm == "Linf":
+        return delta.clamp(-eps, eps)
+    scale = (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return delta * scale
+
+
+def ascent_step(delta: Tensor, grad: Tensor, step_size: float, norm: str) -> Tensor:
+    """Steepest ascent for the norm: the sign for Linf, the normalised gradient for L2."""
+    if norm == "Linf":
+        return delta + step_size * grad.sign()
+    return delta + step_size * grad / _flat_norm(grad).clamp_min(1e-12)
+
+
+def clip_to_image(x: Tensor, delta: Tensor) -> Tensor:
+    """Return the part of ``delta`` that keeps x + delta in [0, 1]."""
+    return (x + delta).clamp(0.0, 1.0) - x
+
+
+def random_start(x: Tensor, cfg: PGDConfig, generator: torch.Generator | None) -> Tensor:
+    """Initial perturbation, already projected and clipped."""
+    if cfg.random_start == "none" or cfg.eps == 0:
+        return torch.zeros_like(x)
+    device = generator.device if generator is not None else x.device
+    if cfg.random_start == "normal":
+        noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        delta = cfg.init_std * noise.to(x.device)
+    elif cfg.norm == "Linf":
+        u = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+        delta = (2 * u - 1) * cfg.eps
+    else:
+        g = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+        delta = cfg.eps * g / _flat_norm(g).clamp_min(1e-12)
+    return clip_to_image(x, project(delta, cfg.eps, cfg.norm))
+
+
+def _stronger(loss_new: Tensor, wrong_new: Tensor, loss_old: Tensor, wrong_old: Tensor) -> Tensor:
+    """Per example: is the new point a stronger attack (misclassified first, then loss)?"""
+    return (wrong_new & ~wrong_old) | ((wrong_new == wrong_old) & (loss_new > loss_old))
+
+
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    cfg: PGDConfig,
+    *,
+    params: Mapping[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    target_probs: Tensor | None = None,
+) -> Tensor:
+    """Craft adversarial examples for ``model`` (or ``model`` run with ``params``).
+
+    Differentiates with respect to the input only: parameters never receive ``.grad``.
+    The model's train/eval mode is set for the attack and restored afterwards.
+    For the "kl" loss the clean probabilities are computed once (not in every step),
+    unless the caller passes them as ``target_probs``. Returns a detached tensor.
+    """
+    forward = forward_with(model, params)
+    x = x.detach()
+    with model_mode(model, cfg.train_mode), torch.enable_grad():
+        if cfg.loss == "kl" and target_probs is None:
+            with torch.no_grad():
+                target_probs = torch.softmax(forward(x), dim=1)
+
+        def score(x_try: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+            loss = attack_loss(cfg.loss, logits, y, target_probs).detach()
+            return loss, logits.argmax(dim=1) != y
+
+        track = cfg.keep == "best" or cfg.restarts > 1
+        best_x = x.clone()
+        if track:
+            with torch.no_grad():
+                if cfg.keep == "best":
+                    best_loss, best_wrong = score(x, forward(x))
+                else:
+                    best_loss = torch.full_like(y, float("-inf"), dtype=x.dtype)
+                    best_wrong = torch.zeros_like(y, dtype=torch.bool)
+
+        def keep_stronger(x_try: Tensor, loss: Tensor, wrong: Tensor) -> None:
+            nonlocal best_loss, best_wrong
+            better = _stronger(loss, wrong, best_loss, best_wrong)
+            best_x[better] = x_try[better]
+            best_loss = torch.where(better, loss, best_loss)
+            best_wrong = torch.where(better, wrong, best_wrong)
+
+        x_adv = x
+        for _ in range(cfg.restarts):
+            delta = random_start(x, cfg, generator)
+            for _ in range(cfg.steps):
+                delta.requires_grad_(True)
+                logits = forward(x + delta)
+                loss = attack_loss(cfg.loss, logits, y, target_probs)
+                (grad,) = torch.autograd.grad(loss.sum(), delta)
+                delta = delta.detach()
+                if cfg.keep == "best":
+                    keep_stronger(x + delta, loss.detach(), logits.argmax(dim=1) != y)
+                delta = ascent_step(delta, grad, cfg.step_size, cfg.norm)
+                delta = clip_to_image(x, project(delta, cfg.eps, cfg.norm))
+            x_adv = (x + delta).detach()
+            if track:
+                with torch.no_grad():
+                    keep_stronger(x_adv, *score(x_adv, forward(x_adv)))
+    return best_x if track else x_adv
