@@ -1,0 +1,92 @@
+"""AWP, Adversarial Weight Perturbation (Wu et al., NeurIPS 2020), around any method's step.
+
+Per step: craft x_adv with the wrapped method; take the gradient g of the method's objective
+(``Method.objective``) with respect to every weight tensor (dim > 1) in train mode; perturb
+each such weight by v = gamma * ||w|| * g / ||g|| (what the authors' one-step proxy optimiser
+computes, since its learning rate cancels in the normalisation); compute the method's loss
+on the perturbed weights, step the optimizer, and remove v again, in a ``finally``.
+
+No proxy copy of the model is made; the objective's forward may move BatchNorm running
+statistics, so they are saved and restored around it (the authors' proxy model leaves the
+live statistics alone, and so do we).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .base import LossOutput, Method, NonFiniteLossError
+
+_EPS = 1e-20
+
+
+@contextmanager
+def buffers_preserved(model: nn.Module):
+    """Restore every buffer (e.g. BN running statistics) to its value on entry."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def perturbed_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights AWP perturbs: every parameter with more than one dimension (conv kernels,
+    linear matrices), chosen by shape, never by name; biases and BN affine terms stay put."""
+    return [p for p in model.parameters() if p.dim() > 1 and p.requires_grad]
+
+
+@dataclass
+class AWP(Method):
+    method: Method = field(default=None)  # type: ignore[assignment]
+    gamma: float = 5e-3
+    warmup: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, Method):
+            raise TypeError(f"AWP wraps a method, got {type(self.method).__name__}")
+        if self.gamma < 0 or self.warmup < 0:
+            raise ValueError(f"AWP needs gamma >= 0 and warmup >= 0, got {self.gamma}, {self.warmup}")
+
+    def craft(self, model, x, y, *, generator=None):
+        return self.method.craft(model, x, y, generator=generator)
+
+    def loss(self, model, x, x_adv, y) -> LossOutput:
+        return self.method.loss(model, x, x_adv, y)
+
+    def objective(self, model, x, x_adv, y):
+        return self.method.objective(model, x, x_adv, y)
+
+    def perturbation(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> list[Tensor]:
+        """v for each weight in ``perturbed_weights(model)`` order; the live weights are not changed."""
+        weights = perturbed_weights(model)
+        with buffers_preserved(model), torch.enable_grad():
+            objective = self.method.objective(model, x, x_adv, y)
+            if not torch.isfinite(objective):
+                raise NonFiniteLossError(f"non-finite AWP objective {objective.item()}; weights left unchanged")
+            grads = torch.autograd.grad(objective, weights, allow_unused=True)
+        return [torch.zeros_like(w) if g is None else
+                self.gamma * w.detach().norm() / (g.norm() + _EPS) * g
+                for w, g in zip(weights, grads)]
+
+    def step(self, model, optimizer, x, y, *, generator=None, epoch: int = 0) -> LossOutput:
+        x_adv = self.craft(model, x, y, generator=generator)
+        if epoch < self.warmup or self.gamma == 0:
+            return self.method.update(model, optimizer, x, x_adv, y)
+        weights = perturbed_weights(model)
+        diffs = self.perturbation(model, x, x_adv, y)
+        with torch.no_grad():
+            for w, v in zip(weights, diffs):
+                w.add_(v)
+        try:
+            return self.method.update(model, optimizer, x, x_adv, y)
+        finally:
+            with torch.no_grad():
+                for w, v in zip(weights, diffs):
+                    w.sub_(v)

@@ -1,0 +1,121 @@
+"""What every training method is: how to craft the adversarial batch, and what loss to minimise.
+
+A base method (AT, TRADES, MART) answers both questions in a few lines. Wrappers compose:
+``RAT(TRADES())`` changes the attack model and adds loss terms, ``AWP(method)`` changes the
+weights around the update. Every method also has ``step``, one optimisation step, which
+the trainer calls and AWP overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..attacks import PGDConfig, pgd
+from ..modes import model_mode
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the step was not applied."""
+
+
+@dataclass
+class Outputs:
+    """Train-mode forward results, computed once per step and shared by every loss term."""
+
+    y: Tensor
+    feats_adv: Tensor
+    logits_adv: Tensor
+    feats_clean: Tensor | None = None
+    logits_clean: Tensor | None = None
+
+
+@dataclass
+class LossOutput:
+    """The total loss, its weighted terms (for logging) and the outputs they came from."""
+
+    loss: Tensor
+    terms: dict[str, Tensor]
+    outputs: Outputs
+
+
+def forward_outputs(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, with_clean: bool) -> Outputs:
+    """Clean (if needed) then adversarial forward in train mode, through the model's head."""
+    with model_mode(model, True):
+        feats_clean = logits_clean = None
+        if with_clean:
+            feats_clean = model.features(x)
+            logits_clean = model.head(feats_clean)
+        feats_adv = model.features(x_adv)
+        logits_adv = model.head(feats_adv)
+    return Outputs(y=y, feats_adv=feats_adv, logits_adv=logits_adv,
+                   feats_clean=feats_clean, logits_clean=logits_clean)
+
+
+class Method:
+    """Interface of every method (base or wrapper)."""
+
+    def craft(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
+        raise NotImplementedError
+
+    def objective(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
+        """The loss an adversarial *weight* perturbation (AWP) maximises; by default the method's loss."""
+        return self.loss(model, x, x_adv, y).loss
+
+    def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, x_adv: Tensor,
+               y: Tensor) -> LossOutput:
+        """Loss, backward and optimizer step on a crafted batch; a non-finite loss is never applied."""
+        optimizer.zero_grad(set_to_none=True)
+        out = self.loss(model, x, x_adv, y)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteLossError(f"non-finite loss {out.loss.item()} ({describe_terms(out.terms)})")
+        out.loss.backward()
+        optimizer.step()
+        return out
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
+             generator: torch.Generator | None = None, epoch: int = 0) -> LossOutput:
+        """One training step: craft, then update."""
+        x_adv = self.craft(model, x, y, generator=generator)
+        return self.update(model, optimizer, x, x_adv, y)
+
+
+def describe_terms(terms: Mapping[str, Tensor]) -> str:
+    return ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+
+
+@dataclass
+class BaseMethod(Method):
+    """A base method: an attack (through the one engine) plus loss terms on shared outputs.
+
+    ``primary_term`` names the classification term that RAT scales by (1 - alpha);
+    ``needs_clean`` says whether the terms use the clean logits.
+    """
+
+    attack: PGDConfig = field(default_factory=lambda: train_attack(8 / 255))
+    needs_clean: ClassVar[bool] = True
+    primary_term: ClassVar[str] = ""
+
+    def craft(self, model, x, y, *, generator=None, params: Mapping[str, Tensor] | None = None):
+        return pgd(model, x, y, self.attack, params=params, generator=generator)
+
+    def terms(self, out: Outputs) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, model, x, x_adv, y) -> LossOutput:
+        out = forward_outputs(model, x, x_adv, y, with_clean=self.needs_clean)
+        terms = self.terms(out)
+        return LossOutput(loss=sum(terms.values()), terms=terms, outputs=out)
+
+
+def train_attack(eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
+                 loss: str = "ce", random_start: str = "uniform") -> PGDConfig:
+    """A training attack; the published CIFAR recipe is eps 8/255, 10 steps of 2/255 (= eps/4)."""
+    return PGDConfig(eps=eps, step_size=eps / 4 if step_size is None else step_size, steps=steps, norm=norm,
+                     loss=loss, random_start=random_start)

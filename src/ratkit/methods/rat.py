@@ -1,0 +1,149 @@
+"""RAT, Randomized Adversarial Training (Jin et al., CVPR 2023), as a wrapper of any base method.
+
+Weights are treated as w + u, u ~ N(0, sigma^2 I). The practical algorithm (METHOD.md):
+
+1. craft x_adv with the base method's attack on a *functional* noisy copy of the weights
+   (Gaussian noise on the conv weights; the live parameters are never touched);
+2. from the clean and adversarial head gradients G = dCE/dW (W the last linear layer), take
+   per-class sums s = G 1_d, first-order statistic t1 = |s|, second-order t2 = s * s;
+3. turn gaps between them into per-class soft-target tables T (``soft_target_table``);
+4. loss = base loss with its classification term scaled by (1 - alpha)
+          + alpha   * 1/2 [KL(T(t1_nat - t1_adv)[y] || p(x_adv)) + KL(T(t1_adv - t1_nat)[y] || p(x))]
+          + alpha/2 * 1/2 [KL(T(t2_nat - t2_adv)[y] || p(x_adv)) + KL(T(t2_adv - t2_nat)[y] || p(x))].
+
+For cross-entropy, G = (p - onehot(y))^T h / B, so s = (p - onehot(y))^T (h 1_d) / B comes from
+logits and features the loss already computed: no extra forward or backward pass.
+
+Deliberate deviations from the authors' script (each documented in docs/method.md):
+``pairing="fixed"`` (default) pairs the second-order clean-minus-adversarial table with the
+adversarial output; ``pairing="reference"`` reproduces the script, which uses the
+adversarial-minus-clean table for both outputs. keep = 2 / C for any C >= 2; all-tie gaps
+spread uniformly instead of dividing by zero; the head comes from the model's interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import noise_target_names
+from ..weights import gaussian_noisy_params
+from .base import BaseMethod, LossOutput, Method, Outputs, forward_outputs
+
+PAIRINGS = ("fixed", "reference")
+TAYLOR_MODES = ("analytic", "autograd")
+
+
+def head_gradient_sums(logits: Tensor, feats: Tensor, y: Tensor) -> Tensor:
+    """s = (dCE/dW) 1_d per class, analytically: (softmax(logits) - onehot(y))^T (h 1_d) / B."""
+    residual = torch.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return residual.T @ feats.sum(dim=1) / len(y)
+
+
+def head_gradient_sums_autograd(head: nn.Linear, feats: Tensor, y: Tensor) -> Tensor:
+    """The same statistic by differentiating CE(head(h), y) with respect to W (an independent check)."""
+    with torch.enable_grad():
+        loss = F.cross_entropy(head(feats), y)
+        (grad,) = torch.autograd.grad(loss, head.weight)
+    return grad.sum(dim=1)
+
+
+def soft_target_table(gap: Tensor, keep: float | None = None) -> Tensor:
+    """C x C table: row k keeps ``keep`` (default 2 / C) on class k and spreads 1 - keep over
+    the other classes in proportion to v = gap - min(gap), renormalised without the diagonal.
+
+    Where there is nothing to be proportional to (all gaps tie, or only the diagonal's class
+    is above the minimum) the rest is spread uniformly: the authors' script divides by zero.
+    """
+    num_classes = gap.numel()
+    if num_classes < 2:
+        raise ValueError(f"soft targets need at least 2 classes, got {num_classes}")
+    keep = 2.0 / num_classes if keep is None else keep
+    v = (gap - gap.min()).detach()
+    eye = torch.eye(num_classes, dtype=gap.dtype, device=gap.device)
+    off = v.expand(num_classes, num_classes) * (1 - eye)
+    row_sums = off.sum(dim=1, keepdim=True)
+    uniform = (1 - eye) / (num_classes - 1)
+    spread = torch.where(row_sums > 0, off / row_sums.clamp_min(torch.finfo(gap.dtype).tiny), uniform)
+    return keep * eye + (1 - keep) * spread
+
+
+def kl_from_targets(targets: Tensor, logits: Tensor) -> Tensor:
+    """KL(targets || softmax(logits)), summed over classes, averaged over the batch."""
+    return (torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+@dataclass
+class RAT(Method):
+    """Randomized Adversarial Training around ``base`` (AT, TRADES or MART)."""
+
+    base: BaseMethod = field(default=None)  # type: ignore[assignment]
+    alpha: float = 0.2
+    sigma: float = 1e-4
+    order: tuple[int, ...] = (1, 2)
+    pairing: str = "fixed"
+    noise_layers: str = "conv"
+    taylor: str = "analytic"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, BaseMethod):
+            raise TypeError(f"RAT wraps a base method (AT, TRADES, MART), got {type(self.base).__name__}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"RAT.alpha must be in [0, 1], got {self.alpha}")
+        if self.sigma < 0:
+            raise ValueError(f"RAT.sigma must be >= 0, got {self.sigma}")
+        self.order = tuple(self.order)
+        if not self.order or not set(self.order) <= {1, 2} or len(set(self.order)) != len(self.order):
+            raise ValueError(f"RAT.order must be a non-empty subset of (1, 2), got {self.order}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"RAT.pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+        if self.taylor not in TAYLOR_MODES:
+            raise ValueError(f"RAT.taylor must be one of {TAYLOR_MODES}, got {self.taylor!r}")
+
+    def craft(self, model, x, y, *, generator=None):
+        """The base attack on a noisy functional copy of the weights (sigma = 0: the plain attack)."""
+        params = None
+        if self.sigma > 0:
+            names = noise_target_names(model, self.noise_layers)
+            params = gaussian_noisy_params(model, names, self.sigma, generator)
+        return self.base.craft(model, x, y, generator=generator, params=params)
+
+    def statistics(self, model: nn.Module, out: Outputs) -> tuple[Tensor, Tensor]:
+        """Per-class head-gradient sums s for the clean and the adversarial batch."""
+        if self.taylor == "autograd":
+            return (head_gradient_sums_autograd(model.head, out.feats_clean.detach(), out.y),
+                    head_gradient_sums_autograd(model.head, out.feats_adv.detach(), out.y))
+        return (head_gradient_sums(out.logits_clean.detach(), out.feats_clean.detach(), out.y),
+                head_gradient_sums(out.logits_adv.detach(), out.feats_adv.detach(), out.y))
+
+    def taylor_terms(self, s_nat: Tensor, s_adv: Tensor, out: Outputs) -> dict[str, Tensor]:
+        """The first- and second-order soft-target KL terms, weighted by alpha and alpha / 2."""
+        y, terms = out.y, {}
+        if 1 in self.order:
+            t1_nat, t1_adv = s_nat.abs(), s_adv.abs()
+            to_adv = soft_target_table(t1_nat - t1_adv)[y]
+            to_clean = soft_target_table(t1_adv - t1_nat)[y]
+            terms["taylor1"] = self.alpha * 0.5 * (kl_from_targets(to_adv, out.logits_adv)
+                                                   + kl_from_targets(to_clean, out.logits_clean))
+        if 2 in self.order:
+            t2_nat, t2_adv = s_nat * s_nat, s_adv * s_adv
+            adv_minus_nat = soft_target_table(t2_adv - t2_nat)[y]
+            to_adv = soft_target_table(t2_nat - t2_adv)[y] if self.pairing == "fixed" else adv_minus_nat
+            terms["taylor2"] = self.alpha / 2 * 0.5 * (kl_from_targets(to_adv, out.logits_adv)
+                                                       + kl_from_targets(adv_minus_nat, out.logits_clean))
+        return terms
+
+    def loss(self, model, x, x_adv, y) -> LossOutput:
+        out = forward_outputs(model, x, x_adv, y, with_clean=True)
+        terms = self.base.terms(out)
+        primary = self.base.primary_term
+        terms[primary] = (1 - self.alpha) * terms[primary]
+        terms.update(self.taylor_terms(*self.statistics(model, out), out))
+        return LossOutput(loss=sum(terms.values()), terms=terms, outputs=out)
+
+    def objective(self, model, x, x_adv, y):
+        """AWP around RAT perturbs the weights against the base method's loss, as the authors' script."""
+        return self.base.objective(model, x, x_adv, y)

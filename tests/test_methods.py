@@ -1,0 +1,262 @@
+"""Specifications of the training methods: AT, TRADES, MART and the wrappers RAT and AWP."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ratkit.methods import (AT, AWP, MART, RAT, TRADES, NonFiniteLossError, forward_outputs, head_gradient_sums,
+                            head_gradient_sums_autograd, soft_target_table, train_attack, trades_attack)
+from ratkit.models import build_model
+
+EPS = 0.1
+
+
+def _model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return build_model("smallcnn", channels=(4, 8), hidden=16).to(dtype)
+
+
+def _batch(n=16, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g)
+
+
+BASES = {
+    "at": lambda: AT(attack=train_attack(EPS, steps=3)),
+    "trades": lambda: TRADES(attack=trades_attack(EPS, steps=3)),
+    "mart": lambda: MART(attack=train_attack(EPS, steps=3, random_start="normal")),
+}
+
+
+def test_analytic_and_autograd_head_statistics_agree_in_float64():
+    model = _model(torch.float64)
+    x, y = _batch(dtype=torch.float64)
+    with torch.no_grad():
+        feats = model.features(x)
+        logits = model.head(feats)
+    analytic = head_gradient_sums(logits, feats, y)
+    autograd = head_gradient_sums_autograd(model.head, feats, y)
+    assert torch.allclose(analytic, autograd, atol=1e-6, rtol=0)
+    assert analytic.abs().max() > 1e-4  # the check is not vacuous
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_rat_with_alpha_zero_is_exactly_its_base(base):
+    model = _model()
+    x, y = _batch()
+    x_adv = BASES[base]().craft(model, x, y, generator=torch.Generator().manual_seed(0))
+    base_loss = BASES[base]().loss(model, x, x_adv, y).loss
+    rat_loss = RAT(BASES[base](), alpha=0.0).loss(model, x, x_adv, y).loss
+    assert torch.equal(base_loss, rat_loss)
+    # and with sigma = 0 the crafted batch is the base's own
+    rat_adv = RAT(BASES[base](), alpha=0.0, sigma=0.0).craft(model, x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rat_adv, x_adv)
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_crafting_under_weight_noise_never_touches_the_live_parameters(base):
+    model = _model()
+    x, y = _batch()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rat = RAT(BASES[base](), sigma=1e-2)
+    noisy = rat.craft(model, x, y, generator=torch.Generator().manual_seed(0))
+    plain = BASES[base]().craft(model, x, y, generator=torch.Generator().manual_seed(0))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    assert not torch.equal(noisy, plain)  # the noise did reach the attack
+
+
+@settings(max_examples=60, deadline=None)
+@given(gap=st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=12),
+       tie=st.booleans())
+def test_soft_targets_are_valid_distributions_even_when_all_gaps_tie(gap, tie):
+    g = torch.tensor(gap, dtype=torch.float64)
+    if tie:
+        g = torch.full_like(g, g[0].item())
+    table = soft_target_table(g)
+    c = len(gap)
+    assert not torch.isnan(table).any()
+    assert (table >= 0).all()
+    assert torch.allclose(table.sum(dim=1), torch.ones(c, dtype=torch.float64))
+    assert torch.allclose(table.diagonal(), torch.full((c,), 2.0 / c, dtype=torch.float64))
+    if tie:
+        off = table[~torch.eye(c, dtype=torch.bool)]
+        assert torch.allclose(off, torch.full_like(off, (1 - 2.0 / c) / (c - 1)))
+
+
+def test_soft_targets_need_two_classes():
+    with pytest.raises(ValueError, match="2 classes"):
+        soft_target_table(torch.tensor([1.0]))
+
+
+def _reference_table(gap):
+    """METHOD.md step 3, written out with loops."""
+    c = len(gap)
+    keep = 2.0 / c
+    v = gap - gap.min()
+    v = v / v.sum()
+    table = torch.zeros(c, c, dtype=gap.dtype)
+    for k in range(c):
+        others = sum(v[j] for j in range(c) if j != k)
+        for j in range(c):
+            table[k, j] = keep if j == k else (1 - keep) * v[j] / others
+    return table
+
+
+def _reference_kl(target, logits):
+    p = torch.softmax(logits, 1)
+    return (torch.xlogy(target, target) - target * torch.log(p)).sum(1).mean()  # 0 log 0 = 0, as KLDivLoss
+
+
+@pytest.mark.parametrize("pairing", ["fixed", "reference"])
+def test_rat_trades_loss_equals_a_plain_float64_transcription_of_the_method(pairing):
+    alpha, beta = 0.2, 6.0
+    model = _model(torch.float64, seed=3)
+    x, y = _batch(n=12, dtype=torch.float64, seed=4)
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)).clamp(0, 1)
+    rat = RAT(TRADES(beta=beta), alpha=alpha, pairing=pairing)
+    ours = rat.loss(model, x, x_adv, y).loss
+
+    # --- independent transcription of METHOD.md, step 2 with autograd on the head weight ---
+    model.train()
+    logits_nat, logits_adv = model(x), model(x_adv)
+
+    def head_grad_sums(inp):
+        m = copy.deepcopy(model)
+        m.zero_grad()
+        F.cross_entropy(m(inp), y).backward()
+        return m.head.weight.grad.sum(1)
+
+    s_nat, s_adv = head_grad_sums(x), head_grad_sums(x_adv)
+    t1n, t1a, t2n, t2a = s_nat.abs(), s_adv.abs(), s_nat * s_nat, s_adv * s_adv
+    tab = _reference_table
+    second_adv = tab(t2n - t2a) if pairing == "fixed" else tab(t2a - t2n)
+    p_nat = torch.softmax(logits_nat, 1)
+    expected = ((1 - alpha) * F.cross_entropy(logits_nat, y)
+                + beta * (p_nat * (torch.log(p_nat) - torch.log_softmax(logits_adv, 1))).sum(1).mean()
+                + alpha * 0.5 * (_reference_kl(tab(t1n - t1a)[y], logits_adv) + _reference_kl(tab(t1a - t1n)[y], logits_nat))
+                + alpha / 2 * 0.5 * (_reference_kl(second_adv[y], logits_adv) + _reference_kl(tab(t2a - t2n)[y], logits_nat)))
+    assert torch.allclose(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_reference_and_fixed_pairing_differ_only_in_the_second_order_term():
+    model = _model(torch.float64)
+    x, y = _batch(dtype=torch.float64)
+    x_adv = (x + 0.1 * torch.rand_like(x)).clamp(0, 1)
+    fixed = RAT(TRADES(), pairing="fixed").loss(model, x, x_adv, y).terms
+    ref = RAT(TRADES(), pairing="reference").loss(model, x, x_adv, y).terms
+    assert torch.equal(fixed["taylor1"], ref["taylor1"]) and torch.equal(fixed["natural"], ref["natural"])
+    assert not torch.equal(fixed["taylor2"], ref["taylor2"])
+
+
+@pytest.mark.parametrize("order,present", [((1,), {"taylor1"}), ((2,), {"taylor2"}), ((1, 2), {"taylor1", "taylor2"})])
+def test_order_selects_the_taylor_terms(order, present):
+    model = _model()
+    x, y = _batch()
+    terms = RAT(TRADES(), order=order).loss(model, x, x, y).terms
+    assert {k for k in terms if k.startswith("taylor")} == present
+
+
+def test_rat_at_scales_the_adversarial_cross_entropy_and_uses_one_clean_forward():
+    model = _model()
+    x, y = _batch()
+    x_adv = (x + 0.05).clamp(0, 1)
+    terms = RAT(AT(), alpha=0.3).loss(model, x, x_adv, y).terms
+    plain = AT().loss(model, x, x_adv, y).terms
+    assert torch.allclose(terms["adv_ce"], 0.7 * plain["adv_ce"])
+    calls = []
+    handle = model.head.register_forward_hook(lambda *a: calls.append(1))
+    RAT(AT()).loss(model, x, x_adv, y)
+    handle.remove()
+    assert len(calls) == 2  # one clean, one adversarial forward; nothing recomputed
+
+
+def test_rat_validates_its_settings():
+    for kwargs, needle in [({"alpha": 1.5}, "alpha"), ({"pairing": "x"}, "pairing"), ({"order": (3,)}, "order"),
+                           ({"order": ()}, "order"), ({"sigma": -1}, "sigma"), ({"taylor": "x"}, "taylor")]:
+        with pytest.raises(ValueError, match=needle):
+            RAT(TRADES(), **kwargs)
+    with pytest.raises(TypeError):
+        RAT(RAT(TRADES()))
+
+
+@pytest.mark.parametrize("inner", ["trades", "rat-trades", "at"])
+def test_awp_leaves_the_weights_as_the_optimizer_set_them(inner):
+    make = {"trades": lambda: TRADES(attack=trades_attack(EPS, steps=2)),
+            "rat-trades": lambda: RAT(TRADES(attack=trades_attack(EPS, steps=2)), sigma=0.0),
+            "at": lambda: AT(attack=train_attack(EPS, steps=2))}[inner]
+    gamma = 0.05
+    model = _model(torch.float64)
+    x, y = _batch(dtype=torch.float64)
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    AWP(make(), gamma=gamma).step(model, opt, x, y, generator=torch.Generator().manual_seed(0))
+
+    # by hand: same x_adv, v = gamma ||w|| g/||g|| from the base objective, step at w + v, remove v
+    method = make()
+    x_adv = method.craft(twin, x, y, generator=torch.Generator().manual_seed(0))
+    weights = [p for p in twin.parameters() if p.dim() > 1]
+    proxy = copy.deepcopy(twin)
+    obj = method.objective(proxy, x, x_adv, y)
+    grads = torch.autograd.grad(obj, [p for p in proxy.parameters() if p.dim() > 1])
+    vs = [gamma * w.norm() / g.norm() * g for w, g in zip(weights, grads)]
+    twin_opt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    with torch.no_grad():
+        for w, v in zip(weights, vs):
+            w.add_(v)
+    twin_opt.zero_grad()
+    method.loss(twin, x, x_adv, y).loss.backward()
+    twin_opt.step()
+    with torch.no_grad():
+        for w, v in zip(weights, vs):
+            w.sub_(v)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-10), name
+
+
+def test_awp_restores_the_weights_when_the_loss_is_not_finite():
+    model = _model()
+    x, y = _batch()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Exploding(TRADES):
+        def terms(self, out):
+            terms = super().terms(out)
+            terms["natural"] = terms["natural"] * float("inf")
+            return terms
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError):
+        AWP(Exploding(attack=trades_attack(EPS, steps=1)), gamma=0.1).step(model, opt, x, y)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_awp_during_warmup_is_the_plain_step():
+    model, twin = _model(), _model()
+    x, y = _batch()
+    for m, wrap in ((model, True), (twin, False)):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        method = TRADES(attack=trades_attack(EPS, steps=1))
+        (AWP(method, gamma=0.1, warmup=2) if wrap else method).step(
+            m, opt, x, y, generator=torch.Generator().manual_seed(0), epoch=1)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["at", "trades", "mart", "rat-at", "rat-trades", "rat-mart", "awp-trades", "awp-rat-trades"])
+def test_every_composition_lowers_its_loss_on_a_fixed_batch(name):
+    model = _model()
+    x, y = _batch(n=32)
+    base = BASES[name.split("-")[-1]]()
+    method = RAT(base) if "rat" in name else base
+    method = AWP(method, gamma=1e-3) if name.startswith("awp") else method
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = [method.step(model, opt, x, y, generator=g).loss.item() for _ in range(25)]
+    assert sum(losses[-5:]) < sum(losses[:5])
