@@ -1,0 +1,565 @@
+"""Typed run configuration: dataclasses loaded from YAML presets, overridable from the CLI.
+
+Why plain dataclasses + ``yaml.safe_load``: a run's whole configuration is then one JSON-able
+dict (saved next to every checkpoint), and every mistake is caught once, up front, by
+:func:`validate`, with a one-line :class:`ConfigError` that starts with the dotted field name
+(``method.alpha: must be in [0, 1], got 2.0``) instead of failing hours into training.
+
+Loading order (:func:`load_config`): the ``base:`` chain of YAML files (deep-merged, the
+file itself on top), then the ``section.key=value`` overrides, then type checking and
+coercion (:func:`config_from_dict`), then :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PRESET = "fmnist-cpu"
+CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
+
+METHODS = ("at", "trades", "mart")
+NORMS = ("Linf", "L2")
+PAIRINGS = ("fixed", "reference")
+NOISE_LAYERS = ("conv", "linear", "all")
+TAYLOR_MODES = ("analytic", "autograd")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class ConfigError(Exception):
+    """A bad configuration; the message is one line starting with the dotted field name."""
+
+    def __init__(self, message: str) -> None:
+        # Messages may embed YAML parser text or repr()s of user values: keep them on one
+        # line so the CLI can print them as-is.
+        super().__init__(" ".join(str(message).split()))
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    val_size: int = 5000  # held out of the training set, for checkpoint selection
+    train_subset: int | None = None  # first N of the post-split training set; None = all
+    augment: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smallcnn"  # a ratkit.models.MODELS name or "wrn-D-W"
+    kwargs: dict = field(default_factory=dict)  # extra constructor arguments
+
+
+@dataclass
+class AttackConfig:
+    """The training attack."""
+
+    eps: float | None = None  # None = the dataset's eps for `norm`
+    steps: int = 10
+    step_size: float | None = None  # None = eps / 4
+    norm: str = "Linf"
+
+
+@dataclass
+class MethodConfig:
+    name: str = "trades"
+    beta: float = 6.0
+    rat: bool = True
+    alpha: float = 0.2
+    sigma: float = 1e-4
+    order: list[int] = field(default_factory=lambda: [1, 2])
+    pairing: str = "fixed"
+    noise_layers: str = "conv"
+    taylor: str = "analytic"
+    awp: bool = False
+    awp_gamma: float = 5e-3
+    awp_warmup: int = 0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [100, 150])
+    lr_decay: float = 0.1
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None  # None = chosen by the trainer
+    val_n: int | None = 1000
+    time_budget_s: float | None = None
+
+
+@dataclass
+class EvalConfig:
+    """The final evaluation after training."""
+
+    attacks: str = "clean,fgsm,pgd20,cw30,aa"
+    n: int | None = None
+    aa_n: int | None = 500
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+def _field_types(section: str) -> dict[str, Any]:
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    """(inner type, whether None is allowed) for ``X | None``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return f"list of {typing.get_args(tp)[0].__name__}"
+    return tp.__name__
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples become lists (recursively) so model kwargs survive YAML/JSON round trips."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _coerce(name: str, value: Any, tp: Any, strict: bool = False) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form.
+
+    Ints are accepted for floats. A string that parses as a finite float is accepted for a
+    float field unless ``strict``, because YAML 1.1 reads ``1e-4`` (no dot) as a string.
+    """
+    inner, optional = _split_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: expected {_type_name(inner)}, got None")
+
+    def bad() -> ConfigError:
+        return ConfigError(f"{name}: expected {_type_name(inner)}, got {value!r}")
+
+    if inner is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if inner is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str) and not strict:
+            try:
+                out = float(value)
+            except ValueError:
+                raise bad() from None
+        else:
+            raise bad()
+        if not math.isfinite(out):
+            raise ConfigError(f"{name}: must be finite, got {value!r}")
+        return out
+    if inner is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if inner is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        for k in value:
+            if not isinstance(k, str):
+                raise ConfigError(f"{name}: keys must be strings, got {k!r}")
+        return _jsonable(value)
+    if typing.get_origin(inner) is list:
+        (item,) = typing.get_args(inner)
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        return [_coerce(f"{name}[{i}]", v, item, strict) for i, v in enumerate(value)]
+    raise TypeError(f"{name}: unsupported annotation {tp!r}")  # a bug in this module
+
+
+def _unknown(name: str, known) -> ConfigError:
+    return ConfigError(f"{name}: unknown field; known: {', '.join(known)}")
+
+
+def config_from_dict(d: dict) -> Config:
+    """Build a validated :class:`Config` from plain data; missing keys take the defaults."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(d).__name__}")
+    sections = {}
+    for sec, body in d.items():
+        if sec not in SECTIONS:
+            raise ConfigError(f"{sec}: unknown section; known: {', '.join(SECTIONS)}")
+        if body is None:  # an empty "eval:" in YAML
+            body = {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"{sec}: expected a mapping, got {body!r}")
+        types_ = _field_types(sec)
+        kwargs = {}
+        for key, value in body.items():
+            if key not in types_:
+                raise _unknown(f"{sec}.{key}", types_)
+            kwargs[key] = _coerce(f"{sec}.{key}", value, types_[key])
+        sections[sec] = SECTIONS[sec](**kwargs)
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (JSON/YAML-able); ``config_from_dict`` inverts it."""
+    return _jsonable(dataclasses.asdict(cfg))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {rule}, got {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check(value in choices, name, f"must be one of {', '.join(choices)}", value)
+
+
+def validate(cfg: Config) -> None:
+    """Check types and every range/choice rule; raise ConfigError naming the first bad field.
+
+    Types are re-checked here (strictly: no string-to-float coercion) so a Config built or
+    edited in code gets the same clear message as one loaded from YAML.
+    """
+    from .data import DATASETS  # lazy: keep `import ratkit.config` cheap
+
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"config: expected a Config, got {type(cfg).__name__}")
+    for sec in SECTIONS:
+        obj = getattr(cfg, sec)
+        if not isinstance(obj, SECTIONS[sec]):
+            raise ConfigError(f"{sec}: expected {SECTIONS[sec].__name__}, got {type(obj).__name__}")
+        for key, tp in _field_types(sec).items():
+            _coerce(f"{sec}.{key}", getattr(obj, key), tp, strict=True)
+
+    d, m, a, me, o, t, e = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.optim, cfg.train, cfg.eval
+
+    _choice("data.dataset", d.dataset, tuple(DATASETS))
+    _check(d.val_size >= 0, "data.val_size", "must be >= 0", d.val_size)
+    _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", "must be > 0 or null", d.train_subset)
+
+    from .models import model_spec
+
+    try:
+        model_spec(m.name)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model.name: {exc}") from None
+    try:
+        model_spec(m.name, **m.kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model.kwargs: {exc}") from None
+
+    _check(a.eps is None or a.eps > 0, "attack.eps", "must be > 0 or null", a.eps)
+    _check(a.steps >= 1, "attack.steps", "must be >= 1", a.steps)
+    _check(a.step_size is None or a.step_size > 0, "attack.step_size", "must be > 0 or null", a.step_size)
+    _choice("attack.norm", a.norm, NORMS)
+
+    _choice("method.name", me.name, METHODS)
+    _check(me.beta >= 0, "method.beta", "must be >= 0", me.beta)
+    _check(0 <= me.alpha <= 1, "method.alpha", "must be in [0, 1]", me.alpha)
+    _check(me.sigma >= 0, "method.sigma", "must be >= 0", me.sigma)
+    _check(
+        len(me.order) > 0 and set(me.order) <= {1, 2} and len(set(me.order)) == len(me.order),
+        "method.order", "must be a non-empty list of distinct values from {1, 2}", me.order,
+    )
+    _choice("method.pairing", me.pairing, PAIRINGS)
+    _choice("method.noise_layers", me.noise_layers, NOISE_LAYERS)
+    _choice("method.taylor", me.taylor, TAYLOR_MODES)
+    _check(me.awp_gamma >= 0, "method.awp_gamma", "must be >= 0", me.awp_gamma)
+    _check(me.awp_warmup >= 0, "method.awp_warmup", "must be >= 0", me.awp_warmup)
+
+    _choice("optim.name", o.name, OPTIMIZERS)
+    _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)
+    _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)", o.momentum)
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
+    _choice("optim.schedule", o.schedule, SCHEDULES)
+    _check(
+        all(x >= 0 for x in o.milestones) and all(x < y for x, y in zip(o.milestones, o.milestones[1:])),
+        "optim.milestones", "must be non-negative and strictly increasing", o.milestones,
+    )
+    _check(0 < o.lr_decay <= 1, "optim.lr_decay", "must be in (0, 1]", o.lr_decay)
+    _check(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0", o.warmup_epochs)
+
+    _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
+    _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
+    _check(0 <= t.seed < 2**32, "train.seed", "must be in [0, 2**32)", t.seed)
+    _check(bool(_DEVICE.match(t.device)), "train.device", "must be auto, cpu, cuda or cuda:N", t.device)
+    _check(t.out is None or t.out.strip() != "", "train.out", "must be a non-empty path or null", t.out)
+    _check(t.val_n is None or t.val_n > 0, "train.val_n", "must be > 0 or null", t.val_n)
+    _check(t.time_budget_s is None or t.time_budget_s > 0, "train.time_budget_s", "must be > 0 or null",
+           t.time_budget_s)
+
+    from .evaluate import parse_attacks
+
+    try:
+        parse_attacks(e.attacks)
+    except ValueError as exc:
+        raise ConfigError(f"eval.attacks: {exc}") from None
+    _check(e.n is None or e.n > 0, "eval.n", "must be > 0 or null", e.n)
+    _check(e.aa_n is None or e.aa_n > 0, "eval.aa_n", "must be > 0 or null", e.aa_n)
+    _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1", e.batch_size)
+
+
+# --------------------------------------------------------------------------- files and presets
+
+
+def preset_dir() -> Path:
+    """The presets directory: $RAT_CONFIG_DIR, else ``configs/`` at the repository root."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def list_presets() -> list[str]:
+    """Preset names (file stems of ``*.yaml`` in :func:`preset_dir`), sorted."""
+    directory = preset_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.yaml") if p.is_file())
+
+
+def _preset_path(name: str) -> Path | None:
+    directory = preset_dir()
+    for candidate in (directory / name, directory / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _resolve_path(path: str | Path) -> Path:
+    """A YAML file path, else a preset name (with or without .yaml)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p.resolve()
+    if len(p.parts) == 1:
+        found = _preset_path(str(path))
+        if found is not None:
+            return found.resolve()
+    presets = ", ".join(list_presets()) or f"(none in {preset_dir()})"
+    raise ConfigError(f"{path}: no such config file or preset; available presets: {presets}")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report cut to "problem (line L, column C)"."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(exc)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``; nested dicts merge, everything else (lists included) replaces."""
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _load_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict:
+    """A file's contents deep-merged over its ``base:`` chain (resolved relative to the file)."""
+    if path in stack:
+        chain = " -> ".join(p.name for p in (*stack, path))
+        raise ConfigError(f"base: cycle in config inheritance: {chain}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"base: expected a file name, got {base!r} (in {path})")
+    candidate = (path.parent / base).expanduser()
+    if candidate.is_file():
+        base_path = candidate.resolve()
+    elif (path.parent / f"{base}.yaml").is_file():
+        base_path = (path.parent / f"{base}.yaml").resolve()
+    else:
+        found = _preset_path(base) if len(Path(base).parts) == 1 else None
+        if found is None:
+            raise ConfigError(f"base: {base!r} not found next to {path} nor among the presets")
+        base_path = found.resolve()
+    return _deep_merge(_load_chain(base_path, (*stack, path)), data)
+
+
+def apply_override(d: dict, override: str) -> dict:
+    """Apply one ``section.key=value`` (value parsed as YAML) to a raw config dict in place.
+
+    Deeper paths reach into dict fields: ``model.kwargs.hidden=100``.
+    """
+    if not isinstance(override, str) or "=" not in override:
+        raise ConfigError(f"{override}: malformed override, expected section.key=value")
+    key, _, text = override.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"{key or override}: malformed override, expected section.key=value")
+    sec, name = parts[0], parts[1]
+    if sec not in SECTIONS:
+        raise ConfigError(f"{key}: unknown section {sec!r}; known: {', '.join(SECTIONS)}")
+    types_ = _field_types(sec)
+    if name not in types_:
+        raise _unknown(f"{sec}.{name}", types_)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {text!r}: {_yaml_problem(exc)}") from None
+    node = d.get(sec)
+    if not isinstance(node, dict):
+        node = d[sec] = {}
+    for p in parts[1:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = node[p] = {}
+        node = child
+    node[parts[-1]] = value
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML file or preset (default ``fmnist-cpu``), apply overrides, validate."""
+    resolved = _resolve_path(DEFAULT_PRESET if path is None else path)
+    d = _load_chain(resolved)
+    if isinstance(overrides, str):  # a lone string would be iterated character by character
+        overrides = [overrides]
+    for ov in overrides:
+        apply_override(d, ov)
+    return config_from_dict(d)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the config as YAML; :func:`load_config` reads it back to an equal Config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+def resolved_attack(cfg: Config) -> tuple[float, float]:
+    """(eps, step_size) of the training attack with the null defaults filled in.
+
+    eps defaults to the dataset's eps for the attack's norm (Linf: 8/255 CIFAR/SVHN, 0.1
+    (Fashion-)MNIST; L2: the dataset's l2_eps); step_size defaults to eps / 4.
+    """
+    from .data import dataset_info
+
+    eps = cfg.attack.eps
+    if eps is None:
+        info = dataset_info(cfg.data.dataset)
+        eps = info.l2_eps if cfg.attack.norm == "L2" else info.linf_eps
+    step = cfg.attack.step_size if cfg.attack.step_size is not None else eps / 4
+    return float(eps), float(step)
+
+
+def method_label(cfg: Config) -> str:
+    """Short name of the training method, e.g. ``awp-rat-trades``; used in run directory names."""
+    parts = []
+    if cfg.method.awp:
+        parts.append("awp")
+    if cfg.method.rat:
+        parts.append("rat")
+    parts.append(cfg.method.name)
+    return "-".join(parts)
+
+
+__all__ = [
+    "AttackConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_override",
+    "config_from_dict",
+    "config_to_dict",
+    "list_presets",
+    "load_config",
+    "method_label",
+    "preset_dir",
+    "resolved_attack",
+    "save_config",
+    "validate",
+]
