@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -105,6 +106,50 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _train_overrides(args) -> list[str]:
+    """The common flags are shorthands for ``--set section.key=value``."""
+    flags = {"method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
+             "batch_size": "train.batch_size", "train_subset": "data.train_subset", "seed": "train.seed",
+             "out": "train.out", "data_dir": "data.data_dir", "device": "train.device", "rat": "method.rat",
+             "awp": "method.awp"}
+    overrides = []
+    for attr, key in flags.items():
+        value = getattr(args, attr)
+        if value is not None:
+            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return overrides + list(args.set)
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import TrainingStopped, evaluate_run, load_run_config, train
+
+    if args.resume:
+        if args.config or args.set or _train_overrides(args):
+            raise UserError("--resume continues a run with its own config.yaml; drop the other settings")
+        cfg = load_run_config(args.resume)
+        run_dir = args.resume
+    else:
+        cfg = load_config(args.config, _train_overrides(args))
+        run_dir = None
+    resolve_device(cfg.train.device)
+    started = time.perf_counter()
+    try:
+        run_dir = train(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
+    except TrainingStopped as exc:
+        print(f"rat train: stopped: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        where = args.resume or cfg.train.out or "the run directory"
+        print(f"rat train: interrupted; progress saved. Continue with: rat train --resume {where}", file=sys.stderr)
+        return 130
+    print(f"training finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}", flush=True)
+    if not args.no_eval:
+        evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet)
+    print(f"total wall time {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rat", description="Randomized Adversarial Training toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,17 +164,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train", help="train (default: RAT-TRADES on Fashion-MNIST, CPU preset) and evaluate")
+    p.add_argument("--config", default=None, help="preset name in configs/ or a YAML file (default: fmnist-cpu)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config field, e.g. --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--method", choices=("at", "trades", "mart"), default=None)
+    p.add_argument("--rat", dest="rat", action="store_true", default=None, help="wrap the method in RAT")
+    p.add_argument("--no-rat", dest="rat", action="store_false", help="train the base method alone")
+    p.add_argument("--awp", dest="awp", action="store_true", default=None, help="wrap in AWP")
+    p.add_argument("--no-awp", dest="awp", action="store_false")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--train-subset", type=int, default=None, help="train on the first N training images")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<method>-seed<seed>)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--full-eval", action="store_true", help="evaluate on all test images (AutoAttack too)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
+    from .config import ConfigError
     from .data import DataError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, DataError, CheckpointError) as exc:
+    except (UserError, DataError, CheckpointError, ConfigError) as exc:
         print(f"rat {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

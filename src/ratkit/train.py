@@ -1,0 +1,402 @@
+"""The trainer: epoch loop, validation-based checkpoint selection, exact resume, logging.
+
+Every run directory holds ``config.yaml``, ``metrics.jsonl``, ``best.*`` (by validation
+robust accuracy, never the test set), ``last.*`` (everything needed to resume), ``eval.json``
+and ``curves.png``. On CPU, a run and the same run interrupted and resumed end bit-identical:
+the data order of an epoch is a pure function of (seed, epoch), and the states of the random
+generators, the optimizer and the step counters are saved with ``last``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from .config import Config, config_from_dict, config_to_dict, method_label, resolved_attack, save_config
+from .data import augment, iterate_batches, load_dataset, split_train_val
+from .evaluate import evaluate, format_report, parse_attacks
+from .methods import AT, AWP, MART, RAT, TRADES, Method, NonFiniteLossError, train_attack, trades_attack
+from .models import build_model, model_spec
+
+
+class TrainingStopped(Exception):
+    """Training stopped early (non-finite loss); the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def build_method(cfg: Config) -> Method:
+    """Base method from the config, wrapped in RAT and/or AWP as asked: AWP(RAT(base))."""
+    m, a = cfg.method, cfg.attack
+    eps, step_size = resolved_attack(cfg)
+    if m.name == "at":
+        method = AT(attack=train_attack(eps, a.steps, step_size, a.norm, loss="ce", random_start="uniform"))
+    elif m.name == "trades":
+        method = TRADES(attack=trades_attack(eps, a.steps, step_size, a.norm), beta=m.beta)
+    else:
+        method = MART(attack=train_attack(eps, a.steps, step_size, a.norm, loss="ce", random_start="normal"),
+                      beta=m.beta)
+    if m.rat:
+        method = RAT(method, alpha=m.alpha, sigma=m.sigma, order=tuple(m.order), pairing=m.pairing,
+                     noise_layers=m.noise_layers, taylor=m.taylor)
+    if m.awp:
+        method = AWP(method, gamma=m.awp_gamma, warmup=m.awp_warmup)
+    return method
+
+
+def build_model_from_config(cfg: Config, info) -> tuple[nn.Module, dict]:
+    kwargs = dict(num_classes=info.num_classes, in_channels=info.image_shape[0], mean=list(info.mean),
+                  std=list(info.std))
+    if cfg.model.name == "smallcnn":
+        kwargs["input_size"] = list(info.image_shape[1:])
+    kwargs.update(cfg.model.kwargs)
+    spec = model_spec(cfg.model.name, **kwargs)
+    from .models import build_from_spec
+    return build_from_spec(spec), spec
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                           weight_decay=o.weight_decay)
+
+
+def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at a global step: a pure function, so resuming needs only the step."""
+    o = cfg.optim
+    epoch = step / steps_per_epoch
+    total = cfg.train.epochs
+    if o.schedule == "constant":
+        lr = o.lr
+    elif o.schedule == "multistep":
+        lr = o.lr * o.lr_decay ** sum(epoch >= m for m in o.milestones)
+    elif o.schedule == "cosine":
+        lr = 0.5 * o.lr * (1 + math.cos(math.pi * min(epoch / total, 1.0)))
+    else:  # onecycle: linear up to lr at 40% of training, linear down to 0 at the end
+        peak = 0.4 * total
+        lr = o.lr * (epoch / peak if epoch < peak else max(0.0, (total - epoch) / (total - peak)))
+    if o.warmup_epochs > 0 and epoch < o.warmup_epochs:
+        lr *= (step + 1) / (o.warmup_epochs * steps_per_epoch)
+    return lr
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def epoch_order_generator(seed: int, epoch: int) -> torch.Generator:
+    """The data order of an epoch depends only on (seed, epoch)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+# ----------------------------------------------------------------------------- state I/O
+
+
+def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{idx}/{key}"] = value
+            else:
+                scalars[f"{idx}/{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim/"):
+            _, idx, key = name.split("/", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split("/", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved with ``last`` so a resume continues exactly here."""
+
+    epoch: int = 0            # the epoch in progress (or the next one, if step_in_epoch == 0)
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_val_robust: float = -1.0
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+    partial: dict | None = None  # running sums of the interrupted epoch
+    history: list | None = None
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.data.dataset}-{method_label(cfg)}-seed{cfg.train.seed}"
+
+
+class Trainer:
+    """Owns one run: data, model, method, optimizer, generators, run directory."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, quiet: bool = False,
+                 on_step: Callable[[Progress], None] | None = None):
+        self.cfg, self.run_dir, self.quiet, self.on_step = cfg, Path(run_dir), quiet, on_step
+        self.device = resolve_device(cfg.train.device)
+        seed = cfg.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        full = load_dataset(cfg.data.dataset, "train", data_dir=cfg.data.data_dir)
+        self.train_data, self.val_data = split_train_val(full, cfg.data.val_size, seed)
+        if cfg.data.train_subset is not None:
+            self.train_data = self.train_data.first(cfg.data.train_subset)
+        self.info = full.info
+        self.model, self.spec = build_model_from_config(cfg, self.info)
+        self.model.to(self.device)
+        self.method = build_method(cfg)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.x = self.train_data.x.to(self.device)
+        self.y = self.train_data.y.to(self.device)
+        self.steps_per_epoch = max(1, len(self.train_data) // cfg.train.batch_size)
+        self.progress = Progress(history=[])
+        self.tb = _tensorboard_writer(self.run_dir)
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _meta(self) -> dict:
+        return {"dataset": self.cfg.data.dataset, "config": config_to_dict(self.cfg),
+                "method": method_label(self.cfg)}
+
+    def save_last(self) -> None:
+        tensors, optim_meta = _optimizer_to_tensors(self.optimizer)
+        tensors["rng/torch"] = torch.get_rng_state()
+        tensors["rng/generator"] = self.generator.get_state()
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {**self._meta(), "progress": vars(self.progress), "optimizer": optim_meta}
+        save_model(self.run_dir / "last", self.model, self.spec, meta, tensors)
+
+    def restore_last(self) -> None:
+        tensors, meta = read_checkpoint(self.run_dir / "last", self.device)
+        state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+        self.model.load_state_dict(state)
+        _optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng/torch"].cpu())
+        self.generator.set_state(tensors["rng/generator"].cpu())
+        if "rng/cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
+        self.progress = Progress(**meta["progress"])
+        # metrics.jsonl may hold an epoch logged after the last checkpoint (kill -9): rewrite it
+        self._write_metrics_file()
+
+    def _write_metrics_file(self) -> None:
+        with open(self.run_dir / "metrics.jsonl", "w") as f:
+            for row in self.progress.history:
+                f.write(json.dumps(row) + "\n")
+
+    # -- one epoch -----------------------------------------------------------------------
+
+    def _validate(self) -> dict:
+        if len(self.val_data) == 0:
+            return {}
+        val = self.val_data if self.cfg.train.val_n is None else self.val_data.first(self.cfg.train.val_n)
+        eps, _ = resolved_attack(self.cfg)
+        report = evaluate(self.model, val.x, val.y, dataset=self.cfg.data.dataset, eps=eps,
+                          norm=self.cfg.attack.norm, attacks=("clean", "pgd20"), batch_size=256,
+                          split="val", seed=self.cfg.train.seed, quiet=True)
+        return {"val_clean": report.attacks["clean"].accuracy, "val_pgd20": report.attacks["pgd20"].accuracy}
+
+    def run_epoch(self, epoch: int) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg, p = self.cfg, self.progress
+        sums = p.partial or {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "terms": {}}
+        order = epoch_order_generator(cfg.train.seed, epoch)
+        batches = iterate_batches(self.train_data, cfg.train.batch_size, shuffle=True, generator=order,
+                                  drop_last=True)
+        disable = self.quiet or not sys.stderr.isatty()
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=self.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   unit="step", disable=disable, leave=False)
+        try:
+            for i, (xb, yb) in enumerate(batches):
+                if i < p.step_in_epoch:
+                    continue  # resumed mid-epoch: this batch was already trained on
+                started = time.perf_counter()
+                xb, yb = xb.to(self.device), yb.to(self.device)
+                if cfg.data.augment:
+                    xb = augment(xb, self.info, generator=self.generator)
+                lr = learning_rate(cfg, p.global_step, self.steps_per_epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                out = self.method.step(self.model, self.optimizer, xb, yb, generator=self.generator, epoch=epoch)
+                elapsed = time.perf_counter() - started
+                sums["loss"] += out.loss.item() * len(yb)
+                sums["correct"] += (out.outputs.logits_adv.argmax(1) == yb).sum().item()
+                sums["seen"] += len(yb)
+                sums["seconds"] += elapsed
+                for k, v in out.terms.items():
+                    sums["terms"][k] = sums["terms"].get(k, 0.0) + v.item() * len(yb)
+                p.step_in_epoch, p.global_step = i + 1, p.global_step + 1
+                p.train_seconds += elapsed
+                p.partial = sums
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
+                                adv_acc=f"{sums['correct'] / sums['seen']:.3f}",
+                                img_s=f"{sums['seen'] / max(sums['seconds'], 1e-9):.0f}")
+                if self.on_step is not None:
+                    self.on_step(p)
+        finally:
+            bar.close()
+        seen = max(sums["seen"], 1)
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / seen,
+                "train_adv_acc": sums["correct"] / seen,
+                **{f"train_{k}": v / seen for k, v in sums["terms"].items()},
+                "train_seconds": sums["seconds"], "images_per_s": sums["seen"] / max(sums["seconds"], 1e-9)}
+
+    # -- the whole run -------------------------------------------------------------------
+
+    def fit(self) -> None:
+        cfg, p = self.cfg, self.progress
+        started = time.perf_counter()
+        while p.epoch < cfg.train.epochs:
+            epoch = p.epoch
+            try:
+                row = self.run_epoch(epoch)
+            except KeyboardInterrupt:
+                self.save_last()
+                raise
+            except NonFiniteLossError as exc:
+                raise TrainingStopped(f"epoch {epoch + 1}, step {p.step_in_epoch + 1}: {exc}; "
+                                      f"the last good checkpoint is {self.run_dir / 'last.safetensors'}") from None
+            row.update(self._validate())
+            p.epoch, p.step_in_epoch, p.partial = epoch + 1, 0, None
+            robust = row.get("val_pgd20", -1.0)
+            if robust > p.best_val_robust or len(self.val_data) == 0:
+                p.best_val_robust, p.best_epoch = robust, epoch + 1
+                save_model(self.run_dir / "best", self.model, self.spec,
+                           {**self._meta(), "epoch": epoch + 1, "val": {k: v for k, v in row.items() if k.startswith("val_")}})
+            row["best_epoch"] = p.best_epoch
+            p.history.append(row)
+            self.save_last()
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.tb is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)):
+                        self.tb.add_scalar(k, v, epoch + 1)
+            if not self.quiet:
+                val = (f", val clean {100 * row['val_clean']:.2f}%, val PGD-20 {100 * row['val_pgd20']:.2f}%"
+                       if "val_clean" in row else "")
+                print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.4f}, "
+                      f"train adv acc {100 * row['train_adv_acc']:.2f}%{val}, {row['train_seconds']:.0f} s "
+                      f"({row['images_per_s']:.0f} img/s)", flush=True)
+            budget = cfg.train.time_budget_s
+            if budget is not None and time.perf_counter() - started > budget and p.epoch < cfg.train.epochs:
+                print(f"time budget of {budget:.0f} s reached after epoch {p.epoch}; stopping", flush=True)
+                break
+        plot_curves(p.history, self.run_dir / "curves.png")
+
+
+def _tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and accuracies per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [r["train_loss"] for r in history], marker="o")
+    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for key, label in [("train_adv_acc", "train (adversarial)"), ("val_clean", "val clean"), ("val_pgd20", "val PGD-20")]:
+        if key in history[0]:
+            ax2.plot(epochs, [100 * r[key] for r in history], marker="o", label=label)
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def prepare_run(cfg: Config, out: str | Path | None = None) -> Path:
+    run_dir = Path(out or cfg.train.out or default_run_dir(cfg))
+    if (run_dir / "last.safetensors").exists():
+        raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "metrics.jsonl").write_text("")
+    return run_dir
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no config.yaml, not a run directory")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
+          on_step: Callable[[Progress], None] | None = None) -> Path:
+    """Train (or resume) a run; returns its directory. ``on_step`` is called after every step."""
+    run_dir = Path(run_dir) if resume else prepare_run(cfg, run_dir)
+    trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step)
+    if resume:
+        trainer.restore_last()
+    trainer.fit()
+    return run_dir
+
+
+def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet: bool = False) -> dict:
+    """The protocol on the best checkpoint; writes ``eval.json`` and prints the table."""
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    model, meta = load_model(run_dir / "best", device)
+    test = load_dataset(cfg.data.dataset, "test", data_dir=cfg.data.data_dir)
+    n_total = len(test)
+    n, aa_n = (None, None) if full else (cfg.eval.n, cfg.eval.aa_n)
+    if n is not None:
+        test = test.first(n)
+    eps, _ = resolved_attack(cfg)
+    report = evaluate(model, test.x, test.y, dataset=cfg.data.dataset, eps=eps, norm=cfg.attack.norm,
+                      attacks=parse_attacks(cfg.eval.attacks), batch_size=cfg.eval.batch_size, aa_n=aa_n,
+                      n_total=n_total, seed=cfg.train.seed, quiet=quiet)
+    report.checkpoint = f"{run_dir / 'best.safetensors'} (epoch {meta.get('epoch')})"
+    print(format_report(report), flush=True)
+    result = report.to_json()
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result

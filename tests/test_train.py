@@ -1,0 +1,174 @@
+"""Specifications of the trainer: exact resume, selection on validation, stops, run directory."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ratkit.checkpoint import load_model, read_checkpoint
+from ratkit.config import load_config
+from ratkit.methods import TRADES
+from ratkit.train import TrainingStopped, evaluate_run, learning_rate, train
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TINY = ["model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
+        "train.val_n=64", "eval.attacks=clean,pgd20", "eval.n=64", "eval.aa_n=null", "optim.lr=0.02"]
+
+
+def _synthetic(*extra):
+    return load_config("fmnist-cpu", ["data.dataset=synthetic", "data.val_size=128", "data.train_subset=256",
+                                      "train.epochs=2", *TINY, *extra])
+
+
+def _weights(run_dir, name="last"):
+    tensors, _ = read_checkpoint(Path(run_dir) / name)
+    return {k: v for k, v in tensors.items() if k.startswith("model/") or k.startswith("optim/")}
+
+
+def _history(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "seconds" not in k and k != "images_per_s"} for r in rows]
+
+
+def test_same_seed_gives_bit_identical_runs(tmp_path):
+    a = train(_synthetic(), tmp_path / "a", quiet=True)
+    b = train(_synthetic(), tmp_path / "b", quiet=True)
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(_synthetic("train.seed=1"), tmp_path / "c", quiet=True)
+    assert not torch.equal(_weights(c)["model/head.weight"], wa["model/head.weight"])
+
+
+@pytest.mark.parametrize("stop_at", [3, 8])  # mid-epoch 1, and the end of epoch 1 (8 steps per epoch)
+@pytest.mark.parametrize("extra", [[], ["method.awp=true", "method.awp_warmup=1"]])
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, stop_at, extra):
+    cfg = _synthetic(*extra)
+    whole = train(cfg, tmp_path / "whole", quiet=True)
+
+    def interrupt(progress):
+        if progress.global_step == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", quiet=True, on_step=interrupt)
+    resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
+    wa, wb = _weights(whole), _weights(resumed)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert _history(whole) == _history(resumed)
+
+
+def test_best_checkpoint_is_chosen_on_validation_robust_accuracy(tmp_path):
+    run = train(_synthetic("train.epochs=3"), tmp_path / "r", quiet=True)
+    history = _history(run)
+    best_epoch = max(range(len(history)), key=lambda i: (history[i]["val_pgd20"], -i)) + 1
+    _, meta = load_model(run / "best")
+    assert meta["epoch"] == best_epoch
+    assert meta["val"]["val_pgd20"] == history[best_epoch - 1]["val_pgd20"]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import ratkit.train as train_module
+
+    calls = {"n": 0}
+
+    class ExplodesInEpochTwo(TRADES):
+        def terms(self, out):
+            calls["n"] += 1
+            terms = super().terms(out)
+            if calls["n"] > 10:  # epoch 1 has 8 steps
+                terms["natural"] = terms["natural"] * float("nan")
+            return terms
+
+    original = train_module.build_method
+
+    def build(cfg):
+        m = original(cfg)
+        m.base = ExplodesInEpochTwo(attack=m.base.attack, beta=m.base.beta)
+        return m
+
+    monkeypatch.setattr(train_module, "build_method", build)
+    with pytest.raises(TrainingStopped, match="non-finite"):
+        train(_synthetic(), tmp_path / "r", quiet=True)
+    tensors, meta = read_checkpoint(tmp_path / "r" / "last")
+    assert meta["progress"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model/"))
+
+
+def test_run_directory_holds_everything_a_user_needs(tmp_path):
+    run = train(_synthetic(), tmp_path / "r", quiet=True)
+    evaluate_run(run, _synthetic(), quiet=True)
+    for name in ["config.yaml", "metrics.jsonl", "best.safetensors", "best.json", "last.safetensors",
+                 "last.json", "eval.json", "curves.png"]:
+        assert (run / name).is_file(), name
+    assert load_config(run / "config.yaml") == _synthetic()
+    report = json.loads((run / "eval.json").read_text())
+    assert report["attacks"]["clean"]["n"] == 64
+
+
+def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
+    from ratkit.checkpoint import CheckpointError
+
+    train(_synthetic("train.epochs=1"), tmp_path / "r", quiet=True)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(_synthetic("train.epochs=1"), tmp_path / "r", quiet=True)
+
+
+def test_learning_rate_schedules():
+    cfg = load_config("fmnist-cpu", ["train.epochs=10", "optim.lr=0.1"])
+    cosine = [learning_rate(cfg, s, 100) for s in (0, 500, 999)]
+    assert cosine[0] == pytest.approx(0.1) and cosine[1] == pytest.approx(0.05) and cosine[2] < 1e-4
+    multi = load_config("fmnist-cpu", ["train.epochs=10", "optim.schedule=multistep", "optim.milestones=[5,8]"])
+    assert [learning_rate(multi, s, 10) for s in (49, 50, 80)] == pytest.approx([0.05, 0.005, 0.0005])
+    warm = load_config("fmnist-cpu", ["optim.schedule=constant", "optim.warmup_epochs=1"])
+    assert learning_rate(warm, 0, 10) == pytest.approx(0.005) and learning_rate(warm, 10, 10) == pytest.approx(0.05)
+    one = load_config("fmnist-cpu", ["train.epochs=10", "optim.schedule=onecycle"])
+    assert learning_rate(one, 400, 100) == pytest.approx(0.05) and learning_rate(one, 1000, 100) == pytest.approx(0)
+
+
+def _rat(*args):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "ratkit", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "method.alpha=2"], "method.alpha"),
+    (["--set", "optim.lrr=0.1"], "optim.lrr"),
+    (["--epochs", "0"], "train.epochs"),
+    (["--method", "trades", "--set", "method.pairing=original"], "method.pairing"),
+    (["--config", "no-such-preset"], "no-such-preset"),
+])
+def test_bad_config_gets_one_line_naming_the_field_and_exit_2(args, needle):
+    result = _rat("train", "--dataset", "synthetic", *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir() and not os.environ.get("RAT_DATA_DIR"),
+                                   reason="Fashion-MNIST is installed by `make test` (Debian dataset-fashion-mnist)")
+
+
+@needs_fashion
+@pytest.mark.parametrize("method", ["at", "trades", "mart"])
+@pytest.mark.parametrize("rat", [False, True])
+@pytest.mark.parametrize("awp", [False, True])
+def test_every_method_with_and_without_rat_and_awp_trains_on_real_fashion_mnist(tmp_path, method, rat, awp):
+    cfg = load_config("fmnist-cpu", [f"method.name={method}", f"method.rat={str(rat).lower()}",
+                                     f"method.awp={str(awp).lower()}", "data.train_subset=96", "data.val_size=64",
+                                     "train.epochs=1", *TINY])
+    run = train(cfg, tmp_path / "r", quiet=True)
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert torch.isfinite(torch.tensor(row["train_loss"]))
+    assert ("train_taylor1" in row) == rat
+    model, meta = load_model(run / "best")
+    assert meta["method"] == "-".join(["awp"] * awp + ["rat"] * rat + [method])
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
