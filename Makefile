@@ -6,7 +6,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m ratkit eval --untrained smallcnn --dataset fashion-mnist --n 300 --aa-n 100
+	$(PY) -m ratkit train
 
 test: setup
 	$(PY) -m pytest tests

@@ -63,7 +63,8 @@ def test_default_is_the_fmnist_cpu_preset():
     assert cfg == load_config("fmnist-cpu")
     assert cfg.data.dataset == "fashion-mnist" and cfg.data.val_size == 5000
     assert cfg.model.name == "smallcnn" and cfg.model.kwargs == {"channels": [32, 64], "hidden": 200}
-    assert (cfg.optim.lr, cfg.optim.schedule, cfg.train.epochs) == (0.05, "cosine", 3)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.schedule, cfg.train.epochs) == ("adam", 0.001, "cosine", 4)
+    assert (cfg.attack.steps, cfg.attack.step_size, cfg.method.beta, cfg.data.augment) == (5, 0.04, 3.0, False)
     assert (cfg.eval.n, cfg.eval.aa_n) == (1000, 500)
     assert method_label(cfg) == "rat-trades"
 
@@ -286,7 +287,7 @@ def test_round_trip_property(tmp_path_factory, alpha, sigma, order, epochs, subs
 
 
 def test_resolved_attack_defaults_from_dataset():
-    assert resolved_attack(load_config("fmnist-cpu")) == pytest.approx((0.1, 0.025))
+    assert resolved_attack(load_config("fmnist-cpu", ["attack.step_size=null"])) == pytest.approx((0.1, 0.025))
     assert resolved_attack(config_from_dict({"data": {"dataset": "cifar10"}})) == pytest.approx((8 / 255, 2 / 255))
     explicit = config_from_dict({"attack": {"eps": 0.2, "step_size": 0.01}})
     assert resolved_attack(explicit) == (0.2, 0.01)

@@ -16,7 +16,7 @@ from ratkit.train import TrainingStopped, evaluate_run, learning_rate, train
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
-        "train.val_n=64", "eval.attacks=clean,pgd20", "eval.n=64", "eval.aa_n=null", "optim.lr=0.02"]
+        "train.val_n=64", "eval.attacks=clean,pgd20", "eval.n=64", "eval.aa_n=null", "optim.lr=0.002"]
 
 
 def _synthetic(*extra):
@@ -123,11 +123,12 @@ def test_learning_rate_schedules():
     cfg = load_config("fmnist-cpu", ["train.epochs=10", "optim.lr=0.1"])
     cosine = [learning_rate(cfg, s, 100) for s in (0, 500, 999)]
     assert cosine[0] == pytest.approx(0.1) and cosine[1] == pytest.approx(0.05) and cosine[2] < 1e-4
-    multi = load_config("fmnist-cpu", ["train.epochs=10", "optim.schedule=multistep", "optim.milestones=[5,8]"])
+    multi = load_config("fmnist-cpu", ["train.epochs=10", "optim.lr=0.05", "optim.schedule=multistep",
+                                       "optim.milestones=[5,8]"])
     assert [learning_rate(multi, s, 10) for s in (49, 50, 80)] == pytest.approx([0.05, 0.005, 0.0005])
-    warm = load_config("fmnist-cpu", ["optim.schedule=constant", "optim.warmup_epochs=1"])
+    warm = load_config("fmnist-cpu", ["optim.lr=0.05", "optim.schedule=constant", "optim.warmup_epochs=1"])
     assert learning_rate(warm, 0, 10) == pytest.approx(0.005) and learning_rate(warm, 10, 10) == pytest.approx(0.05)
-    one = load_config("fmnist-cpu", ["train.epochs=10", "optim.schedule=onecycle"])
+    one = load_config("fmnist-cpu", ["train.epochs=10", "optim.lr=0.05", "optim.schedule=onecycle"])
     assert learning_rate(one, 400, 100) == pytest.approx(0.05) and learning_rate(one, 1000, 100) == pytest.approx(0)
 
 
@@ -172,3 +173,29 @@ def test_every_method_with_and_without_rat_and_awp_trains_on_real_fashion_mnist(
     assert meta["method"] == "-".join(["awp"] * awp + ["rat"] * rat + [method])
     with torch.no_grad():
         assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_ctrl_c_saves_progress_and_exits_cleanly_then_resume_finishes(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = [sys.executable, "-m", "ratkit", "train", "--dataset", "synthetic", "--out", str(run), "--epochs", "20",
+            "--no-eval", "--set", "data.val_size=128", "--set", "data.train_subset=256",
+            *[a for kv in TINY for a in ("--set", kv)]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "last.safetensors").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and f"rat train --resume {run}" in err
+    _, meta = read_checkpoint(run / "last")
+    done = meta["progress"]["global_step"]
+    assert done >= 8  # at least the first epoch was kept
+    result = _rat("train", "--resume", str(run), "--no-eval", "--quiet")
+    assert result.returncode == 0, result.stderr
+    _, meta = read_checkpoint(run / "last")
+    assert meta["progress"]["epoch"] == 20

@@ -122,7 +122,7 @@ def _train_overrides(args) -> list[str]:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .train import TrainingStopped, evaluate_run, load_run_config, train
+    from .train import TrainingInterrupted, TrainingStopped, evaluate_run, load_run_config, train
 
     if args.resume:
         if args.config or args.set or _train_overrides(args):
@@ -139,9 +139,9 @@ def cmd_train(args) -> int:
     except TrainingStopped as exc:
         print(f"rat train: stopped: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        where = args.resume or cfg.train.out or "the run directory"
-        print(f"rat train: interrupted; progress saved. Continue with: rat train --resume {where}", file=sys.stderr)
+    except TrainingInterrupted as exc:
+        print(f"rat train: interrupted; progress saved. Continue with: rat train --resume {exc.run_dir}",
+              file=sys.stderr)
         return 130
     print(f"training finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}", flush=True)
     if not args.no_eval:
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N training images")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<method>-seed<seed>)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<method>-seed<seed>-<time>)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")

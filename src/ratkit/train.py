@@ -34,6 +34,14 @@ class TrainingStopped(Exception):
     """Training stopped early (non-finite loss); the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the progress so far is saved in ``run_dir/last``."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
 # ----------------------------------------------------------------------------- building
 
 
@@ -149,8 +157,38 @@ class Progress:
 # ----------------------------------------------------------------------------- the loop
 
 
+class StepBoundaryInterrupt:
+    """Turn the first Ctrl-C into a request honoured after the current training step, so the
+    saved progress is always a consistent step boundary; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def default_run_dir(cfg: Config) -> Path:
-    return Path("runs") / f"{cfg.data.dataset}-{method_label(cfg)}-seed{cfg.train.seed}"
+    """runs/<dataset>-<method>-seed<seed>-<time>: a new directory for every run, never a clash."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.dataset}-{method_label(cfg)}-seed{cfg.train.seed}-{stamp}"
 
 
 class Trainer:
@@ -179,6 +217,7 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.train_data) // cfg.train.batch_size)
         self.progress = Progress(history=[])
         self.tb = _tensorboard_writer(self.run_dir)
+        self.interrupt: StepBoundaryInterrupt | None = None
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -265,6 +304,8 @@ class Trainer:
                                 img_s=f"{sums['seen'] / max(sums['seconds'], 1e-9):.0f}")
                 if self.on_step is not None:
                     self.on_step(p)
+                if self.interrupt is not None and self.interrupt.requested:
+                    raise KeyboardInterrupt
         finally:
             bar.close()
         seen = max(sums["seen"], 1)
@@ -377,7 +418,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step)
     if resume:
         trainer.restore_last()
-    trainer.fit()
+    if not quiet:
+        print(f"run directory: {run_dir}", flush=True)
+    try:
+        with StepBoundaryInterrupt() as trainer.interrupt:
+            trainer.fit()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run_dir) from None
     return run_dir
 
 
