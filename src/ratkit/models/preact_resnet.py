@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import CIFAR10_MEAN, CIFAR10_STD, RobustModel
+from .resnet import resnet18_stages
 
 
 class PreActBlock(nn.Module):
@@ -46,12 +47,7 @@ class PreActResNet18(RobustModel):
         super().__init__(mean, std)
         self._check_channels(in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        layers = []
-        in_planes = 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers.append(nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)))
-            in_planes = planes
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet18_stages(PreActBlock)
         self.bn = nn.BatchNorm2d(512)
         self.head = nn.Linear(512, num_classes)
 

@@ -33,6 +33,15 @@ class ResNetBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def resnet18_stages(block) -> list[nn.Sequential]:
+    """The four [2, 2, 2, 2] stages of a ResNet-18 (widths 64-128-256-512), for either block type."""
+    stages, in_planes = [], 64
+    for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        stages.append(nn.Sequential(block(in_planes, planes, stride), block(planes, planes, 1)))
+        in_planes = planes
+    return stages
+
+
 class ResNet18(RobustModel):
     """[2, 2, 2, 2] basic blocks, widths 64-128-256-512, global avg-pool, head."""
 
@@ -47,12 +56,7 @@ class ResNet18(RobustModel):
         self._check_channels(in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        layers = []
-        in_planes = 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers.append(nn.Sequential(ResNetBlock(in_planes, planes, stride), ResNetBlock(planes, planes, 1)))
-            in_planes = planes
-        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet18_stages(ResNetBlock)
         self.head = nn.Linear(512, num_classes)
 
     def body(self, z: Tensor) -> Tensor:
