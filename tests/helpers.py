@@ -1,4 +1,9 @@
-"""Tiny models shared by the tests."""
+"""Tiny models and a command runner shared by the tests."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,3 +23,13 @@ class TinyNet(nn.Module):
         z = torch.relu(self.bn(self.conv(x)))
         z = nn.functional.adaptive_avg_pool2d(z, 4).flatten(1)
         return self.fc(self.drop(z))
+
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_rat(*args, timeout=600):
+    """Run the ``rat`` command in a fresh interpreter, as a user would."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "ratkit", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)

@@ -1,26 +1,15 @@
 """Specifications of the ``rat`` command line: results on success, one line and exit 2 on user errors."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import run_rat as _rat
+
 from ratkit.checkpoint import save_model
 from ratkit.cli import main
 from ratkit.models import build_model, model_spec
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def _rat(*args, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "ratkit", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
 
 
 def test_eval_of_a_checkpoint_prints_the_table_and_writes_json(tmp_path, capsys):

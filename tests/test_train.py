@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SRC
+from helpers import run_rat as _rat
 
 from ratkit.checkpoint import load_model, read_checkpoint
 from ratkit.config import load_config
 from ratkit.methods import TRADES
 from ratkit.train import TrainingStopped, evaluate_run, learning_rate, train
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = ["model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
         "train.val_n=64", "eval.attacks=clean,pgd20", "eval.n=64", "eval.aa_n=null", "optim.lr=0.002"]
 
@@ -130,11 +131,6 @@ def test_learning_rate_schedules():
     assert learning_rate(warm, 0, 10) == pytest.approx(0.005) and learning_rate(warm, 10, 10) == pytest.approx(0.05)
     one = load_config("fmnist-cpu", ["train.epochs=10", "optim.lr=0.05", "optim.schedule=onecycle"])
     assert learning_rate(one, 400, 100) == pytest.approx(0.05) and learning_rate(one, 1000, 100) == pytest.approx(0)
-
-
-def _rat(*args):
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "ratkit", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -21,15 +21,12 @@ class UserError(Exception):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .train import resolve_device as resolve
+
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device: CUDA was requested but torch.cuda.is_available() is False")
-    return device
+        return resolve(name)
+    except ValueError as exc:
+        raise UserError(f"--device: {exc}") from None
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:

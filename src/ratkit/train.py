@@ -103,9 +103,16 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto" picks CUDA when available; asking for CUDA without it is a ValueError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but torch.cuda.is_available() is False")
+    return device
 
 
 def epoch_order_generator(seed: int, epoch: int) -> torch.Generator:
