@@ -47,8 +47,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def run_eval(model, meta: dict, args, device: torch.device, label: str):
     """Load the test split the checkpoint was trained for and run the protocol on it."""
-    from .data import dataset_info, load_dataset
-    from .evaluate import evaluate, format_report, parse_attacks
+    from .data import dataset_info
+    from .evaluate import evaluate_test_set, format_report, parse_attacks
 
     try:
         attacks = parse_attacks(args.attacks)
@@ -60,14 +60,10 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str):
             raise UserError(f"--{flag.replace('_', '-')}: must be a positive number of images, got {value}")
     dataset = args.dataset or meta.get("dataset") or "fashion-mnist"
     info = dataset_info(dataset)
-    test = load_dataset(dataset, "test", data_dir=args.data_dir)
-    n_total = len(test)
-    if args.n is not None:
-        test = test.first(args.n)
     eps = args.eps if args.eps is not None else (info.linf_eps if args.norm == "Linf" else info.l2_eps)
-    report = evaluate(model.to(device), test.x, test.y, dataset=dataset, eps=eps, norm=args.norm,
-                      attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n, n_total=n_total,
-                      seed=args.seed, quiet=args.quiet)
+    report = evaluate_test_set(model.to(device), dataset, data_dir=args.data_dir, n=args.n, eps=eps,
+                               norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
+                               seed=args.seed, quiet=args.quiet)
     report.checkpoint = label
     print(format_report(report))
     if args.json is not None:

@@ -144,6 +144,19 @@ def evaluate(
     return report
 
 
+def evaluate_test_set(model: nn.Module, dataset: str, *, data_dir=None, n: int | None = None,
+                      **protocol) -> EvalReport:
+    """Load ``dataset``'s test split and run :func:`evaluate` on its first ``n`` images (all if None);
+    the report records the full test-set size so the table can say "first n"."""
+    from .data import load_dataset
+
+    test = load_dataset(dataset, "test", data_dir=data_dir)
+    n_total = len(test)
+    if n is not None:
+        test = test.first(n)
+    return evaluate(model, test.x, test.y, dataset=dataset, n_total=n_total, **protocol)
+
+
 def format_report(report: EvalReport) -> str:
     """A table a reader can trust: what was attacked, on how many images, at which eps."""
     lines = [

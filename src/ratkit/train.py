@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from .config import Config, config_from_dict, config_to_dict, method_label, resolved_attack, save_config
 from .data import augment, iterate_batches, load_dataset, split_train_val
-from .evaluate import evaluate, format_report, parse_attacks
+from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
 from .methods import AT, AWP, MART, RAT, TRADES, Method, NonFiniteLossError, train_attack, trades_attack
-from .models import build_model, model_spec
+from .models import build_from_spec, model_spec
 
 
 class TrainingStopped(Exception):
@@ -71,7 +71,6 @@ def build_model_from_config(cfg: Config, info) -> tuple[nn.Module, dict]:
         kwargs["input_size"] = list(info.image_shape[1:])
     kwargs.update(cfg.model.kwargs)
     spec = model_spec(cfg.model.name, **kwargs)
-    from .models import build_from_spec
     return build_from_spec(spec), spec
 
 
@@ -440,15 +439,11 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
     model, meta = load_model(run_dir / "best", device)
-    test = load_dataset(cfg.data.dataset, "test", data_dir=cfg.data.data_dir)
-    n_total = len(test)
     n, aa_n = (None, None) if full else (cfg.eval.n, cfg.eval.aa_n)
-    if n is not None:
-        test = test.first(n)
     eps, _ = resolved_attack(cfg)
-    report = evaluate(model, test.x, test.y, dataset=cfg.data.dataset, eps=eps, norm=cfg.attack.norm,
-                      attacks=parse_attacks(cfg.eval.attacks), batch_size=cfg.eval.batch_size, aa_n=aa_n,
-                      n_total=n_total, seed=cfg.train.seed, quiet=quiet)
+    report = evaluate_test_set(model, cfg.data.dataset, data_dir=cfg.data.data_dir, n=n, eps=eps,
+                               norm=cfg.attack.norm, attacks=parse_attacks(cfg.eval.attacks),
+                               batch_size=cfg.eval.batch_size, aa_n=aa_n, seed=cfg.train.seed, quiet=quiet)
     report.checkpoint = f"{run_dir / 'best.safetensors'} (epoch {meta.get('epoch')})"
     print(format_report(report), flush=True)
     result = report.to_json()

@@ -136,7 +136,7 @@ def pgd(
             with torch.no_grad():
                 target_probs = torch.softmax(forward(x), dim=1)
 
-        def score(x_try: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        def score(logits: Tensor) -> tuple[Tensor, Tensor]:
             loss = attack_loss(cfg.loss, logits, y, target_probs).detach()
             return loss, logits.argmax(dim=1) != y
 
@@ -145,7 +145,7 @@ def pgd(
         if track:
             with torch.no_grad():
                 if cfg.keep == "best":
-                    best_loss, best_wrong = score(x, forward(x))
+                    best_loss, best_wrong = score(forward(x))
                 else:
                     best_loss = torch.full_like(y, float("-inf"), dtype=x.dtype)
                     best_wrong = torch.zeros_like(y, dtype=torch.bool)
@@ -173,5 +173,5 @@ def pgd(
             x_adv = (x + delta).detach()
             if track:
                 with torch.no_grad():
-                    keep_stronger(x_adv, *score(x_adv, forward(x_adv)))
+                    keep_stronger(x_adv, *score(forward(x_adv)))
     return best_x if track else x_adv
