@@ -41,6 +41,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="override the protocol's eps (default: by dataset: Linf 8/255 CIFAR/SVHN, 0.1 "
                         "(Fashion-)MNIST; L2 0.5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="keep the model in NCHW layout (default: channels_last, faster on CPU)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -95,6 +97,8 @@ def cmd_eval(args) -> int:
             raise UserError("rat eval: give a CHECKPOINT (run directory or .safetensors file) or --untrained MODEL")
         model, meta = load_model(args.checkpoint, device)
         label = str(args.checkpoint)
+    if not args.no_channels_last:
+        model.to(memory_format=torch.channels_last)  # faster attacks (AutoAttack ~1.45x on CPU), same results
     run_eval(model, meta, args, device, label)
     return 0
 
@@ -143,6 +147,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import CONFIGS, BenchSettings, bench_model, format_bench, run_bench, width_kwargs
+    from .config import load_config
+
+    configs = CONFIGS if args.configs is None else tuple(c.strip() for c in args.configs.split(",") if c.strip())
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown or not configs:
+        raise UserError(f"--configs: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(CONFIGS)}")
+    for flag in ("batch_size", "steps", "rounds", "attack_steps"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, got {getattr(args, flag)}")
+    model, model_kwargs = args.model, {}
+    if args.width != 1.0:
+        scaled = width_kwargs(args.model, {}, args.width)
+        if scaled is None:
+            raise UserError(f"--width: only smallcnn and wrn-D-W models can be scaled, not {args.model}")
+        model, model_kwargs = scaled
+    device = resolve_device(args.device)
+    precision = args.attack_precision or load_config(None).attack.precision
+    settings = BenchSettings(dataset=args.dataset, model=model, model_kwargs=model_kwargs,
+                             batch_size=args.batch_size, attack_steps=args.attack_steps, rounds=args.rounds,
+                             steps_per_round=max(1, -(-args.steps // args.rounds)), configs=configs,
+                             device=str(device), seed=args.seed, memory=not args.no_memory,
+                             attack_precision=precision, channels_last=not args.no_channels_last)
+    progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+    try:
+        bench_model(settings)
+    except ValueError as exc:
+        raise UserError(f"--model: {exc}") from None
+    result = run_bench(settings, with_scaling=not args.no_scaling, progress=progress)
+    print(format_bench(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rat", description="Randomized Adversarial Training toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="time and size a training step of every method, with and without RAT")
+    p.add_argument("--model", default="smallcnn", help="smallcnn, wrn-16-4, preactresnet18, ... (default smallcnn)")
+    p.add_argument("--width", type=float, default=1.0, help="scale the model's width (smallcnn channels, WRN widen)")
+    p.add_argument("--dataset", default="fashion-mnist", help="synthetic data of this dataset's shape")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="timed training steps per configuration (default 20)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed steps are split into")
+    p.add_argument("--attack-steps", type=int, default=10, help="PGD steps of the training attack (paper: 10)")
+    p.add_argument("--attack-precision", choices=("float32", "bfloat16"), default=None,
+                   help="the library's training attack precision (default: the default preset's, bfloat16; "
+                        "the naive baselines always run float32)")
+    p.add_argument("--no-channels-last", action="store_true", help="time the library in NCHW layout")
+    p.add_argument("--configs", default=None, help="comma-separated configurations to time (default: all ten)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
+    p.add_argument("--no-scaling", action="store_true", help="skip seconds per step by batch size and width")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure and ratio as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

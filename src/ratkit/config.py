@@ -30,6 +30,7 @@ CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
 METHODS = ("at", "trades", "mart")
 NORMS = ("Linf", "L2")
 PAIRINGS = ("fixed", "reference")
+PRECISIONS = ("float32", "bfloat16")
 NOISE_LAYERS = ("conv", "linear", "all")
 TAYLOR_MODES = ("analytic", "autograd")
 OPTIMIZERS = ("sgd", "adam")
@@ -72,6 +73,7 @@ class AttackConfig:
     steps: int = 10
     step_size: float | None = None  # None = eps / 4
     norm: str = "Linf"
+    precision: str = "float32"  # "bfloat16": attack under bf16 autocast (faster; docs/performance.md)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class TrainConfig:
     out: str | None = None  # None = chosen by the trainer
     val_n: int | None = 1000
     time_budget_s: float | None = None
+    channels_last: bool = True  # NHWC memory layout for conv models (faster on CPU; docs/performance.md)
 
 
 @dataclass
@@ -312,6 +315,7 @@ def validate(cfg: Config) -> None:
     _check(a.steps >= 1, "attack.steps", "must be >= 1", a.steps)
     _check(a.step_size is None or a.step_size > 0, "attack.step_size", "must be > 0 or null", a.step_size)
     _choice("attack.norm", a.norm, NORMS)
+    _choice("attack.precision", a.precision, PRECISIONS)
 
     _choice("method.name", me.name, METHODS)
     _check(me.beta >= 0, "method.beta", "must be >= 0", me.beta)

@@ -40,7 +40,8 @@ def gaussian_noisy_params(
 ) -> dict[str, Tensor]:
     """Detached copies of the named parameters plus N(0, sigma^2) noise (absolute sigma).
 
-    The copies are detached: the attack differentiates with respect to the input only.
+    The copies are detached (the attack differentiates with respect to the input only) and keep
+    the parameters' memory layout, so a channels_last model is not re-laid-out at every forward.
     """
     params = dict(model.named_parameters())
     missing = [n for n in names if n not in params]
@@ -51,5 +52,7 @@ def gaussian_noisy_params(
         p = params[name].detach()
         noise = torch.randn(p.shape, generator=generator, dtype=p.dtype,
                             device=generator.device if generator is not None else p.device)
-        noisy[name] = p + sigma * noise.to(p.device)
+        copy = p.clone(memory_format=torch.preserve_format)  # keep the layout (e.g. channels_last)
+        copy += sigma * noise.to(p.device)
+        noisy[name] = copy
     return noisy

@@ -115,7 +115,7 @@ class BaseMethod(Method):
 
 
 def train_attack(eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
-                 loss: str = "ce", random_start: str = "uniform") -> PGDConfig:
+                 loss: str = "ce", random_start: str = "uniform", precision: str = "float32") -> PGDConfig:
     """A training attack; the published CIFAR recipe is eps 8/255, 10 steps of 2/255 (= eps/4)."""
     return PGDConfig(eps=eps, step_size=eps / 4 if step_size is None else step_size, steps=steps, norm=norm,
-                     loss=loss, random_start=random_start)
+                     loss=loss, random_start=random_start, precision=precision)

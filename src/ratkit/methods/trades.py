@@ -11,9 +11,10 @@ from ..attacks import PGDConfig
 from .base import BaseMethod, Outputs, train_attack
 
 
-def trades_attack(eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf") -> PGDConfig:
+def trades_attack(eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
+                  precision: str = "float32") -> PGDConfig:
     """TRADES' attack: KL to the clean prediction, start x + 0.001 N(0, 1), eval mode."""
-    return train_attack(eps, steps, step_size, norm, loss="kl", random_start="normal")
+    return train_attack(eps, steps, step_size, norm, loss="kl", random_start="normal", precision=precision)
 
 
 @dataclass

@@ -1,0 +1,433 @@
+"""`rat bench`: what a training step of each method costs, measured in one run.
+
+Timing: every configuration (AT, TRADES, MART, AWP-TRADES, each with and without RAT, plus
+the reference-style naive TRADES and RAT-TRADES of ``benchmarks/naive_trades.py``) gets its
+own model (same initialisation) and optimizer in this one process. After a warm-up, rounds
+run the configurations in an order reshuffled every round, a few full training steps each
+(attack + loss + backward + optimizer step), so slow drifts of the machine hit every
+configuration alike; the figure per configuration is the median seconds per step.
+
+Memory: one subprocess per configuration, so one configuration's allocations cannot hide
+another's. On CUDA the figure is ``max_memory_allocated`` during the timed steps minus the
+memory allocated before them. On CPU it is the peak resident set during the steps (VmHWM,
+reset through /proc/self/clear_refs) minus the resident set before them, with glibc told to
+return every large block to the system (``MALLOC_MMAP_THRESHOLD_``) so that freed
+activations do not linger as resident memory. Both measure the step's working memory
+(activations, gradients, attack state), not the interpreter or the weights.
+
+Ratios are quotients of figures from the same run, never of numbers from different runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .data import dataset_info
+from .methods import AT, AWP, MART, RAT, TRADES, Method, train_attack, trades_attack
+from .models import build_model
+
+BENCHMARKS_DIR_ENV = "RAT_BENCHMARKS_DIR"
+
+CONFIGS = ("at", "rat-at", "trades", "rat-trades", "mart", "rat-mart", "awp-trades", "awp-rat-trades",
+           "naive-trades", "naive-rat-trades")
+NAIVE = ("naive-trades", "naive-rat-trades")
+
+# ratio name -> (numerator, denominator) configurations
+TIME_RATIOS = {
+    "rat_trades_over_trades": ("rat-trades", "trades"),
+    "awp_rat_trades_over_awp_trades": ("awp-rat-trades", "awp-trades"),
+    "rat_at_over_at": ("rat-at", "at"),
+    "rat_mart_over_mart": ("rat-mart", "mart"),
+    "trades_over_naive_trades": ("trades", "naive-trades"),
+    "rat_trades_over_naive_rat_trades": ("rat-trades", "naive-rat-trades"),
+}
+MEMORY_PAIRS = {"trades": ("rat-trades", "trades"), "awp-trades": ("awp-rat-trades", "awp-trades"),
+                "at": ("rat-at", "at"), "mart": ("rat-mart", "mart")}
+# The issue's targets (upper bounds). rat_peak_mem_over_base is RAT-TRADES over TRADES, the
+# paper's method; the other bases' memory ratios are reported beside it.
+TARGETS = {
+    "rat_trades_over_trades": 1.05,
+    "awp_rat_trades_over_awp_trades": 1.05,
+    "rat_at_over_at": 1.12,
+    "rat_peak_mem_over_base": 1.10,
+    "trades_over_naive_trades": 0.6,
+    "rat_trades_over_naive_rat_trades": 0.4,
+}
+
+
+@dataclass
+class BenchSettings:
+    """What to time. The defaults are the paper's training recipe (10 attack steps of eps/4,
+    TRADES beta 6, RAT alpha 0.2 sigma 1e-4, AWP gamma 5e-3, SGD momentum 0.9) on the
+    dataset's shape."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "smallcnn"
+    model_kwargs: dict = field(default_factory=dict)
+    batch_size: int = 128
+    attack_steps: int = 10
+    rounds: int = 5
+    steps_per_round: int = 4
+    warmup: int = 2
+    memory_steps: int = 2
+    configs: tuple[str, ...] = CONFIGS
+    device: str = "cpu"
+    seed: int = 0
+    memory: bool = True
+    attack_precision: str = "float32"  # the library's training attack; the naive baselines stay float32
+    channels_last: bool = True  # the library's layout (train.channels_last); the naive baselines stay NCHW
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def naive_module():
+    """``benchmarks/naive_trades.py`` (or $RAT_BENCHMARKS_DIR's), or None outside a source tree."""
+    root = os.environ.get(BENCHMARKS_DIR_ENV) or Path(__file__).resolve().parents[2] / "benchmarks"
+    path = Path(root) / "naive_trades.py"
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("ratkit_bench_naive_trades", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_model(settings: BenchSettings, seed: int | None = None) -> nn.Module:
+    """The benchmarked architecture for the dataset's shape, seeded so every configuration starts alike."""
+    info = dataset_info(settings.dataset)
+    kwargs = dict(num_classes=info.num_classes, in_channels=info.image_shape[0], mean=list(info.mean),
+                  std=list(info.std))
+    if settings.model == "smallcnn":
+        kwargs["input_size"] = list(info.image_shape[1:])
+    kwargs.update(settings.model_kwargs)
+    torch.manual_seed(settings.seed if seed is None else seed)
+    return build_model(settings.model, **kwargs)
+
+
+def bench_method(name: str, eps: float, attack_steps: int, precision: str = "float32") -> Method:
+    """A library method by its benchmark name, with the paper's hyperparameters."""
+    step_size = eps / 4
+    base_name = name.replace("awp-", "").replace("rat-", "")
+    if base_name == "at":
+        method = AT(attack=train_attack(eps, attack_steps, step_size, loss="ce", random_start="uniform",
+                                        precision=precision))
+    elif base_name == "trades":
+        method = TRADES(attack=trades_attack(eps, attack_steps, step_size, precision=precision), beta=6.0)
+    elif base_name == "mart":
+        method = MART(attack=train_attack(eps, attack_steps, step_size, loss="ce", random_start="normal",
+                                          precision=precision), beta=6.0)
+    else:
+        raise ValueError(f"unknown benchmark configuration {name!r}; expected one of {', '.join(CONFIGS)}")
+    if "rat-" in name:
+        method = RAT(method, alpha=0.2, sigma=1e-4)
+    if name.startswith("awp-"):
+        method = AWP(method, gamma=5e-3)
+    return method
+
+
+StepFn = Callable[[nn.Module, torch.optim.Optimizer, Tensor, Tensor, torch.Generator], object]
+
+
+def make_step(name: str, settings: BenchSettings) -> StepFn:
+    """``step(model, optimizer, x, y, generator)`` for one configuration."""
+    eps = dataset_info(settings.dataset).linf_eps
+    if name in NAIVE:
+        naive = naive_module()
+        if naive is None:
+            raise FileNotFoundError("benchmarks/naive_trades.py not found; set $RAT_BENCHMARKS_DIR")
+        common = dict(eps=eps, step_size=eps / 4, steps=settings.attack_steps, beta=6.0)
+        if name == "naive-rat-trades":
+            loss_fn, common = naive.naive_rat_trades_loss, {**common, "alpha": 0.2, "sigma": 1e-4}
+        else:
+            loss_fn = naive.naive_trades_loss
+
+        def naive_step(model, optimizer, x, y, generator):
+            return naive.naive_step(loss_fn, model, optimizer, x, y, generator=generator, **common)
+
+        return naive_step
+    method = bench_method(name, eps, settings.attack_steps, settings.attack_precision)
+
+    def library_step(model, optimizer, x, y, generator):
+        return method.step(model, optimizer, x, y, generator=generator)
+
+    return library_step
+
+
+def _synthetic_batches(settings: BenchSettings, device: torch.device, count: int = 4) -> list[tuple[Tensor, Tensor]]:
+    info = dataset_info(settings.dataset)
+    g = torch.Generator().manual_seed(settings.seed)
+    return [(torch.rand((settings.batch_size, *info.image_shape), generator=g).to(device),
+             torch.randint(0, info.num_classes, (settings.batch_size,), generator=g).to(device))
+            for _ in range(count)]
+
+
+@dataclass
+class _Runner:
+    """One configuration's model, optimizer, step and generator."""
+
+    name: str
+    step: StepFn
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    batches: list
+    calls: int = 0
+
+    def run(self) -> None:
+        x, y = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        self.step(self.model, self.optimizer, x, y, self.generator)
+
+
+def _runner(name: str, settings: BenchSettings, device: torch.device, batches) -> _Runner:
+    model = bench_model(settings).to(device)
+    if settings.channels_last and name not in NAIVE:
+        model.to(memory_format=torch.channels_last)
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    return _Runner(name, make_step(name, settings), model, optimizer, generator, batches)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_configs(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Seconds of every timed step per configuration, interleaved over shuffled rounds."""
+    device = torch.device(settings.device)
+    batches = _synthetic_batches(settings, device)
+    runners = [_runner(name, settings, device, batches) for name in settings.configs]
+    for r in runners:
+        for _ in range(settings.warmup):
+            r.run()
+    _sync(device)
+    order = random.Random(settings.seed)
+    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    for round_index in range(settings.rounds):
+        order.shuffle(runners)
+        for r in runners:
+            for _ in range(settings.steps_per_round):
+                start = time.perf_counter()
+                r.run()
+                _sync(device)
+                times[r.name].append(time.perf_counter() - start)
+        if progress:
+            progress(f"round {round_index + 1}/{settings.rounds}")
+    return times
+
+
+def summarise_times(times: dict[str, list[float]], batch_size: int) -> dict[str, dict]:
+    out = {}
+    for name, values in times.items():
+        median = statistics.median(values)
+        q = statistics.quantiles(values, n=4) if len(values) >= 2 else [median, median, median]
+        out[name] = {"median_s_per_step": median, "iqr_s": q[2] - q[0], "images_per_s": batch_size / median,
+                     "timed_steps": len(values)}
+    return out
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _rss_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field_name} not in /proc/self/status")
+
+
+def step_peak_memory(name: str, settings: BenchSettings) -> dict:
+    """Peak working memory of ``memory_steps`` steps of one configuration, in this process."""
+    device = torch.device(settings.device)
+    runner = _runner(name, settings, device, _synthetic_batches(settings, device, count=1))
+    runner.run()  # lazily created state (optimizer buffers, kernels) is not the step's working memory
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        for _ in range(settings.memory_steps):
+            runner.run()
+        _sync(device)
+        return {"peak_step_bytes": torch.cuda.max_memory_allocated(device) - before, "measure": "cuda allocator"}
+    before_kib = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+    for _ in range(settings.memory_steps):
+        runner.run()
+    peak_kib = _rss_kib("VmHWM")
+    return {"peak_step_bytes": (peak_kib - before_kib) * 1024, "measure": "resident set (VmHWM - VmRSS)"}
+
+
+def measure_memory(name: str, settings: BenchSettings) -> dict:
+    """:func:`step_peak_memory` in a fresh subprocess, so configurations cannot affect each other."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    payload = json.dumps({"name": name, "settings": asdict(settings)})
+    proc = subprocess.run([sys.executable, "-c", "import sys; from ratkit.bench import _memory_worker; "
+                           "_memory_worker(sys.argv[1])", payload],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory measurement of {name} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _memory_worker(payload: str) -> None:
+    data = json.loads(payload)
+    settings = BenchSettings(**{**data["settings"], "configs": tuple(data["settings"]["configs"])})
+    print(json.dumps(step_peak_memory(data["name"], settings)))
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def scaling(settings: BenchSettings, configs: tuple[str, ...] = ("trades", "rat-trades"),
+            batch_sizes: tuple[int, ...] = (32, 64, 128, 256), widths: tuple[float, ...] = (0.5, 1.0, 2.0),
+            progress: Callable[[str], None] | None = None) -> dict:
+    """Median seconds per step against batch size, and against model width (at the base batch size)."""
+    quick = replace(settings, rounds=max(2, settings.rounds // 2), steps_per_round=2, warmup=1, configs=configs)
+    by_batch = []
+    for b in batch_sizes:
+        med = summarise_times(time_configs(replace(quick, batch_size=b)), b)
+        by_batch.append({"batch_size": b, **{c: med[c]["median_s_per_step"] for c in configs}})
+        if progress:
+            progress(f"scaling: batch {b}")
+    by_width = []
+    for w in widths:
+        kwargs = width_kwargs(settings.model, settings.model_kwargs, w)
+        if kwargs is None:
+            break
+        model_name, model_kwargs = kwargs
+        s = replace(quick, model=model_name, model_kwargs=model_kwargs)
+        med = summarise_times(time_configs(s), s.batch_size)
+        params = sum(p.numel() for p in bench_model(s).parameters())
+        by_width.append({"width": w, "model": model_name, "model_kwargs": model_kwargs, "parameters": params,
+                         **{c: med[c]["median_s_per_step"] for c in configs}})
+        if progress:
+            progress(f"scaling: width x{w}")
+    return {"configs": list(configs), "by_batch_size": by_batch, "by_width": by_width}
+
+
+def width_kwargs(model: str, kwargs: dict, multiplier: float) -> tuple[str, dict] | None:
+    """The same architecture ``multiplier`` times as wide: SmallCNN channels, or a WRN's widen factor."""
+    if model == "smallcnn":
+        c1, c2 = kwargs.get("channels", (32, 64))
+        return model, {**kwargs, "channels": [max(1, round(c1 * multiplier)), max(1, round(c2 * multiplier))]}
+    if model.startswith("wrn-"):
+        _, depth, width = model.split("-")
+        return f"wrn-{depth}-{max(1, round(int(width) * multiplier))}", dict(kwargs)
+    return None
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+
+def environment(device: str) -> dict:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+           "device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                env["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def ratios(configs: dict[str, dict], memory: dict[str, dict] | None) -> dict[str, float]:
+    out = {}
+    for key, (num, den) in TIME_RATIOS.items():
+        if num in configs and den in configs:
+            out[key] = configs[num]["median_s_per_step"] / configs[den]["median_s_per_step"]
+    if memory:
+        by_base = {base: memory[num]["peak_step_bytes"] / memory[den]["peak_step_bytes"]
+                   for base, (num, den) in MEMORY_PAIRS.items() if num in memory and den in memory}
+        if "trades" in by_base:
+            out["rat_peak_mem_over_base"] = by_base["trades"]
+        for base, value in by_base.items():
+            out[f"rat_peak_mem_over_base_{base.replace('-', '_')}"] = value
+    return out
+
+
+def run_bench(settings: BenchSettings, *, with_scaling: bool = True,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Time, measure memory, compute ratios and (optionally) scaling; one JSON-able dict."""
+    configs = tuple(c for c in settings.configs if c not in NAIVE or naive_module() is not None)
+    skipped = [c for c in settings.configs if c not in configs]
+    settings = replace(settings, configs=configs)
+    started = time.perf_counter()
+    times = time_configs(settings, progress)
+    summary = summarise_times(times, settings.batch_size)
+    memory = None
+    if settings.memory:
+        memory = {}
+        for name in configs:
+            memory[name] = measure_memory(name, settings)
+            summary[name]["peak_step_bytes"] = memory[name]["peak_step_bytes"]
+            if progress:
+                progress(f"memory: {name}")
+    result = {"settings": {**asdict(settings), "configs": list(configs)}, "environment": environment(settings.device),
+              "configs": summary, "ratios": ratios(summary, memory),
+              "memory_measure": next(iter(memory.values()))["measure"] if memory else None,
+              "skipped": skipped}
+    result["targets"] = {k: {"target_at_most": v, "value": result["ratios"].get(k),
+                             "met": None if k not in result["ratios"] else result["ratios"][k] <= v}
+                         for k, v in TARGETS.items()}
+    if with_scaling:
+        result["scaling"] = scaling(settings, progress=progress)
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def format_bench(result: dict) -> str:
+    s, env = result["settings"], result["environment"]
+    lines = [f"rat bench: {s['model']} on {s['dataset']}-shaped synthetic data, batch {s['batch_size']}, "
+             f"{s['attack_steps']} attack steps; library: attack {s['attack_precision']}, "
+             f"{'channels_last' if s['channels_last'] else 'NCHW'} (naive: float32, NCHW); "
+             f"{env['device']} ({env.get('gpu', env['cpu'])}, {env['threads']} threads), torch {env['torch']}",
+             f"{'configuration':<18}{'s/step':>9}{'IQR':>8}{'img/s':>8}{'peak step MiB':>15}"]
+    for name, c in result["configs"].items():
+        mem = f"{c['peak_step_bytes'] / 2**20:.1f}" if "peak_step_bytes" in c else "-"
+        lines.append(f"{name:<18}{c['median_s_per_step']:>9.4f}{c['iqr_s']:>8.4f}{c['images_per_s']:>8.0f}{mem:>15}")
+    lines.append("ratios (same run):")
+    for key, value in result["ratios"].items():
+        target = result["targets"].get(key)
+        verdict = "" if target is None else f"  target <= {target['target_at_most']}: " + (
+            "met" if target["met"] else "NOT met")
+        lines.append(f"  {key:<40}{value:>7.3f}{verdict}")
+    if result.get("skipped"):
+        lines.append(f"skipped (benchmarks/ not found): {', '.join(result['skipped'])}")
+    sc = result.get("scaling")
+    if sc:
+        cols = sc["configs"]
+        lines.append("seconds per step by batch size: " + "; ".join(
+            f"{r['batch_size']}: " + ", ".join(f"{c} {r[c]:.3f}" for c in cols) for r in sc["by_batch_size"]))
+        if sc["by_width"]:
+            lines.append("seconds per step by width: " + "; ".join(
+                f"x{r['width']} ({r['parameters']:,} params): " + ", ".join(f"{c} {r[c]:.3f}" for c in cols)
+                for r in sc["by_width"]))
+    lines.append(f"wall time {result['wall_s']:.0f} s")
+    return "\n".join(lines)
