@@ -64,8 +64,10 @@ def main() -> None:
 
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
+    style = ("reference style: float32, NCHW" if args.config.startswith("naive") else
+             f"attack {args.precision}, {'NCHW' if args.nchw else 'channels_last'}")
     print(f"{args.config}: {wall:.3f} s per step (profiled), batch {args.batch_size}, {args.attack_steps} attack "
-          f"steps, attack {args.precision}, {'NCHW' if args.nchw else 'channels_last'}")
+          f"steps, {style}")
     total = sum(e.self_cpu_time_total for e in averages)
     for e in averages:
         if e.key.startswith("phase: "):
