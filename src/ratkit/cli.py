@@ -184,6 +184,50 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _analysis_common(args) -> dict:
+    if args.n < 1:
+        raise UserError(f"--n: must be a positive number of images, got {args.n}")
+    return dict(out=args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+                data_dir=args.data_dir, device=str(resolve_device(args.device)), quiet=args.quiet)
+
+
+def cmd_landscape(args) -> int:
+    from .analysis import format_landscapes, run_landscape
+
+    try:
+        job = run_landscape(args.checkpoints, dim=args.dim, adversarial=args.adversarial, points=args.points,
+                            span=args.span, **_analysis_common(args))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(format_landscapes(job.results))
+    print("wrote " + ", ".join(str(f) for f in job.files))
+    return 0
+
+
+def cmd_hessian(args) -> int:
+    from .analysis import format_hessian, run_hessian
+
+    try:
+        job = run_hessian(args.checkpoint, top_k=args.top_k, probes=args.probes, loss=args.loss,
+                          max_iter=args.max_iter, tol=args.tol, params=args.params, **_analysis_common(args))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(format_hessian(job.results))
+    print("wrote " + ", ".join(str(f) for f in job.files))
+    return 0
+
+
+def _add_analysis_args(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--n", type=int, default=256, help="use the first N test images (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the directions / probes and the attack")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rat", description="Randomized Adversarial Training toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,6 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write every figure and ratio as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("landscape", help="loss and accuracy along random filter-normalised weight directions")
+    p.add_argument("checkpoints", nargs="+", help="one or more checkpoints (run directories or .safetensors); "
+                                                  "several are overlaid on one plot")
+    p.add_argument("--dim", type=int, choices=(1, 2), default=1, help="1-D curve or 2-D surface (default 1)")
+    p.add_argument("--adversarial", choices=("none", "fixed", "regenerated"), default="fixed",
+                   help="adversarial curve too: 'fixed' batch crafted once at the trained weights, or "
+                        "'regenerated' at every point (the AWP paper's); default fixed")
+    p.add_argument("--points", type=int, default=21, help="grid points per axis, odd (default 21)")
+    p.add_argument("--span", type=float, default=1.0, help="coordinates from -span to span (default 1)")
+    _add_analysis_args(p, "landscape")
+    p.set_defaults(func=cmd_landscape)
+
+    p = sub.add_parser("hessian", help="top Hessian eigenvalues and Hutchinson trace, clean and adversarial loss")
+    p.add_argument("checkpoint", help="run directory (uses best.safetensors) or .safetensors file")
+    p.add_argument("--top-k", type=int, default=1, help="how many top eigenvalues (default 1)")
+    p.add_argument("--probes", type=int, default=100, help="Rademacher probes of the trace estimate (default 100)")
+    p.add_argument("--loss", choices=("clean", "adversarial", "both"), default="both")
+    p.add_argument("--max-iter", type=int, default=100, help="power-iteration steps per eigenvalue at most")
+    p.add_argument("--tol", type=float, default=1e-4, help="relative change that stops the power iteration")
+    p.add_argument("--params", choices=("all", "weights"), default="all",
+                   help="all trainable parameters, or only weights with dim > 1")
+    _add_analysis_args(p, "hessian")
+    p.set_defaults(func=cmd_hessian)
     return parser
 
 

@@ -1,0 +1,155 @@
+"""The ``rat landscape`` and ``rat hessian`` jobs: checkpoint(s) in, JSON and PNG files out.
+
+The CLI only parses flags and calls :func:`run_landscape` / :func:`run_hessian`; everything a
+user could also want from Python (same examples, same eps, same file names) lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .common import load_checkpoint_examples
+from .hessian import HessianResult, hessian_spectrum
+from .landscape import LandscapeResult, check_landscape_settings, loss_landscape
+
+HESSIAN_LOSSES = ("clean", "adversarial", "both")
+
+
+@dataclass
+class JobOutput:
+    """What a job measured and which files it wrote."""
+
+    results: list = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+def checkpoint_label(path: str | os.PathLike) -> str:
+    """A short name for plots and file names: ``run-dir/best`` for ``run-dir/best.safetensors``."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def _write_json(path: Path, payload: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def run_landscape(
+    checkpoints: Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    dim: int = 1,
+    adversarial: str = "none",
+    n: int = 256,
+    points: int = 21,
+    span: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+) -> JobOutput:
+    """Landscapes of one or more checkpoints on the first ``n`` test images of their (common) dataset.
+
+    Writes ``landscape.json`` (all results) and ``landscape_1d.png`` (all curves overlaid) or one
+    ``landscape_2d_<k>_<label>.png`` contour per checkpoint. eps is the dataset's Linf eps.
+    """
+    from .plots import plot_landscape_1d, plot_landscape_2d
+
+    if not checkpoints:
+        raise ValueError("no checkpoints given")
+    check_landscape_settings(dim, points, span, adversarial, batch_size=batch_size)
+    loaded = [load_checkpoint_examples(c, n, dataset=dataset, data_dir=data_dir, device=device) for c in checkpoints]
+    datasets = sorted({item.dataset for item in loaded})
+    if len(datasets) > 1:
+        raise ValueError(f"checkpoints come from different datasets ({', '.join(datasets)}); "
+                         "compare landscapes on one dataset")
+    out_dir = Path(out)
+    job = JobOutput()
+    for item in loaded:
+        job.results.append(loss_landscape(
+            item.model, item.x, item.y, dim=dim, points=points, span=span, adversarial=adversarial,
+            eps=item.eps, seed=seed, batch_size=batch_size, label=checkpoint_label(item.path), quiet=quiet))
+    payload = {"dataset": datasets[0], "landscapes": [r.to_json() for r in job.results]}
+    job.files.append(_write_json(out_dir / "landscape.json", payload))
+    if dim == 1:
+        job.files.append(plot_landscape_1d(job.results, out_dir / "landscape_1d.png"))
+    else:
+        for k, result in enumerate(job.results):
+            job.files.append(plot_landscape_2d(result, out_dir / f"landscape_2d_{k}_{_slug(result.label)}.png"))
+    return job
+
+
+def run_hessian(
+    checkpoint: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    n: int = 256,
+    top_k: int = 1,
+    probes: int = 100,
+    loss: str = "both",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    params: str = "all",
+    seed: int = 0,
+    batch_size: int = 256,
+    dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = False,
+) -> JobOutput:
+    """Hessian spectrum of one checkpoint on the first ``n`` test images; writes ``hessian.json``.
+
+    ``loss="both"`` measures the clean and then the adversarial loss (PGD-10 at the dataset's eps).
+    """
+    if loss not in HESSIAN_LOSSES:
+        raise ValueError(f"loss: {loss!r} is not one of {HESSIAN_LOSSES}")
+    loaded = load_checkpoint_examples(checkpoint, n, dataset=dataset, data_dir=data_dir, device=device)
+    label = checkpoint_label(loaded.path)
+    job = JobOutput()
+    for kind in (("clean", "adversarial") if loss == "both" else (loss,)):
+        job.results.append(hessian_spectrum(
+            loaded.model, loaded.x, loaded.y, loss=kind, eps=loaded.eps, top_k=top_k, max_iter=max_iter, tol=tol,
+            probes=probes, params=params, batch_size=batch_size, seed=seed, label=label, quiet=quiet))
+    payload = {"dataset": loaded.dataset, "eps": loaded.eps, "hessian": [r.to_json() for r in job.results]}
+    job.files.append(_write_json(Path(out) / "hessian.json", payload))
+    return job
+
+
+def format_landscapes(results: Sequence[LandscapeResult]) -> str:
+    """One line per landscape: loss at the trained weights and the rise to the worst grid point."""
+    lines = [f"{'checkpoint':<32}{'inputs':<22}{'loss at 0':>11}{'max rise':>11}{'acc at 0':>10}"]
+    for r in results:
+        kinds = [("clean", r.clean_loss, r.clean_accuracy)]
+        if r.adversarial_loss is not None:
+            kinds.append((f"adversarial ({r.settings.adversarial})", r.adversarial_loss, r.adversarial_accuracy))
+        origin = (r.settings.points // 2,) * r.settings.dim
+        for kind, grid, acc in kinds:
+            loss, accuracy = torch.tensor(grid), torch.tensor(acc)
+            centre, rise = loss[origin].item(), (loss.max() - loss[origin]).item()
+            lines.append(f"{r.label:<32}{kind:<22}{centre:>11.4f}{rise:>11.4f}{100 * accuracy[origin].item():>9.2f}%")
+    return "\n".join(lines)
+
+
+def format_hessian(results: Sequence[HessianResult]) -> str:
+    """One line per loss: top eigenvalues (largest magnitude first) and the trace with its standard error."""
+    lines = []
+    for r in results:
+        eig = ", ".join(f"{v:.4g}{'' if ok else ' (not converged)'}" for v, ok in zip(r.eigenvalues, r.converged))
+        trace = (f"{r.trace:.4g} +- {r.trace_stderr:.2g} ({r.trace_probes} probes)" if r.trace is not None else "-")
+        lines.append(f"{r.label} [{r.settings.loss}, n={r.settings.n}, {r.settings.num_params} params]: "
+                     f"top eigenvalues {eig or '-'}; trace {trace}")
+    return "\n".join(lines)
