@@ -184,6 +184,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .config import preset_dir
+    from .study import StudyError, load_grid, run_study, write_aggregate
+
+    grid_path = Path(args.grid)
+    if not grid_path.exists() and not grid_path.suffix:
+        grid_path = preset_dir() / "studies" / f"{args.grid}.yaml"
+    try:
+        grid = load_grid(grid_path)
+        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
+    except (StudyError, ValueError) as exc:
+        raise UserError(f"--grid/--seeds: {exc}") from None
+    results = Path(args.results or Path("docs") / "results" / grid.name)
+    out = Path(args.out or Path("runs") / f"study-{grid.name}")
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
+    try:
+        if args.aggregate_only:
+            result = write_aggregate(grid, results)
+        else:
+            only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
+            result = run_study(grid, out, results, seeds=seeds, only=only, commit=args.commit, log=log,
+                               quiet=args.quiet)
+    except StudyError as exc:
+        raise UserError(str(exc)) from None
+    print((results / "results.md").read_text(), end="")
+    print(f"wrote {results / 'results.json'}, {results / 'results.md'}" + "".join(f", {f}" for f in result["files"]))
+    return 0
+
+
 def _analysis_common(args) -> dict:
     if args.n < 1:
         raise UserError(f"--n: must be a positive number of images, got {args.n}")
@@ -287,6 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write every figure and ratio as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("study", help="a grid of runs x seeds, evaluated and aggregated (resumable)")
+    p.add_argument("--grid", default="core", help="grid file, or a name in configs/studies/ (default: core)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the grid's)")
+    p.add_argument("--only", default=None, help="comma-separated configurations of the grid to run")
+    p.add_argument("--out", default=None, help="run directories (default: runs/study-<grid>)")
+    p.add_argument("--results", default=None, help="small result files and the aggregate "
+                                                   "(default: docs/results/<grid>)")
+    p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it finishes")
+    p.add_argument("--aggregate-only", action="store_true", help="only aggregate the result files there are")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("landscape", help="loss and accuracy along random filter-normalised weight directions")
     p.add_argument("checkpoints", nargs="+", help="one or more checkpoints (run directories or .safetensors); "

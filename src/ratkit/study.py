@@ -1,0 +1,365 @@
+"""`rat study`: a grid of training runs x seeds, evaluated with the full protocol, then aggregated.
+
+A grid file (``configs/studies/*.yaml``) names a preset, the overrides every run shares (the
+budget), one override list per configuration, the seeds, the pairs to compare (with RAT, base),
+and the evaluation. Each (configuration, seed) is one run:
+
+* its checkpoints live in ``OUT/<config>-seed<s>/`` (large files, never committed);
+* when it is trained, evaluated and measured, a small ``RESULTS/<config>-seed<s>.json`` is
+  written (every number, no per-example strings) and, with ``commit=True``, committed;
+* a run whose result file exists is skipped; a run with a ``last`` checkpoint is resumed
+  exactly (the trainer's resume); anything else starts fresh. So the study survives being
+  stopped, and on a new machine it picks up from the committed result files.
+
+Aggregation reads the result files only: mean and sample standard deviation over seeds per
+configuration, and for every pair the paired difference (with RAT minus base, same seed) with
+its mean, standard deviation and a two-sided paired t-test p-value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from .config import ConfigError, config_to_dict, load_config
+
+ACCURACY_KEYS = ("clean", "fgsm", "pgd20", "cw30", "aa", "robust")
+
+
+class StudyError(Exception):
+    """A bad grid file or study setting; the message is one line."""
+
+
+@dataclass
+class StudyGrid:
+    name: str
+    preset: str = "fmnist-cpu"
+    overrides: list[str] = field(default_factory=list)
+    runs: dict[str, list[str]] = field(default_factory=dict)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval: dict = field(default_factory=lambda: {"attacks": "clean,fgsm,pgd20,cw30,aa", "n": None, "aa_n": 1000})
+    hessian: dict | None = None  # e.g. {"n": 256, "top_k": 1, "probes": 50, "max_iter": 50}
+
+
+def load_grid(path: str | os.PathLike) -> StudyGrid:
+    """Read and check a grid file; every configuration's config is validated up front."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: no such grid file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    known = set(StudyGrid.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise StudyError(f"{path}: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
+    raw.setdefault("name", path.stem)
+    raw["pairs"] = [tuple(p) for p in raw.get("pairs", [])]
+    grid = StudyGrid(**raw)
+    if not grid.runs:
+        raise StudyError(f"{path}: no runs")
+    for with_rat, base in grid.pairs:
+        if with_rat not in grid.runs or base not in grid.runs:
+            raise StudyError(f"{path}: pair ({with_rat}, {base}) names a configuration not in runs")
+    for name in grid.runs:
+        try:
+            run_config(grid, name, grid.seeds[0] if grid.seeds else 0)
+        except ConfigError as exc:
+            raise StudyError(f"{path}: run {name!r}: {exc}") from None
+    return grid
+
+
+def run_config(grid: StudyGrid, name: str, seed: int):
+    """The full config of one run: preset, shared budget, the configuration's overrides, the seed."""
+    return load_config(grid.preset, [*grid.overrides, *grid.runs[name], f"train.seed={seed}"])
+
+
+def run_key(name: str, seed: int) -> str:
+    return f"{name}-seed{seed}"
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _training_complete(run_dir: Path, epochs: int) -> bool:
+    from .checkpoint import read_checkpoint
+
+    if not (run_dir / "last.safetensors").exists():
+        return False
+    _, meta = read_checkpoint(run_dir / "last")
+    return meta["progress"]["epoch"] >= epochs
+
+
+def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool = True,
+            log: Callable[[str], None] = print) -> dict:
+    """Train (or resume), evaluate and measure one run; returns its result record."""
+    from .checkpoint import load_model
+    from .config import resolved_attack
+    from .evaluate import evaluate_test_set, parse_attacks
+    from .train import load_run_config, resolve_device, train
+
+    cfg = run_config(grid, name, seed)
+    run_dir = out_dir / run_key(name, seed)
+    if (run_dir / "last.safetensors").exists():
+        if load_run_config(run_dir) != cfg:
+            raise StudyError(f"{run_dir}: holds a run with a different config; move it away or use another --out")
+        if not _training_complete(run_dir, cfg.train.epochs):
+            log(f"{run_key(name, seed)}: resuming")
+            train(cfg, run_dir, resume=True, quiet=quiet)
+    else:
+        log(f"{run_key(name, seed)}: training")
+        train(cfg, run_dir, quiet=quiet)
+
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    device = resolve_device(cfg.train.device)
+    model, meta = load_model(run_dir / "best", device)
+    model.to(memory_format=torch.channels_last)
+    eps, _ = resolved_attack(cfg)
+    started = time.perf_counter()
+    log(f"{run_key(name, seed)}: evaluating")
+    report = evaluate_test_set(model, cfg.data.dataset, data_dir=cfg.data.data_dir, n=grid.eval.get("n"), eps=eps,
+                               norm=cfg.attack.norm, attacks=parse_attacks(grid.eval.get("attacks", "clean")),
+                               batch_size=256, aa_n=grid.eval.get("aa_n"), seed=seed, quiet=quiet)
+    (run_dir / "eval.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    accuracy = {k: {"accuracy": a.accuracy, "n": a.n, "seconds": a.seconds} for k, a in report.attacks.items()}
+    if report.robust_n:
+        accuracy["robust"] = {"accuracy": report.robust_accuracy, "n": report.robust_n}
+    record = {
+        "config": name, "seed": seed, "grid": grid.name, "overrides": [*grid.overrides, *grid.runs[name]],
+        "best_epoch": meta.get("epoch"), "epochs": len(history),
+        "train_seconds": sum(r.get("train_seconds", 0.0) for r in history),
+        "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in history) if history else None,
+        "history": [{k: v for k, v in r.items() if k in ("epoch", "train_loss", "val_clean", "val_pgd20",
+                                                          "train_seconds")} for r in history],
+        "accuracy": accuracy, "eval_seconds": time.perf_counter() - started,
+        "config_full": config_to_dict(cfg),
+    }
+    if grid.hessian:
+        from .analysis import run_hessian
+
+        log(f"{run_key(name, seed)}: Hessian")
+        h = grid.hessian
+        job = run_hessian(run_dir, out=run_dir, n=h.get("n", 256), top_k=h.get("top_k", 1),
+                          probes=h.get("probes", 50), loss="adversarial", max_iter=h.get("max_iter", 50),
+                          seed=seed, device=str(device), quiet=quiet)
+        r = job.results[0]
+        record["hessian"] = {"loss": "adversarial", "n": r.settings.n, "top_eigenvalue": r.eigenvalues[0],
+                             "converged": r.converged[0], "trace": r.trace, "trace_stderr": r.trace_stderr,
+                             "probes": r.trace_probes}
+    return record
+
+
+def _write_json_atomic(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def git_commit(paths: list[Path], message: str, *, attempts: int = 5) -> bool:
+    """Commit ``paths`` (and nothing else); retried while another git process holds the lock."""
+    for attempt in range(attempts):
+        add = subprocess.run(["git", "add", "--", *map(str, paths)], capture_output=True, text=True)
+        commit = subprocess.run(["git", "commit", "-q", "-m", message, "--", *map(str, paths)],
+                                capture_output=True, text=True) if add.returncode == 0 else add
+        if commit.returncode == 0:
+            return True
+        if "index.lock" not in commit.stderr:
+            return False
+        time.sleep(2 + 3 * attempt)
+    return False
+
+
+def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os.PathLike, *,
+              seeds: list[int] | None = None, only: list[str] | None = None, commit: bool = False,
+              quiet: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Every (configuration, seed) not yet complete, seed by seed; then the aggregate."""
+    out_dir, results_dir = Path(out_dir), Path(results_dir)
+    seeds = grid.seeds if seeds is None else seeds
+    names = list(grid.runs) if only is None else only
+    missing = [n for n in names if n not in grid.runs]
+    if missing:
+        raise StudyError(f"--only: {missing} not in the grid's runs {list(grid.runs)}")
+    for seed in seeds:  # seed-major: after the first seed every configuration has a result
+        for name in names:
+            result = results_dir / f"{run_key(name, seed)}.json"
+            if result.exists():
+                log(f"{run_key(name, seed)}: complete, skipped")
+                continue
+            record = run_one(grid, name, seed, out_dir, quiet=quiet, log=log)
+            _write_json_atomic(result, record)
+            log(f"{run_key(name, seed)}: done, {result}")
+            if commit and not git_commit([result], f"study {grid.name}: result of {run_key(name, seed)}"):
+                log(f"{run_key(name, seed)}: could not commit {result}")
+    return write_aggregate(grid, results_dir)
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def paired_t_p_value(diffs: list[float]) -> float | None:
+    """Two-sided p-value of a paired t-test of mean(diffs) = 0 (None with fewer than 2 pairs)."""
+    if len(diffs) < 2:
+        return None
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        return 0.0 if statistics.mean(diffs) != 0 else 1.0
+    t = statistics.mean(diffs) / (sd / math.sqrt(len(diffs)))
+    from scipy import stats
+
+    return float(2 * stats.t.sf(abs(t), df=len(diffs) - 1))
+
+
+def read_results(results_dir: str | os.PathLike) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*-seed*.json"))]
+
+
+def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
+    """Per configuration mean +- std over seeds; per pair the paired difference over common seeds."""
+    by = {(r["config"], r["seed"]): r for r in records if r.get("grid", grid.name) == grid.name}
+    configs = {}
+    for name in grid.runs:
+        rows = [r for (c, _), r in sorted(by.items()) if c == name]
+        if not rows:
+            continue
+        entry = {"seeds": [r["seed"] for r in rows],
+                 "seconds_per_epoch": _mean_std([r["seconds_per_epoch"] for r in rows])}
+        for key in ACCURACY_KEYS:
+            values = [r["accuracy"][key]["accuracy"] for r in rows if key in r["accuracy"]]
+            if values:
+                entry[key] = {**_mean_std(values), "images": rows[0]["accuracy"][key]["n"]}
+        for key in ("top_eigenvalue", "trace"):
+            values = [r["hessian"][key] for r in rows if r.get("hessian") and r["hessian"].get(key) is not None]
+            if values:
+                entry[f"hessian_{key}"] = _mean_std(values)
+        configs[name] = entry
+    pairs = []
+    for with_rat, base in grid.pairs:
+        seeds = sorted(s for (c, s) in by if c == with_rat and (base, s) in by)
+        if not seeds:
+            continue
+        pair = {"with_rat": with_rat, "base": base, "seeds": seeds}
+        for key in ACCURACY_KEYS:
+            if all(key in by[(c, s)]["accuracy"] for s in seeds for c in (with_rat, base)):
+                diffs = [by[(with_rat, s)]["accuracy"][key]["accuracy"] - by[(base, s)]["accuracy"][key]["accuracy"]
+                         for s in seeds]
+                pair[key] = {**_mean_std(diffs), "diffs": diffs, "p_value": paired_t_p_value(diffs)}
+        times = [by[(with_rat, s)]["seconds_per_epoch"] / by[(base, s)]["seconds_per_epoch"] for s in seeds]
+        pair["time_ratio"] = _mean_std(times)
+        pairs.append(pair)
+    return {"grid": asdict(grid), "configs": configs, "pairs": pairs,
+            "runs": [{k: v for k, v in r.items() if k != "config_full"} for r in records]}
+
+
+def _pct(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    std = f" ± {100 * entry['std']:.2f}" if entry.get("std") is not None else ""
+    return f"{100 * entry['mean']:.2f}{std}"
+
+
+def format_markdown(result: dict) -> str:
+    """results.md: the per-configuration table and the paired RAT − base table."""
+    configs, pairs = result["configs"], result["pairs"]
+    keys = [k for k in ACCURACY_KEYS if any(k in c for c in configs.values())]
+    images = {k: next(c[k]["images"] for c in configs.values() if k in c) for k in keys}
+    names = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw30": "CW-30", "aa": "AutoAttack",
+             "robust": "worst case"}
+    lines = [f"# Study `{result['grid']['name']}`: accuracy (%) as mean ± std over seeds", "",
+             "| configuration | seeds | " + " | ".join(f"{names[k]} ({images[k]})" for k in keys)
+             + " | s / epoch | top eig. (adv.) | trace (adv.) |",
+             "|---|---|" + "---|" * len(keys) + "---|---|---|"]
+    for name, c in configs.items():
+        eig = c.get("hessian_top_eigenvalue")
+        tr = c.get("hessian_trace")
+        lines.append(f"| {name} | {len(c['seeds'])} | " + " | ".join(_pct(c.get(k)) for k in keys)
+                     + f" | {c['seconds_per_epoch']['mean']:.0f} | "
+                     + (f"{eig['mean']:.3g}" if eig else "–") + " | " + (f"{tr['mean']:.3g}" if tr else "–") + " |")
+    if pairs:
+        lines += ["", "## RAT − base, paired over seeds (percentage points; p: two-sided paired t-test)", "",
+                  "| pair | seeds | " + " | ".join(names[k] for k in keys) + " | time ratio |",
+                  "|---|---|" + "---|" * len(keys) + "---|"]
+        for p in pairs:
+            cells = []
+            for k in keys:
+                d = p.get(k)
+                if d is None:
+                    cells.append("–")
+                    continue
+                std = f" ± {100 * d['std']:.2f}" if d["std"] is not None else ""
+                pv = f" (p {d['p_value']:.2f})" if d["p_value"] is not None else ""
+                cells.append(f"{100 * d['mean']:+.2f}{std}{pv}")
+            lines.append(f"| {p['with_rat']} − {p['base']} | {len(p['seeds'])} | " + " | ".join(cells)
+                         + f" | {p['time_ratio']['mean']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(result: dict, records: list[dict], directory: Path) -> list[Path]:
+    """accuracy.png (bars with error bars) and val_curves.png (validation PGD-20 over epochs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    configs = result["configs"]
+    keys = [k for k in ("clean", "pgd20", "cw30", "aa", "robust") if any(k in c for c in configs.values())]
+    if configs and keys:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        width = 0.8 / len(configs)
+        for i, (name, c) in enumerate(configs.items()):
+            xs = [j + i * width for j in range(len(keys))]
+            ax.bar(xs, [100 * c[k]["mean"] if k in c else 0 for k in keys], width,
+                   yerr=[100 * (c[k]["std"] or 0) if k in c else 0 for k in keys], label=name, capsize=2)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], keys)
+        ax.set_ylabel("accuracy (%)")
+        lows = [100 * c[k]["mean"] for c in configs.values() for k in keys if k in c]
+        ax.set_ylim(max(0, min(lows) - 8), min(100, max(lows) + 4))
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        files.append(directory / "accuracy.png")
+        fig.savefig(files[-1], dpi=90)
+        plt.close(fig)
+    if records:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        colours = {name: f"C{i}" for i, name in enumerate(result["grid"]["runs"])}
+        for r in records:
+            h = [row for row in r["history"] if "val_pgd20" in row]
+            ax.plot([row["epoch"] for row in h], [100 * row["val_pgd20"] for row in h], color=colours.get(r["config"]),
+                    alpha=0.7, label=r["config"] if r["seed"] == min(x["seed"] for x in records
+                                                                    if x["config"] == r["config"]) else None)
+        ax.set(xlabel="epoch", ylabel="validation PGD-20 (%)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        files.append(directory / "val_curves.png")
+        fig.savefig(files[-1], dpi=90)
+        plt.close(fig)
+    return files
+
+
+def write_aggregate(grid: StudyGrid, results_dir: str | os.PathLike) -> dict:
+    """results.json, results.md and the plots, next to the per-run result files."""
+    results_dir = Path(results_dir)
+    records = [r for r in read_results(results_dir) if r.get("grid", grid.name) == grid.name]
+    result = aggregate(grid, records)
+    _write_json_atomic(results_dir / "results.json", result)
+    (results_dir / "results.md").write_text(format_markdown(result))
+    result["files"] = [str(p) for p in plot_study(result, records, results_dir)]
+    return result

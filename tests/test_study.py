@@ -1,0 +1,138 @@
+"""Specifications of `rat study`: skip complete runs, resume interrupted ones, aggregate honestly."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import run_rat
+
+from ratkit import study
+from ratkit.study import StudyError, aggregate, load_grid, run_config, run_study, write_aggregate
+from ratkit.train import TrainingInterrupted, train
+
+TINY = ["data.dataset=synthetic", "data.val_size=128", "data.train_subset=256", "train.epochs=2",
+        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
+        "train.val_n=64", "optim.lr=0.002"]
+STUDIES = Path(__file__).resolve().parents[1] / "configs" / "studies"
+# torch itself warns when forward-mode AD (the Hessian) first loads its decompositions
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+def _grid(tmp_path, **extra):
+    spec = {"name": "tiny", "preset": "fmnist-cpu", "overrides": TINY, "seeds": [0, 1],
+            "runs": {"trades": ["method.rat=false"], "rat-trades": ["method.rat=true"]},
+            "pairs": [["rat-trades", "trades"]],
+            "eval": {"attacks": "clean,pgd20", "n": 64, "aa_n": None},
+            "hessian": {"n": 8, "top_k": 1, "probes": 2, "max_iter": 3}, **extra}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_grid(path)
+
+
+def test_study_runs_the_grid_writes_one_small_result_per_run_and_aggregates(tmp_path):
+    grid = _grid(tmp_path)
+    result = run_study(grid, tmp_path / "runs", tmp_path / "results", log=lambda m: None)
+    files = sorted(p.name for p in (tmp_path / "results").glob("*-seed*.json"))
+    assert files == ["rat-trades-seed0.json", "rat-trades-seed1.json", "trades-seed0.json", "trades-seed1.json"]
+    record = json.loads((tmp_path / "results" / "trades-seed1.json").read_text())
+    assert record["seed"] == 1 and record["epochs"] == 2 and len(record["history"]) == 2
+    assert set(record["accuracy"]) == {"clean", "pgd20", "robust"} and record["accuracy"]["clean"]["n"] == 64
+    assert record["hessian"]["loss"] == "adversarial" and record["hessian"]["trace"] is not None
+    assert "correct" not in json.dumps(record)  # no per-example strings: result files stay small
+    assert (tmp_path / "results" / "results.md").exists() and (tmp_path / "results" / "accuracy.png").exists()
+    assert result["configs"]["trades"]["seeds"] == [0, 1]
+    assert result["pairs"][0]["seeds"] == [0, 1]
+
+
+def test_complete_runs_are_skipped_without_training(tmp_path, monkeypatch):
+    grid = _grid(tmp_path, seeds=[0])
+    run_study(grid, tmp_path / "runs", tmp_path / "results", log=lambda m: None)
+    before = {p.name: p.read_text() for p in (tmp_path / "results").glob("*-seed*.json")}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a complete run was trained again")
+
+    monkeypatch.setattr(study, "run_one", no_training)
+    messages = []
+    run_study(grid, tmp_path / "runs", tmp_path / "results", log=messages.append)
+    assert messages == ["trades-seed0: complete, skipped", "rat-trades-seed0: complete, skipped"]
+    assert {p.name: p.read_text() for p in (tmp_path / "results").glob("*-seed*.json")} == before
+
+
+def test_an_interrupted_run_is_resumed_and_ends_as_an_uninterrupted_one(tmp_path):
+    grid = _grid(tmp_path, seeds=[0], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None)
+    cfg = run_config(grid, "trades", 0)
+
+    def interrupt(progress):
+        if progress.global_step == 10:  # in the second epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, tmp_path / "runs" / "trades-seed0", quiet=True, on_step=interrupt)
+    messages = []
+    run_study(grid, tmp_path / "runs", tmp_path / "results", log=messages.append)
+    assert "trades-seed0: resuming" in messages
+    resumed = json.loads((tmp_path / "results" / "trades-seed0.json").read_text())
+    run_study(grid, tmp_path / "fresh", tmp_path / "fresh-results", log=lambda m: None)
+    fresh = json.loads((tmp_path / "fresh-results" / "trades-seed0.json").read_text())
+    assert resumed["accuracy"]["pgd20"]["accuracy"] == fresh["accuracy"]["pgd20"]["accuracy"]
+    assert [r["val_pgd20"] for r in resumed["history"]] == [r["val_pgd20"] for r in fresh["history"]]
+
+
+def _record(config, seed, clean, pgd, seconds=10.0):
+    return {"config": config, "seed": seed, "grid": "tiny", "seconds_per_epoch": seconds, "history": [],
+            "accuracy": {"clean": {"accuracy": clean, "n": 100}, "pgd20": {"accuracy": pgd, "n": 100}}}
+
+
+def test_aggregation_gives_mean_std_over_seeds_and_a_paired_comparison(tmp_path):
+    from scipy import stats
+
+    grid = _grid(tmp_path)
+    base = [(0.80, 0.60), (0.82, 0.62), (0.78, 0.61)]
+    rat = [(0.81, 0.63), (0.83, 0.62), (0.80, 0.64)]
+    records = ([_record("trades", s, *v) for s, v in enumerate(base)]
+               + [_record("rat-trades", s, *v, seconds=11.0) for s, v in enumerate(rat)])
+    result = aggregate(grid, records)
+    clean = result["configs"]["trades"]["clean"]
+    assert clean["mean"] == pytest.approx(0.80) and clean["std"] == pytest.approx(0.02) and clean["n"] == 3
+    pair = result["pairs"][0]
+    diffs = [r[1] - b[1] for r, b in zip(rat, base)]
+    assert pair["pgd20"]["diffs"] == pytest.approx(diffs)
+    assert pair["pgd20"]["mean"] == pytest.approx(sum(diffs) / 3)
+    assert pair["pgd20"]["p_value"] == pytest.approx(stats.ttest_rel([r[1] for r in rat], [b[1] for b in base]).pvalue)
+    assert pair["time_ratio"]["mean"] == pytest.approx(1.1)
+    # a seed present for only one side of a pair is not paired
+    partial = aggregate(grid, records[:3] + records[3:5])
+    assert partial["pairs"][0]["seeds"] == [0, 1]
+
+
+def test_markdown_reports_mean_plus_minus_std_and_the_paired_difference(tmp_path):
+    grid = _grid(tmp_path)
+    records = [_record("trades", 0, 0.80, 0.60), _record("trades", 1, 0.82, 0.62),
+               _record("rat-trades", 0, 0.81, 0.63), _record("rat-trades", 1, 0.83, 0.61)]
+    for r in records:
+        (tmp_path / f"{r['config']}-seed{r['seed']}.json").write_text(json.dumps(r))
+    write_aggregate(grid, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "| trades | 2 | 81.00 ± 1.41 | 61.00 ± 1.41 |" in text
+    assert "| rat-trades − trades | 2 | +1.00 ± 0.00 (p 0.00) | +1.00 ± 2.83" in text
+
+
+def test_the_grid_files_in_configs_studies_are_valid():
+    core = load_grid(STUDIES / "core.yaml")
+    assert set(core.runs) == {"trades", "rat-trades", "awp-trades", "awp-rat-trades"} and core.seeds == [0, 1, 2]
+    cfg = run_config(core, "awp-rat-trades", 2)
+    assert cfg.method.awp and cfg.method.rat and cfg.train.seed == 2 and cfg.data.dataset == "fashion-mnist"
+    for name in ("bases", "ablations"):
+        assert load_grid(STUDIES / f"{name}.yaml").runs
+
+
+def test_bad_grids_are_refused_with_one_line(tmp_path):
+    with pytest.raises(StudyError, match="pair"):
+        _grid(tmp_path, pairs=[["rat-trades", "mart"]])
+    with pytest.raises(StudyError, match="method.alpha"):
+        _grid(tmp_path, runs={"bad": ["method.alpha=3"]}, pairs=[])
+    (tmp_path / "x.yaml").write_text("name: x\nrunz: {}\n")
+    result = run_rat("study", "--grid", str(tmp_path / "x.yaml"))
+    assert result.returncode == 2 and "runz" in result.stderr and len(result.stderr.strip().splitlines()) == 1
