@@ -24,11 +24,10 @@ import os
 import statistics
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import torch
 import yaml
 
 from .config import ConfigError, config_to_dict, load_config
@@ -105,10 +104,7 @@ def _training_complete(run_dir: Path, epochs: int) -> bool:
 def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool = True,
             log: Callable[[str], None] = print) -> dict:
     """Train (or resume), evaluate and measure one run; returns its result record."""
-    from .checkpoint import load_model
-    from .config import resolved_attack
-    from .evaluate import evaluate_test_set, parse_attacks
-    from .train import load_run_config, resolve_device, train
+    from .train import evaluate_run, load_run_config, resolve_device, train
 
     cfg = run_config(grid, name, seed)
     run_dir = out_dir / run_key(name, seed)
@@ -123,22 +119,19 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
         train(cfg, run_dir, quiet=quiet)
 
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    device = resolve_device(cfg.train.device)
-    model, meta = load_model(run_dir / "best", device)
-    model.to(memory_format=torch.channels_last)
-    eps, _ = resolved_attack(cfg)
+    # the grid's evaluation replaces the preset's (the training config is unchanged)
+    eval_cfg = replace(cfg, eval=replace(cfg.eval, attacks=grid.eval.get("attacks", cfg.eval.attacks),
+                                         n=grid.eval.get("n"), aa_n=grid.eval.get("aa_n")))
     started = time.perf_counter()
     log(f"{run_key(name, seed)}: evaluating")
-    report = evaluate_test_set(model, cfg.data.dataset, data_dir=cfg.data.data_dir, n=grid.eval.get("n"), eps=eps,
-                               norm=cfg.attack.norm, attacks=parse_attacks(grid.eval.get("attacks", "clean")),
-                               batch_size=256, aa_n=grid.eval.get("aa_n"), seed=seed, quiet=quiet)
-    (run_dir / "eval.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
-    accuracy = {k: {"accuracy": a.accuracy, "n": a.n, "seconds": a.seconds} for k, a in report.attacks.items()}
-    if report.robust_n:
-        accuracy["robust"] = {"accuracy": report.robust_accuracy, "n": report.robust_n}
+    report = evaluate_run(run_dir, eval_cfg, quiet=quiet)
+    accuracy = {k: {"accuracy": a["accuracy"], "n": a["n"], "seconds": a["seconds"]}
+                for k, a in report["attacks"].items()}
+    if report["robust_n"]:
+        accuracy["robust"] = {"accuracy": report["robust_accuracy"], "n": report["robust_n"]}
     record = {
         "config": name, "seed": seed, "grid": grid.name, "overrides": [*grid.overrides, *grid.runs[name]],
-        "best_epoch": meta.get("epoch"), "epochs": len(history),
+        "best_epoch": report["best_epoch"], "epochs": len(history),
         "train_seconds": sum(r.get("train_seconds", 0.0) for r in history),
         "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in history) if history else None,
         "history": [{k: v for k, v in r.items() if k in ("epoch", "train_loss", "val_clean", "val_pgd20",
@@ -153,7 +146,7 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
         h = grid.hessian
         job = run_hessian(run_dir, out=run_dir, n=h.get("n", 256), top_k=h.get("top_k", 1),
                           probes=h.get("probes", 50), loss="adversarial", max_iter=h.get("max_iter", 50),
-                          seed=seed, device=str(device), quiet=quiet)
+                          seed=seed, device=str(resolve_device(cfg.train.device)), quiet=quiet)
         r = job.results[0]
         record["hessian"] = {"loss": "adversarial", "n": r.settings.n, "top_eigenvalue": r.eigenvalues[0],
                              "converged": r.converged[0], "trace": r.trace, "trace_stderr": r.trace_stderr,

@@ -453,6 +453,6 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
                                batch_size=cfg.eval.batch_size, aa_n=aa_n, seed=cfg.train.seed, quiet=quiet)
     report.checkpoint = f"{run_dir / 'best.safetensors'} (epoch {meta.get('epoch')})"
     print(format_report(report), flush=True)
-    result = report.to_json()
+    result = {**report.to_json(), "best_epoch": meta.get("epoch")}
     (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
