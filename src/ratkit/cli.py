@@ -140,10 +140,15 @@ def cmd_train(args) -> int:
         print(f"rat train: interrupted; progress saved. Continue with: rat train --resume {exc.run_dir}",
               file=sys.stderr)
         return 130
-    print(f"training finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}", flush=True)
+    from . import distributed
+
+    main = distributed.current().is_main  # under torchrun rank 0 reports; every rank evaluates its shard
+    if main:
+        print(f"training finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}", flush=True)
     if not args.no_eval:
         evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet)
-    print(f"total wall time {time.perf_counter() - started:.0f} s", flush=True)
+    if main:
+        print(f"total wall time {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 
 
@@ -362,10 +367,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except (UserError, DataError, CheckpointError, ConfigError) as exc:
         print(f"rat {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"rat {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    from .distributed import active, exit_cleanly
+
+    if active():  # a torchrun worker (python -m ratkit or the rat script): leave without gloo teardown
+        exit_cleanly(code)
+    return code

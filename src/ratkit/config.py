@@ -115,6 +115,7 @@ class TrainConfig:
     val_n: int | None = 1000
     time_budget_s: float | None = None
     channels_last: bool = True  # NHWC memory layout for conv models (faster on CPU; docs/performance.md)
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .attacks import PGDConfig, autoattack_correct, fgsm_config, pgd
+from . import distributed
+from .attacks import PGDConfig, advance_generator, autoattack_correct, fgsm_config, pgd
 from .modes import model_mode
 
 ATTACKS = ("clean", "fgsm", "pgd20", "cw30", "aa")
@@ -77,12 +78,17 @@ class EvalReport:
 
 
 def _correct_under(model: nn.Module, x: Tensor, y: Tensor, name: str, eps: float, norm: str,
-                   batch_size: int, generator: torch.Generator, progress) -> Tensor:
+                   batch_size: int, generator: torch.Generator, progress, skip=None) -> Tensor:
     out = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    for start in range(0, len(x), batch_size):
+    cfg = protocol_attack(name, eps, norm) if name != "clean" else None
+    for k, start in enumerate(range(0, len(x), batch_size)):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        if name != "clean":
-            xb = pgd(model, xb, yb, protocol_attack(name, eps, norm), generator=generator)
+        if skip is not None and skip(k):  # another rank's batch: stay in step with its random draws
+            if cfg is not None:
+                advance_generator(xb, cfg, generator)
+            continue
+        if cfg is not None:
+            xb = pgd(model, xb, yb, cfg, generator=generator)
         with torch.no_grad():
             out[start:start + len(xb)] = model(xb).argmax(1) == yb
         if progress is not None:
@@ -108,16 +114,22 @@ def evaluate(
 ) -> EvalReport:
     """Run the protocol on (x, y). ``aa_n`` limits AutoAttack to the first aa_n examples
     (its cost is about a second per image on a 2-core CPU); the worst case is then reported
-    on those examples, where every attack ran."""
+    on those examples, where every attack ran.
+
+    Under torchrun the batches are dealt out to the ranks (batch k to rank k mod N), each
+    attacked exactly as one process would attack it, and the per-example results are summed
+    over the ranks, so every rank returns the single-process report."""
     from tqdm.auto import tqdm
 
+    rank = distributed.current()
+    skip = (lambda k: k % rank.world_size != rank.rank) if rank.distributed else None
     device = next(model.parameters()).device
     x = x.to(device=device, dtype=torch.float32)
     y = y.to(device)
     report = EvalReport(dataset=dataset, split=split, norm=norm, eps=eps,
                         n_total=n_total if n_total is not None else len(x))
     outcomes: dict[str, Tensor] = {}
-    disable = quiet or not sys.stderr.isatty()
+    disable = quiet or not sys.stderr.isatty() or not rank.is_main
     with model_mode(model, False), torch.autocast(device.type, enabled=False):
         for name in attacks:
             n = len(x) if name != "aa" or aa_n is None else min(aa_n, len(x))
@@ -125,13 +137,15 @@ def evaluate(
             started = time.perf_counter()
             with tqdm(total=n, desc=ATTACK_TITLES[name], unit="img", disable=disable, leave=False) as bar:
                 if name == "aa":
-                    if not quiet:
+                    if not quiet and rank.is_main:
                         print(f"AutoAttack (standard) on {n} images: roughly 1 s per image for a small "
                               "robust CNN on a 2-core CPU.", file=sys.stderr)
                     correct = autoattack_correct(model, x[:n], y[:n], eps=eps, norm=norm,
-                                                 batch_size=batch_size, seed=seed, progress=bar)
+                                                 batch_size=batch_size, seed=seed, progress=bar, skip=skip)
                 else:
-                    correct = _correct_under(model, x[:n], y[:n], name, eps, norm, batch_size, generator, bar)
+                    correct = _correct_under(model, x[:n], y[:n], name, eps, norm, batch_size, generator, bar,
+                                             skip)
+            correct = distributed.all_reduce_sum(correct.int()).bool()  # each example was done by one rank
             outcomes[name] = correct
             report.attacks[name] = AttackResult(
                 accuracy=correct.float().mean().item(), n=n, seconds=time.perf_counter() - started,

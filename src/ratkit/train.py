@@ -22,8 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torch.nn.parallel import DistributedDataParallel
+
+from . import distributed
+from .attacks import BatchShard
 from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
-from .config import Config, config_from_dict, config_to_dict, method_label, resolved_attack, save_config
+from .config import Config, ConfigError, config_from_dict, config_to_dict, method_label, resolved_attack, save_config
 from .data import augment, iterate_batches, load_dataset, split_train_val
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
 from .methods import AT, AWP, MART, RAT, TRADES, Method, NonFiniteLossError, train_attack, trades_attack
@@ -205,6 +209,13 @@ class Trainer:
                  on_step: Callable[[Progress], None] | None = None):
         self.cfg, self.run_dir, self.quiet, self.on_step = cfg, Path(run_dir), quiet, on_step
         self.device = resolve_device(cfg.train.device)
+        self.rank = distributed.init_from_environment(self.device.type)
+        if self.device.type == "cuda" and self.rank.distributed:
+            self.device = torch.device("cuda", self.rank.local_rank)
+            torch.cuda.set_device(self.device)
+        if cfg.train.batch_size % self.rank.world_size:
+            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not divide among "
+                              f"{self.rank.world_size} ranks")
         seed = cfg.train.seed
         random.seed(seed)
         np.random.seed(seed)
@@ -215,9 +226,16 @@ class Trainer:
             self.train_data = self.train_data.first(cfg.data.train_subset)
         self.info = full.info
         self.model, self.spec = build_model_from_config(cfg, self.info)
+        if self.rank.distributed and cfg.train.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # the model the method trains: DDP averages the gradients over the ranks' shards
+        self.train_model = self.model
+        if self.rank.distributed:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.method = build_method(cfg)
         self.optimizer = build_optimizer(cfg, self.model)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
@@ -225,7 +243,7 @@ class Trainer:
         self.y = self.train_data.y.to(self.device)
         self.steps_per_epoch = max(1, len(self.train_data) // cfg.train.batch_size)
         self.progress = Progress(history=[])
-        self.tb = _tensorboard_writer(self.run_dir)
+        self.tb = _tensorboard_writer(self.run_dir) if self.rank.is_main else None
         self.interrupt: StepBoundaryInterrupt | None = None
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -254,7 +272,8 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
         self.progress = Progress(**meta["progress"])
         # metrics.jsonl may hold an epoch logged after the last checkpoint (kill -9): rewrite it
-        self._write_metrics_file()
+        if self.rank.is_main:
+            self._write_metrics_file()
 
     def _write_metrics_file(self) -> None:
         with open(self.run_dir / "metrics.jsonl", "w") as f:
@@ -281,7 +300,7 @@ class Trainer:
         order = epoch_order_generator(cfg.train.seed, epoch)
         batches = iterate_batches(self.train_data, cfg.train.batch_size, shuffle=True, generator=order,
                                   drop_last=True)
-        disable = self.quiet or not sys.stderr.isatty()
+        disable = self.quiet or not sys.stderr.isatty() or not self.rank.is_main
         lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(total=self.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    unit="step", disable=disable, leave=False)
@@ -298,14 +317,27 @@ class Trainer:
                 lr = learning_rate(cfg, p.global_step, self.steps_per_epoch)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                out = self.method.step(self.model, self.optimizer, xb, yb, generator=self.generator, epoch=epoch)
+                # every rank has the global batch (same order, augmentation and random draws) and
+                # trains on its slice of it
+                part, shard = slice(None), None
+                if self.rank.distributed:
+                    part = distributed.shard(len(yb), self.rank)
+                    shard = BatchShard(part.start, part.stop, len(yb))
+                xs, ys = xb[part], yb[part]
+                out = self.method.step(self.train_model, self.optimizer, xs, ys, generator=self.generator,
+                                       epoch=epoch, shard=shard)
                 elapsed = time.perf_counter() - started
-                sums["loss"] += out.loss.item() * len(yb)
-                sums["correct"] += (out.outputs.logits_adv.argmax(1) == yb).sum().item()
-                sums["seen"] += len(yb)
+                names = list(out.terms)
+                local = torch.stack([t.double() for t in (
+                    out.loss.detach() * len(ys), (out.outputs.logits_adv.argmax(1) == ys).sum(),
+                    torch.tensor(float(len(ys)), device=ys.device), *[out.terms[k].detach() * len(ys) for k in names])])
+                loss_sum, correct, seen, *term_sums = distributed.all_reduce_sum(local).tolist()
+                sums["loss"] += loss_sum
+                sums["correct"] += int(correct)
+                sums["seen"] += int(seen)
                 sums["seconds"] += elapsed
-                for k, v in out.terms.items():
-                    sums["terms"][k] = sums["terms"].get(k, 0.0) + v.item() * len(yb)
+                for k, v in zip(names, term_sums):
+                    sums["terms"][k] = sums["terms"].get(k, 0.0) + v
                 p.step_in_epoch, p.global_step = i + 1, p.global_step + 1
                 p.train_seconds += elapsed
                 p.partial = sums
@@ -315,8 +347,8 @@ class Trainer:
                                 img_s=f"{sums['seen'] / max(sums['seconds'], 1e-9):.0f}")
                 if self.on_step is not None:
                     self.on_step(p)
-                if self.interrupt is not None and self.interrupt.requested:
-                    raise KeyboardInterrupt
+                if distributed.any_rank(self.interrupt is not None and self.interrupt.requested, self.device):
+                    raise KeyboardInterrupt  # all ranks stop at the same step boundary
         finally:
             bar.close()
         seen = max(sums["seen"], 1)
@@ -335,7 +367,8 @@ class Trainer:
             try:
                 row = self.run_epoch(epoch)
             except KeyboardInterrupt:
-                self.save_last()
+                if self.rank.is_main:
+                    self.save_last()
                 raise
             except NonFiniteLossError as exc:
                 raise TrainingStopped(f"epoch {epoch + 1}, step {p.step_in_epoch + 1}: {exc}; "
@@ -343,30 +376,36 @@ class Trainer:
             row.update(self._validate())
             p.epoch, p.step_in_epoch, p.partial = epoch + 1, 0, None
             robust = row.get("val_pgd20", -1.0)
+            main = self.rank.is_main  # one writer: checkpoints, logs and prints come from rank 0
             if robust > p.best_val_robust or len(self.val_data) == 0:
                 p.best_val_robust, p.best_epoch = robust, epoch + 1
-                save_model(self.run_dir / "best", self.model, self.spec,
-                           {**self._meta(), "epoch": epoch + 1, "val": {k: v for k, v in row.items() if k.startswith("val_")}})
+                if main:
+                    save_model(self.run_dir / "best", self.model, self.spec,
+                               {**self._meta(), "epoch": epoch + 1,
+                                "val": {k: v for k, v in row.items() if k.startswith("val_")}})
             row["best_epoch"] = p.best_epoch
             p.history.append(row)
-            self.save_last()
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            if main:
+                self.save_last()
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
             if self.tb is not None:
                 for k, v in row.items():
                     if isinstance(v, (int, float)):
                         self.tb.add_scalar(k, v, epoch + 1)
-            if not self.quiet:
+            if not self.quiet and main:
                 val = (f", val clean {100 * row['val_clean']:.2f}%, val PGD-20 {100 * row['val_pgd20']:.2f}%"
                        if "val_clean" in row else "")
                 print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.4f}, "
                       f"train adv acc {100 * row['train_adv_acc']:.2f}%{val}, {row['train_seconds']:.0f} s "
                       f"({row['images_per_s']:.0f} img/s)", flush=True)
             budget = cfg.train.time_budget_s
-            if budget is not None and time.perf_counter() - started > budget and p.epoch < cfg.train.epochs:
+            over = budget is not None and time.perf_counter() - started > budget
+            if distributed.any_rank(over, self.device) and p.epoch < cfg.train.epochs:
                 print(f"time budget of {budget:.0f} s reached after epoch {p.epoch}; stopping", flush=True)
                 break
-        plot_curves(p.history, self.run_dir / "curves.png")
+        if self.rank.is_main:
+            plot_curves(p.history, self.run_dir / "curves.png")
 
 
 def _tensorboard_writer(run_dir: Path):
@@ -424,8 +463,17 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
           on_step: Callable[[Progress], None] | None = None) -> Path:
-    """Train (or resume) a run; returns its directory. ``on_step`` is called after every step."""
-    run_dir = Path(run_dir) if resume else prepare_run(cfg, run_dir)
+    """Train (or resume) a run; returns its directory. ``on_step`` is called after every step.
+
+    Under torchrun every rank calls this; rank 0 prepares the run directory and every rank
+    then uses that one."""
+    rank = distributed.init_from_environment(resolve_device(cfg.train.device).type)
+    if not resume:
+        run_dir = [prepare_run(cfg, run_dir) if rank.is_main else None]
+        if rank.distributed:
+            torch.distributed.broadcast_object_list(run_dir, src=0)
+        run_dir = run_dir[0]
+    run_dir = Path(run_dir)
     trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step)
     if resume:
         trainer.restore_last()
@@ -452,7 +500,8 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
                                norm=cfg.attack.norm, attacks=parse_attacks(cfg.eval.attacks),
                                batch_size=cfg.eval.batch_size, aa_n=aa_n, seed=cfg.train.seed, quiet=quiet)
     report.checkpoint = f"{run_dir / 'best.safetensors'} (epoch {meta.get('epoch')})"
-    print(format_report(report), flush=True)
     result = {**report.to_json(), "best_epoch": meta.get("epoch")}
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    if distributed.current().is_main:
+        print(format_report(report), flush=True)
+        (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -8,6 +8,7 @@ classify its output ourselves.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +26,15 @@ def autoattack_correct(
     batch_size: int = 250,
     seed: int = 0,
     progress=None,
+    skip: Callable[[int], bool] | None = None,
 ) -> Tensor:
     """Per-example bool: still correctly classified after standard AutoAttack.
 
     Standard AutoAttack = APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000
     queries). The model runs in eval mode; ``progress`` (a tqdm bar or None) is advanced by
-    the number of examples attacked.
+    the number of examples attacked. ``skip(k)`` true leaves chunk k to another rank (its
+    entries stay False): pyautoattack re-seeds every attack per call, so a chunk's result does
+    not depend on the chunks before it, and sharding by chunk is exact.
     """
     from pyautoattack import AutoAttack  # imported lazily: it is only needed here
 
@@ -42,7 +46,9 @@ def autoattack_correct(
     with model_mode(model, False):
         attack = AutoAttack(model, eps=eps, norm=norm, version="standard", seed=seed,
                             device=device)
-        for start in range(0, len(x), batch_size):
+        for k, start in enumerate(range(0, len(x), batch_size)):
+            if skip is not None and skip(k):
+                continue
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             x_adv, _ = attack.run_standard_evaluation(xb, yb, batch_size=batch_size)
             with torch.no_grad():

@@ -67,6 +67,17 @@ class PGDConfig:
             raise ValueError("PGDConfig: steps must be >= 0 and restarts >= 1")
 
 
+@dataclass(frozen=True)
+class BatchShard:
+    """``x`` is rows [start, stop) of a batch of ``total`` examples (one rank's part under
+    data parallelism). Random starts are drawn for the whole batch and sliced, so a sharded
+    batch gets exactly the starts of the unsharded one and the generator advances alike."""
+
+    start: int
+    stop: int
+    total: int
+
+
 def fgsm_config(eps: float, norm: str = "Linf") -> PGDConfig:
     """FGSM is the one-step, no-random-start case of PGD with step size eps."""
     return PGDConfig(eps=eps, step_size=eps, steps=1, norm=norm, random_start="none")
@@ -97,21 +108,34 @@ def clip_to_image(x: Tensor, delta: Tensor) -> Tensor:
     return (x + delta).clamp(0.0, 1.0) - x
 
 
-def random_start(x: Tensor, cfg: PGDConfig, generator: torch.Generator | None) -> Tensor:
-    """Initial perturbation, already projected and clipped."""
+def random_start(x: Tensor, cfg: PGDConfig, generator: torch.Generator | None,
+                 shard: BatchShard | None = None) -> Tensor:
+    """Initial perturbation, already projected and clipped (drawn for the whole batch if sharded)."""
     if cfg.random_start == "none" or cfg.eps == 0:
         return torch.zeros_like(x)
     device = generator.device if generator is not None else x.device
+    shape = x.shape if shard is None else (shard.total, *x.shape[1:])
+
+    def draw(sample) -> Tensor:
+        t = sample(shape, generator=generator, device=device, dtype=x.dtype)
+        return (t if shard is None else t[shard.start:shard.stop]).to(x.device)
+
     if cfg.random_start == "normal":
-        noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-        delta = cfg.init_std * noise.to(x.device)
+        delta = cfg.init_std * draw(torch.randn)
     elif cfg.norm == "Linf":
-        u = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
-        delta = (2 * u - 1) * cfg.eps
+        delta = (2 * draw(torch.rand) - 1) * cfg.eps
     else:
-        g = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+        g = draw(torch.randn)
         delta = cfg.eps * g / _flat_norm(g).clamp_min(1e-12)
     return clip_to_image(x, project(delta, cfg.eps, cfg.norm))
+
+
+def advance_generator(x: Tensor, cfg: PGDConfig, generator: torch.Generator | None) -> None:
+    """Consume exactly the random numbers ``pgd(model, x, y, cfg, generator=generator)`` would:
+    a rank that skips a batch another rank attacks stays in step with a single process."""
+    if generator is not None:
+        for _ in range(cfg.restarts):
+            random_start(x, cfg, generator)
 
 
 def _stronger(loss_new: Tensor, wrong_new: Tensor, loss_old: Tensor, wrong_old: Tensor) -> Tensor:
@@ -128,6 +152,7 @@ def pgd(
     params: Mapping[str, Tensor] | None = None,
     generator: torch.Generator | None = None,
     target_probs: Tensor | None = None,
+    shard: BatchShard | None = None,
 ) -> Tensor:
     """Craft adversarial examples for ``model`` (or ``model`` run with ``params``).
 
@@ -174,7 +199,7 @@ def pgd(
 
         x_adv = x
         for _ in range(cfg.restarts):
-            delta = random_start(x, cfg, generator)
+            delta = random_start(x, cfg, generator, shard)
             for _ in range(cfg.steps):
                 delta.requires_grad_(True)
                 logits = forward(x + delta)

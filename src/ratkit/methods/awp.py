@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..distributed import any_rank, average, unwrap
 from .base import LossOutput, Method, NonFiniteLossError
 
 _EPS = 1e-20
@@ -54,8 +55,8 @@ class AWP(Method):
         if self.gamma < 0 or self.warmup < 0:
             raise ValueError(f"AWP needs gamma >= 0 and warmup >= 0, got {self.gamma}, {self.warmup}")
 
-    def craft(self, model, x, y, *, generator=None):
-        return self.method.craft(model, x, y, generator=generator)
+    def craft(self, model, x, y, *, generator=None, shard=None):
+        return self.method.craft(model, x, y, generator=generator, shard=shard)
 
     def loss(self, model, x, x_adv, y) -> LossOutput:
         return self.method.loss(model, x, x_adv, y)
@@ -64,19 +65,24 @@ class AWP(Method):
         return self.method.objective(model, x, x_adv, y)
 
     def perturbation(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> list[Tensor]:
-        """v for each weight in ``perturbed_weights(model)`` order; the live weights are not changed."""
-        weights = perturbed_weights(model)
-        with buffers_preserved(model), torch.enable_grad():
-            objective = self.method.objective(model, x, x_adv, y)
-            if not torch.isfinite(objective):
+        """v for each weight in ``perturbed_weights(model)`` order; the live weights are not changed.
+
+        Under data parallelism the objective's gradient is averaged over the ranks (the gradient
+        of the global batch), so every rank applies the single-process perturbation."""
+        net = unwrap(model)  # a gradient for the perturbation, not a training step: no DDP hooks
+        weights = perturbed_weights(net)
+        with buffers_preserved(net), torch.enable_grad():
+            objective = self.method.objective(net, x, x_adv, y)
+            if any_rank(not torch.isfinite(objective).item(), objective.device):
                 raise NonFiniteLossError(f"non-finite AWP objective {objective.item()}; weights left unchanged")
             grads = torch.autograd.grad(objective, weights, allow_unused=True)
+        grads = [None if g is None else average(g) for g in grads]
         return [torch.zeros_like(w) if g is None else
                 self.gamma * w.detach().norm() / (g.norm() + _EPS) * g
                 for w, g in zip(weights, grads)]
 
-    def step(self, model, optimizer, x, y, *, generator=None, epoch: int = 0) -> LossOutput:
-        x_adv = self.craft(model, x, y, generator=generator)
+    def step(self, model, optimizer, x, y, *, generator=None, epoch: int = 0, shard=None) -> LossOutput:
+        x_adv = self.craft(model, x, y, generator=generator, shard=shard)
         if epoch < self.warmup or self.gamma == 0:
             return self.method.update(model, optimizer, x, x_adv, y)
         weights = perturbed_weights(model)

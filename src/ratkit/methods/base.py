@@ -14,7 +14,8 @@ from typing import ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..attacks import PGDConfig, pgd
+from ..attacks import BatchShard, PGDConfig, pgd
+from ..distributed import any_rank, unwrap
 from ..modes import model_mode
 
 
@@ -43,14 +44,13 @@ class LossOutput:
 
 
 def forward_outputs(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, with_clean: bool) -> Outputs:
-    """Clean (if needed) then adversarial forward in train mode, through the model's head."""
+    """Clean (if needed) then adversarial forward in train mode, features and logits from one
+    pass each (through ``forward``, so a DistributedDataParallel wrapper sees both passes)."""
     with model_mode(model, True):
         feats_clean = logits_clean = None
         if with_clean:
-            feats_clean = model.features(x)
-            logits_clean = model.head(feats_clean)
-        feats_adv = model.features(x_adv)
-        logits_adv = model.head(feats_adv)
+            feats_clean, logits_clean = model(x, with_features=True)
+        feats_adv, logits_adv = model(x_adv, with_features=True)
     return Outputs(y=y, feats_adv=feats_adv, logits_adv=logits_adv,
                    feats_clean=feats_clean, logits_clean=logits_clean)
 
@@ -58,7 +58,9 @@ def forward_outputs(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, with_
 class Method:
     """Interface of every method (base or wrapper)."""
 
-    def craft(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def craft(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None,
+              shard: BatchShard | None = None) -> Tensor:
+        """Adversarial examples for (x, y); ``shard`` says which rows of a global batch x is."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> LossOutput:
@@ -73,16 +75,16 @@ class Method:
         """Loss, backward and optimizer step on a crafted batch; a non-finite loss is never applied."""
         optimizer.zero_grad(set_to_none=True)
         out = self.loss(model, x, x_adv, y)
-        if not torch.isfinite(out.loss):
+        if any_rank(not torch.isfinite(out.loss).item(), out.loss.device):  # every rank stops, or none
             raise NonFiniteLossError(f"non-finite loss {out.loss.item()} ({describe_terms(out.terms)})")
         out.loss.backward()
         optimizer.step()
         return out
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
-             generator: torch.Generator | None = None, epoch: int = 0) -> LossOutput:
+             generator: torch.Generator | None = None, epoch: int = 0, shard: BatchShard | None = None) -> LossOutput:
         """One training step: craft, then update."""
-        x_adv = self.craft(model, x, y, generator=generator)
+        x_adv = self.craft(model, x, y, generator=generator, shard=shard)
         return self.update(model, optimizer, x, x_adv, y)
 
 
@@ -102,8 +104,8 @@ class BaseMethod(Method):
     needs_clean: ClassVar[bool] = True
     primary_term: ClassVar[str] = ""
 
-    def craft(self, model, x, y, *, generator=None, params: Mapping[str, Tensor] | None = None):
-        return pgd(model, x, y, self.attack, params=params, generator=generator)
+    def craft(self, model, x, y, *, generator=None, shard=None, params: Mapping[str, Tensor] | None = None):
+        return pgd(unwrap(model), x, y, self.attack, params=params, generator=generator, shard=shard)
 
     def terms(self, out: Outputs) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import average, unwrap
 from ..models import noise_target_names
 from ..weights import gaussian_noisy_params
 from .base import BaseMethod, LossOutput, Method, Outputs, forward_outputs
@@ -103,21 +104,30 @@ class RAT(Method):
         if self.taylor not in TAYLOR_MODES:
             raise ValueError(f"RAT.taylor must be one of {TAYLOR_MODES}, got {self.taylor!r}")
 
-    def craft(self, model, x, y, *, generator=None):
-        """The base attack on a noisy functional copy of the weights (sigma = 0: the plain attack)."""
+    def craft(self, model, x, y, *, generator=None, shard=None):
+        """The base attack on a noisy functional copy of the weights (sigma = 0: the plain attack).
+
+        The noise is drawn from the same generator on every rank, so all ranks (and a single
+        process) attack the same noisy network."""
         params = None
         if self.sigma > 0:
-            names = noise_target_names(model, self.noise_layers)
-            params = gaussian_noisy_params(model, names, self.sigma, generator)
-        return self.base.craft(model, x, y, generator=generator, params=params)
+            net = unwrap(model)
+            params = gaussian_noisy_params(net, noise_target_names(net, self.noise_layers), self.sigma, generator)
+        return self.base.craft(model, x, y, generator=generator, shard=shard, params=params)
 
     def statistics(self, model: nn.Module, out: Outputs) -> tuple[Tensor, Tensor]:
-        """Per-class head-gradient sums s for the clean and the adversarial batch."""
+        """Per-class head-gradient sums s for the clean and the adversarial batch.
+
+        Means over the batch: under data parallelism they are averaged over the ranks' equal
+        shards, so every rank builds the soft targets of the whole global batch."""
         if self.taylor == "autograd":
-            return (head_gradient_sums_autograd(model.head, out.feats_clean.detach(), out.y),
-                    head_gradient_sums_autograd(model.head, out.feats_adv.detach(), out.y))
-        return (head_gradient_sums(out.logits_clean.detach(), out.feats_clean.detach(), out.y),
-                head_gradient_sums(out.logits_adv.detach(), out.feats_adv.detach(), out.y))
+            head = unwrap(model).head
+            stats = (head_gradient_sums_autograd(head, out.feats_clean.detach(), out.y),
+                     head_gradient_sums_autograd(head, out.feats_adv.detach(), out.y))
+        else:
+            stats = (head_gradient_sums(out.logits_clean.detach(), out.feats_clean.detach(), out.y),
+                     head_gradient_sums(out.logits_adv.detach(), out.feats_adv.detach(), out.y))
+        return average(stats[0]), average(stats[1])
 
     def taylor_terms(self, s_nat: Tensor, s_adv: Tensor, out: Outputs) -> dict[str, Tensor]:
         """The first- and second-order soft-target KL terms, weighted by alpha and alpha / 2."""

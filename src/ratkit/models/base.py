@@ -64,8 +64,12 @@ class RobustModel(nn.Module):
         """Penultimate features of pixel-space input ``x`` (what RAT perturbs through the head)."""
         return self.body(self.normalize(x))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: Tensor, with_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits; with ``with_features`` also the penultimate features, from the same pass
+        (the training loss uses both, and under DistributedDataParallel it must go through forward)."""
+        feats = self.features(x)
+        logits = self.head(feats)
+        return (feats, logits) if with_features else logits
 
     @property
     def feature_dim(self) -> int:

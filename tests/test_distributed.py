@@ -1,0 +1,98 @@
+"""Data parallelism with torchrun (2 gloo ranks on CPU) equals one process on the global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ratkit.attacks import PGDConfig, advance_generator, pgd
+from ratkit.checkpoint import read_checkpoint
+from ratkit.models import build_model
+
+HERE = Path(__file__).resolve().parent
+SRC = str(HERE.parent / "src")
+WORKER = str(HERE / "distributed_worker.py")
+
+
+def _run(*args, ranks: int = 1, timeout: int = 300):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+                if ranks > 1 else [sys.executable])
+    result = subprocess.run([*launcher, WORKER, *map(str, args)], capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("method", ["rat-trades", "awp-rat-trades"])
+def test_two_ranks_with_half_batches_take_the_single_process_step(tmp_path, method):
+    _run("step", method, tmp_path / "one.pt")
+    _run("step", method, tmp_path / "two.pt", ranks=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=0, atol=1e-5, msg=name)
+    torch.manual_seed(0)
+    initial = build_model("smallcnn", num_classes=10, in_channels=1, channels=[4, 8], hidden=16,
+                          input_size=[28, 28]).state_dict()
+    assert max((one[k] - initial[k]).abs().max().item() for k in one) > 1e-3  # the step did move the weights
+
+
+def test_sharded_evaluation_gives_exactly_the_single_process_per_example_results(tmp_path):
+    _run("eval", tmp_path / "one.json")
+    _run("eval", tmp_path / "two.json", ranks=2)
+    one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert set(one["attacks"]) == {"clean", "fgsm", "pgd20", "cw30", "aa"}
+    for name, result in one["attacks"].items():
+        assert two["attacks"][name]["correct"] == result["correct"], name
+        assert two["attacks"][name]["n"] == result["n"]
+    assert two["robust_accuracy"] == one["robust_accuracy"] and two["robust_n"] == one["robust_n"] == 16
+    assert "0" in one["attacks"]["pgd20"]["correct"] and "1" in one["attacks"]["clean"]["correct"]
+
+
+@pytest.mark.parametrize("cfg", [PGDConfig(0.1, 0.025, 3), PGDConfig(0.1, 0.025, 3, random_start="normal"),
+                                 PGDConfig(0.5, 0.1, 2, norm="L2", restarts=2), PGDConfig(0.1, 0.1, 1,
+                                                                                          random_start="none")])
+def test_advance_generator_consumes_exactly_what_pgd_draws(cfg):
+    model = build_model("smallcnn", num_classes=10, in_channels=1, channels=[2, 4], hidden=8, input_size=[28, 28])
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    attacked, skipped = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    pgd(model, x, y, cfg, generator=attacked)
+    advance_generator(x, cfg, skipped)
+    assert torch.equal(attacked.get_state(), skipped.get_state())
+
+
+TINY = ["data.dataset=synthetic", "data.val_size=64", "data.train_subset=256", "train.epochs=2",
+        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
+        "train.val_n=64", "optim.lr=0.002"]
+
+
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_a_run_interrupted_with_one_world_size_resumes_with_another(tmp_path, first, then):
+    run = tmp_path / "run"
+    _run("train", json.dumps(TINY), run, 10, 0, ranks=first)  # stops in epoch 2 (8 steps per epoch)
+    _, meta = read_checkpoint(run / "last")
+    assert meta["progress"]["global_step"] == 10 and meta["progress"]["epoch"] == 1
+    _run("train", "[]", run, 0, 1, ranks=then)
+    _, meta = read_checkpoint(run / "last")
+    assert meta["progress"]["epoch"] == 2 and meta["progress"]["global_step"] == 16
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_loss"] > 0
+
+
+def test_torchrun_rat_train_trains_on_two_ranks_and_rank_0_writes_the_run(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    overrides = [a for o in TINY for a in ("--set", o)] + ["--set", "eval.attacks=clean,pgd20", "--set", "eval.n=64",
+                                                           "--set", "eval.aa_n=null"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "ratkit", "train", "--out", str(tmp_path / "run"), "--quiet", *overrides],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("training finished") == 1 and result.stdout.count("PGD-20") == 1
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["attacks"]["clean"]["n"] == 64
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
