@@ -227,6 +227,8 @@ class Trainer:
         self.info = full.info
         self.model, self.spec = build_model_from_config(cfg, self.info)
         if self.rank.distributed and cfg.train.sync_bn:
+            if self.device.type != "cuda":
+                raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA (DistributedDataParallel refuses it on CPU)")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         if cfg.train.channels_last:
