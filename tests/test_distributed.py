@@ -96,3 +96,24 @@ def test_torchrun_rat_train_trains_on_two_ranks_and_rank_0_writes_the_run(tmp_pa
     assert report["attacks"]["clean"]["n"] == 64
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_torchrun_rat_eval_prints_one_report_equal_to_the_single_process_one(tmp_path):
+    from ratkit.checkpoint import save_model
+    from ratkit.models import model_spec
+
+    kwargs = dict(num_classes=10, in_channels=1, channels=[4, 8], hidden=16, input_size=[28, 28])
+    torch.manual_seed(0)
+    save_model(tmp_path / "m", build_model("smallcnn", **kwargs), model_spec("smallcnn", **kwargs),
+               {"dataset": "synthetic"})
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    args = ["-m", "ratkit", "eval", str(tmp_path / "m.safetensors"), "--attacks", "clean,pgd20", "--images", "40",
+            "--batch-size", "8", "--quiet"]
+    one = subprocess.run([sys.executable, *args, "--json", str(tmp_path / "one.json")], capture_output=True,
+                         text=True, env=env, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
+                          "--json", str(tmp_path / "two.json")], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("Evaluation on") == 1  # one report, from rank 0
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert b["attacks"]["pgd20"]["correct"] == a["attacks"]["pgd20"]["correct"]

@@ -32,7 +32,9 @@ def resolve_device(name: str) -> torch.device:
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attacks", default="clean,fgsm,pgd20,cw30,aa",
                    help="comma-separated subset of clean,fgsm,pgd20,cw30,aa (default: all)")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N test images (default: all)")
+    p.add_argument("--n", "--images", dest="n", type=int, default=None,
+                   help="evaluate the first N test images (default: all); under torchrun write --images, "
+                        "since torchrun reads --n as an abbreviation of its own --nnodes/--nproc-per-node")
     p.add_argument("--aa-n", type=int, default=None,
                    help="run AutoAttack on the first N of those only (default: all of them)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -67,6 +69,10 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str):
                                norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
                                seed=args.seed, quiet=args.quiet)
     report.checkpoint = label
+    from .distributed import current
+
+    if not current().is_main:  # under torchrun every rank evaluated its share; rank 0 reports
+        return report
     print(format_report(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +83,13 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str):
 def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .data import dataset_info
+    from .distributed import init_from_environment
     from .models import build_model, model_spec
 
     device = resolve_device(args.device)
+    rank = init_from_environment(device.type)  # under torchrun: join the job and evaluate a shard
+    if device.type == "cuda" and rank.distributed:
+        device = torch.device("cuda", rank.local_rank)
     if args.untrained:
         dataset = args.dataset or "fashion-mnist"
         info = dataset_info(dataset)
