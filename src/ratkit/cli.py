@@ -83,13 +83,11 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str):
 def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .data import dataset_info
-    from .distributed import init_from_environment
+    from .distributed import init_from_environment, rank_device
     from .models import build_model, model_spec
 
     device = resolve_device(args.device)
-    rank = init_from_environment(device.type)  # under torchrun: join the job and evaluate a shard
-    if device.type == "cuda" and rank.distributed:
-        device = torch.device("cuda", rank.local_rank)
+    device = rank_device(device, init_from_environment(device.type))  # under torchrun: evaluate a shard
     if args.untrained:
         dataset = args.dataset or "fashion-mnist"
         info = dataset_info(dataset)

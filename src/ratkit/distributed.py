@@ -59,6 +59,14 @@ def init_from_environment(device_type: str) -> Rank:
     return current()
 
 
+def rank_device(device: torch.device, rank: Rank) -> torch.device:
+    """Under torchrun each rank uses its own GPU, cuda:LOCAL_RANK; CPU ranks share the CPU."""
+    if device.type == "cuda" and rank.distributed:
+        device = torch.device("cuda", rank.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper (attacks and checkpoints use it)."""
     return model.module if isinstance(model, DistributedDataParallel) else model

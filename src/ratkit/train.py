@@ -210,9 +210,7 @@ class Trainer:
         self.cfg, self.run_dir, self.quiet, self.on_step = cfg, Path(run_dir), quiet, on_step
         self.device = resolve_device(cfg.train.device)
         self.rank = distributed.init_from_environment(self.device.type)
-        if self.device.type == "cuda" and self.rank.distributed:
-            self.device = torch.device("cuda", self.rank.local_rank)
-            torch.cuda.set_device(self.device)
+        self.device = distributed.rank_device(self.device, self.rank)
         if cfg.train.batch_size % self.rank.world_size:
             raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not divide among "
                               f"{self.rank.world_size} ranks")
