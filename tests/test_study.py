@@ -80,6 +80,73 @@ def test_an_interrupted_run_is_resumed_and_ends_as_an_uninterrupted_one(tmp_path
     assert [r["val_pgd20"] for r in resumed["history"]] == [r["val_pgd20"] for r in fresh["history"]]
 
 
+def test_a_measurement_added_to_the_grid_later_is_added_to_complete_runs_without_retraining(tmp_path, monkeypatch):
+    landscape = {"n": 16, "points": 5, "span": 0.5, "adversarial": "regenerated"}
+    grid = _grid(tmp_path, seeds=[0], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None)
+    run_study(grid, tmp_path / "runs", tmp_path / "results", log=lambda m: None)
+    result = tmp_path / "results" / "trades-seed0.json"
+    before = json.loads(result.read_text())
+    assert "landscape" not in before
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a complete run was trained or evaluated again")
+
+    monkeypatch.setattr(study, "run_one", no_training)
+    later = _grid(tmp_path, seeds=[0], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None,
+                  landscape=landscape)
+    messages = []
+    run_study(later, tmp_path / "runs", tmp_path / "results", log=messages.append)
+    after = json.loads(result.read_text())
+    assert "trades-seed0: landscape" in messages
+    assert {k: v for k, v in after.items() if k != "landscape"} == before
+    land = after["landscape"]
+    assert land["coordinates"] == [-0.5, -0.25, 0.0, 0.25, 0.5] and land["n"] == 16 and land["seed"] == 0
+    assert len(land["adversarial_accuracy"]) == 5 and land["adversarial"] == "regenerated"
+    # at the trained weights the landscape's adversarial accuracy is a PGD-10 accuracy: <= clean
+    assert land["adversarial_accuracy"][2] <= land["clean_accuracy"][2]
+
+    # without the run's checkpoint the result is kept as it is, and said so
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "results" / "trades-seed0.json").write_text(json.dumps(before))
+    messages.clear()
+    run_study(later, moved, tmp_path / "results", log=messages.append)
+    assert any("lacks landscape" in m and "kept as is" in m for m in messages)
+    assert json.loads(result.read_text()) == before
+
+
+def _landscape(centre_loss, rise, centre_acc, drop):
+    """A 3-point landscape: ``rise`` / ``drop`` at both ends, so the mean over the grid is 2/3 of it."""
+    return {"coordinates": [-1.0, 0.0, 1.0], "adversarial": "regenerated", "n": 8, "seed": 0,
+            "clean_loss": [1.0, 0.5, 1.0], "clean_accuracy": [0.5, 0.9, 0.5],
+            "adversarial_loss": [centre_loss + rise, centre_loss, centre_loss + rise],
+            "adversarial_accuracy": [centre_acc - drop, centre_acc, centre_acc - drop]}
+
+
+def test_flatness_is_aggregated_per_configuration_and_paired_and_the_landscapes_are_overlaid(tmp_path):
+    grid = _grid(tmp_path)
+    records = []
+    for seed, (base_rise, rat_rise) in enumerate([(3.0, 1.5), (6.0, 3.0)]):
+        b, r = _record("trades", seed, 0.8, 0.6), _record("rat-trades", seed, 0.8, 0.6)
+        b["landscape"], r["landscape"] = _landscape(0.7, base_rise, 0.7, 0.3), _landscape(0.9, rat_rise, 0.7, 0.3)
+        b["hessian"], r["hessian"] = {"top_eigenvalue": 40.0 + seed, "trace": 300.0}, {"top_eigenvalue": 10.0,
+                                                                                        "trace": 200.0}
+        records += [b, r]
+    for rec in records:
+        (tmp_path / f"{rec['config']}-seed{rec['seed']}.json").write_text(json.dumps(rec))
+    result = write_aggregate(grid, tmp_path)
+    trades = result["configs"]["trades"]
+    assert trades["adv_loss_rise"]["mean"] == pytest.approx((2.0 + 4.0) / 2)  # 2/3 of 3 and of 6
+    assert trades["adv_accuracy_drop"]["mean"] == pytest.approx(0.2)
+    assert trades["landscape"]["adversarial_loss"] == pytest.approx([0.7 + 4.5, 0.7, 0.7 + 4.5])
+    pair = result["pairs"][0]
+    assert pair["adv_loss_rise"]["diffs"] == pytest.approx([1.0 - 2.0, 2.0 - 4.0])
+    assert pair["adv_accuracy_drop"]["diffs"] == pytest.approx([0.0, 0.0])
+    assert pair["hessian_top_eigenvalue"]["diffs"] == pytest.approx([-30.0, -31.0])
+    text = (tmp_path / "results.md").read_text()
+    assert "Flatness, RAT − base" in text and "| rat-trades − trades | 2 | -30.5 ± 0.71" in text
+    assert (tmp_path / "landscape.png").stat().st_size > 1000
+
+
 def _record(config, seed, clean, pgd, seconds=10.0):
     return {"config": config, "seed": seed, "grid": "tiny", "seconds_per_epoch": seconds, "history": [],
             "accuracy": {"clean": {"accuracy": clean, "n": 100}, "pgd20": {"accuracy": pgd, "n": 100}}}

@@ -9,7 +9,10 @@ and the evaluation. Each (configuration, seed) is one run:
   written (every number, no per-example strings) and, with ``commit=True``, committed;
 * a run whose result file exists is skipped; a run with a ``last`` checkpoint is resumed
   exactly (the trainer's resume); anything else starts fresh. So the study survives being
-  stopped, and on a new machine it picks up from the committed result files.
+  stopped, and on a new machine it picks up from the committed result files;
+* a result file that lacks a measurement the grid now asks for (a ``hessian`` or ``landscape``
+  added to the grid later) gets just that measurement added, from the run's best checkpoint,
+  when the checkpoint is still there; nothing is retrained or re-evaluated.
 
 Aggregation reads the result files only: mean and sample standard deviation over seeds per
 configuration, and for every pair the paired difference (with RAT minus base, same seed) with
@@ -49,6 +52,9 @@ class StudyGrid:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     eval: dict = field(default_factory=lambda: {"attacks": "clean,fgsm,pgd20,cw30,aa", "n": None, "aa_n": 1000})
     hessian: dict | None = None  # e.g. {"n": 256, "top_k": 1, "probes": 50, "max_iter": 50}
+    # 1-D landscape along a filter-normalised direction drawn with the run's seed, e.g.
+    # {"n": 500, "points": 21, "span": 1.0, "adversarial": "regenerated"}
+    landscape: dict | None = None
 
 
 def load_grid(path: str | os.PathLike) -> StudyGrid:
@@ -104,7 +110,7 @@ def _training_complete(run_dir: Path, epochs: int) -> bool:
 def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool = True,
             log: Callable[[str], None] = print) -> dict:
     """Train (or resume), evaluate and measure one run; returns its result record."""
-    from .train import evaluate_run, load_run_config, resolve_device, train
+    from .train import evaluate_run, load_run_config, train
 
     cfg = run_config(grid, name, seed)
     run_dir = out_dir / run_key(name, seed)
@@ -139,19 +145,52 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
         "accuracy": accuracy, "eval_seconds": time.perf_counter() - started,
         "config_full": config_to_dict(cfg),
     }
-    if grid.hessian:
-        from .analysis import run_hessian
+    for kind in missing_measurements(grid, record):
+        add_measurement(grid, record, kind, run_dir, quiet=quiet, log=log)
+    return record
 
-        log(f"{run_key(name, seed)}: Hessian")
+
+MEASUREMENTS = ("hessian", "landscape")
+
+
+def missing_measurements(grid: StudyGrid, record: dict) -> list[str]:
+    """The checkpoint measurements the grid asks for that ``record`` does not hold yet."""
+    return [kind for kind in MEASUREMENTS if getattr(grid, kind) and kind not in record]
+
+
+def add_measurement(grid: StudyGrid, record: dict, kind: str, run_dir: Path, *, quiet: bool = True,
+                    log: Callable[[str], None] = print) -> None:
+    """Measure ``kind`` ("hessian" or "landscape") on the run's best checkpoint into ``record``."""
+    from .analysis import run_hessian, run_landscape
+    from .train import resolve_device
+
+    cfg = run_config(grid, record["config"], record["seed"])
+    device, seed = str(resolve_device(cfg.train.device)), record["seed"]
+    log(f"{run_key(record['config'], seed)}: {kind}")
+    if kind == "hessian":
         h = grid.hessian
         job = run_hessian(run_dir, out=run_dir, n=h.get("n", 256), top_k=h.get("top_k", 1),
                           probes=h.get("probes", 50), loss="adversarial", max_iter=h.get("max_iter", 50),
-                          seed=seed, device=str(resolve_device(cfg.train.device)), quiet=quiet)
+                          seed=seed, device=device, quiet=quiet)
         r = job.results[0]
         record["hessian"] = {"loss": "adversarial", "n": r.settings.n, "top_eigenvalue": r.eigenvalues[0],
                              "converged": r.converged[0], "trace": r.trace, "trace_stderr": r.trace_stderr,
                              "probes": r.trace_probes}
-    return record
+    elif kind == "landscape":
+        spec = grid.landscape
+        # the direction is drawn with the run's seed: a pair (same seed) is cut along the same raw
+        # draw, and the mean over seeds averages over directions
+        job = run_landscape([run_dir], out=run_dir / "landscape", dim=1, n=spec.get("n", 500),
+                            points=spec.get("points", 21), span=spec.get("span", 1.0),
+                            adversarial=spec.get("adversarial", "regenerated"), seed=seed, device=device,
+                            quiet=quiet)
+        r = job.results[0]
+        record["landscape"] = {"adversarial": r.settings.adversarial, "n": r.settings.n, "seed": r.settings.seed,
+                               "coordinates": r.coordinates, "clean_loss": r.clean_loss,
+                               "clean_accuracy": r.clean_accuracy, "adversarial_loss": r.adversarial_loss,
+                               "adversarial_accuracy": r.adversarial_accuracy, "seconds": r.seconds}
+    else:
+        raise StudyError(f"unknown measurement {kind!r}; expected one of {MEASUREMENTS}")
 
 
 def _write_json_atomic(path: Path, payload) -> None:
@@ -187,15 +226,27 @@ def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os
         raise StudyError(f"--only: {missing} not in the grid's runs {list(grid.runs)}")
     for seed in seeds:  # seed-major: after the first seed every configuration has a result
         for name in names:
-            result = results_dir / f"{run_key(name, seed)}.json"
+            key = run_key(name, seed)
+            result = results_dir / f"{key}.json"
             if result.exists():
-                log(f"{run_key(name, seed)}: complete, skipped")
-                continue
-            record = run_one(grid, name, seed, out_dir, quiet=quiet, log=log)
+                record = json.loads(result.read_text())
+                missing = missing_measurements(grid, record)
+                if not missing:
+                    log(f"{key}: complete, skipped")
+                    continue
+                if not (out_dir / key / "best.safetensors").exists():
+                    log(f"{key}: lacks {', '.join(missing)}, and {out_dir / key} has no best checkpoint; kept as is")
+                    continue
+                for kind in missing:
+                    add_measurement(grid, record, kind, out_dir / key, quiet=quiet, log=log)
+                message = f"study {grid.name}: {', '.join(missing)} of {key}"
+            else:
+                record = run_one(grid, name, seed, out_dir, quiet=quiet, log=log)
+                message = f"study {grid.name}: result of {key}"
             _write_json_atomic(result, record)
-            log(f"{run_key(name, seed)}: done, {result}")
-            if commit and not git_commit([result], f"study {grid.name}: result of {run_key(name, seed)}"):
-                log(f"{run_key(name, seed)}: could not commit {result}")
+            log(f"{key}: done, {result}")
+            if commit and not git_commit([result], message):
+                log(f"{key}: could not commit {result}")
     return write_aggregate(grid, results_dir)
 
 
@@ -224,6 +275,43 @@ def read_results(results_dir: str | os.PathLike) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*-seed*.json"))]
 
 
+FLATNESS_KEYS = ("hessian_top_eigenvalue", "hessian_trace", "adv_loss_rise", "adv_accuracy_drop")
+
+
+def flatness_values(record: dict) -> dict[str, float]:
+    """Scalar flatness measures of one run (those it has).
+
+    ``adv_loss_rise`` / ``adv_accuracy_drop``: the adversarial loss rise / accuracy drop from the
+    trained weights, averaged over all points of the 1-D landscape. The accuracy drop does not
+    depend on the scale of the logits; the loss and the Hessian do.
+    """
+    out = {}
+    h = record.get("hessian") or {}
+    for key in ("top_eigenvalue", "trace"):
+        if h.get(key) is not None:
+            out[f"hessian_{key}"] = h[key]
+    land = record.get("landscape")
+    if land and land.get("adversarial_loss") is not None:
+        centre = len(land["coordinates"]) // 2
+        loss, acc = land["adversarial_loss"], land["adversarial_accuracy"]
+        out["adv_loss_rise"] = statistics.mean(v - loss[centre] for v in loss)
+        out["adv_accuracy_drop"] = statistics.mean(acc[centre] - v for v in acc)
+    return out
+
+
+def _mean_curves(rows: list[dict]) -> dict | None:
+    """The landscapes of ``rows`` averaged point by point (they share coordinates), or None."""
+    lands = [r["landscape"] for r in rows if r.get("landscape")]
+    if not lands or any(land["coordinates"] != lands[0]["coordinates"] for land in lands):
+        return None
+    out = {"coordinates": lands[0]["coordinates"], "adversarial": lands[0]["adversarial"], "n": lands[0]["n"],
+           "seeds": [r["seed"] for r in rows if r.get("landscape")]}
+    for key in ("clean_loss", "clean_accuracy", "adversarial_loss", "adversarial_accuracy"):
+        if all(land.get(key) is not None for land in lands):
+            out[key] = [statistics.mean(column) for column in zip(*(land[key] for land in lands))]
+    return out
+
+
 def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
     """Per configuration mean +- std over seeds; per pair the paired difference over common seeds."""
     by = {(r["config"], r["seed"]): r for r in records if r.get("grid", grid.name) == grid.name}
@@ -238,10 +326,14 @@ def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
             values = [r["accuracy"][key]["accuracy"] for r in rows if key in r["accuracy"]]
             if values:
                 entry[key] = {**_mean_std(values), "images": rows[0]["accuracy"][key]["n"]}
-        for key in ("top_eigenvalue", "trace"):
-            values = [r["hessian"][key] for r in rows if r.get("hessian") and r["hessian"].get(key) is not None]
+        flat = [flatness_values(r) for r in rows]
+        for key in FLATNESS_KEYS:
+            values = [f[key] for f in flat if key in f]
             if values:
-                entry[f"hessian_{key}"] = _mean_std(values)
+                entry[key] = _mean_std(values)
+        curves = _mean_curves(rows)
+        if curves:
+            entry["landscape"] = curves
         configs[name] = entry
     pairs = []
     for with_rat, base in grid.pairs:
@@ -253,6 +345,12 @@ def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
             if all(key in by[(c, s)]["accuracy"] for s in seeds for c in (with_rat, base)):
                 diffs = [by[(with_rat, s)]["accuracy"][key]["accuracy"] - by[(base, s)]["accuracy"][key]["accuracy"]
                          for s in seeds]
+                pair[key] = {**_mean_std(diffs), "diffs": diffs, "p_value": paired_t_p_value(diffs)}
+        for key in FLATNESS_KEYS:
+            pairs_of = [(flatness_values(by[(with_rat, s)]).get(key), flatness_values(by[(base, s)]).get(key))
+                        for s in seeds]
+            if all(a is not None and b is not None for a, b in pairs_of):
+                diffs = [a - b for a, b in pairs_of]
                 pair[key] = {**_mean_std(diffs), "diffs": diffs, "p_value": paired_t_p_value(diffs)}
         times = [by[(with_rat, s)]["seconds_per_epoch"] / by[(base, s)]["seconds_per_epoch"] for s in seeds]
         pair["time_ratio"] = _mean_std(times)
@@ -268,44 +366,60 @@ def _pct(entry: dict | None) -> str:
     return f"{100 * entry['mean']:.2f}{std}"
 
 
+FLATNESS_NAMES = {"hessian_top_eigenvalue": "top eig. (adv.)", "hessian_trace": "trace (adv.)",
+                  "adv_loss_rise": "adv. loss rise", "adv_accuracy_drop": "adv. acc. drop (pp)"}
+
+
+def _flat(key: str, value: float) -> str:
+    return f"{100 * value:.2f}" if key == "adv_accuracy_drop" else f"{value:.3g}"
+
+
+def _diff_cell(d: dict | None, scale: float = 100.0, fmt: str = "+.2f") -> str:
+    if d is None:
+        return "–"
+    std = f" ± {scale * d['std']:.2f}" if d["std"] is not None else ""
+    pv = f" (p {d['p_value']:.2f})" if d["p_value"] is not None else ""
+    return f"{scale * d['mean']:{fmt}}{std}{pv}"
+
+
 def format_markdown(result: dict) -> str:
-    """results.md: the per-configuration table and the paired RAT − base table."""
+    """results.md: the per-configuration table, the paired RAT − base tables (accuracy, flatness)."""
     configs, pairs = result["configs"], result["pairs"]
     keys = [k for k in ACCURACY_KEYS if any(k in c for c in configs.values())]
+    flat_keys = [k for k in FLATNESS_KEYS if any(k in c for c in configs.values())]
     images = {k: next(c[k]["images"] for c in configs.values() if k in c) for k in keys}
     names = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw30": "CW-30", "aa": "AutoAttack",
              "robust": "worst case"}
     lines = [f"# Study `{result['grid']['name']}`: accuracy (%) as mean ± std over seeds", "",
              "| configuration | seeds | " + " | ".join(f"{names[k]} ({images[k]})" for k in keys)
-             + " | s / epoch | top eig. (adv.) | trace (adv.) |",
-             "|---|---|" + "---|" * len(keys) + "---|---|---|"]
+             + " | s / epoch | " + "".join(f"{FLATNESS_NAMES[k]} | " for k in flat_keys),
+             "|---|---|" + "---|" * len(keys) + "---|" + "---|" * len(flat_keys)]
     for name, c in configs.items():
-        eig = c.get("hessian_top_eigenvalue")
-        tr = c.get("hessian_trace")
         lines.append(f"| {name} | {len(c['seeds'])} | " + " | ".join(_pct(c.get(k)) for k in keys)
                      + f" | {c['seconds_per_epoch']['mean']:.0f} | "
-                     + (f"{eig['mean']:.3g}" if eig else "–") + " | " + (f"{tr['mean']:.3g}" if tr else "–") + " |")
+                     + "".join((_flat(k, c[k]["mean"]) if k in c else "–") + " | " for k in flat_keys))
     if pairs:
         lines += ["", "## RAT − base, paired over seeds (percentage points; p: two-sided paired t-test)", "",
                   "| pair | seeds | " + " | ".join(names[k] for k in keys) + " | time ratio |",
                   "|---|---|" + "---|" * len(keys) + "---|"]
         for p in pairs:
-            cells = []
-            for k in keys:
-                d = p.get(k)
-                if d is None:
-                    cells.append("–")
-                    continue
-                std = f" ± {100 * d['std']:.2f}" if d["std"] is not None else ""
-                pv = f" (p {d['p_value']:.2f})" if d["p_value"] is not None else ""
-                cells.append(f"{100 * d['mean']:+.2f}{std}{pv}")
-            lines.append(f"| {p['with_rat']} − {p['base']} | {len(p['seeds'])} | " + " | ".join(cells)
-                         + f" | {p['time_ratio']['mean']:.3f} |")
+            lines.append(f"| {p['with_rat']} − {p['base']} | {len(p['seeds'])} | "
+                         + " | ".join(_diff_cell(p.get(k)) for k in keys) + f" | {p['time_ratio']['mean']:.3f} |")
+        pair_flat = [k for k in flat_keys if any(k in p for p in pairs)]
+        if pair_flat:
+            lines += ["", "## Flatness, RAT − base, paired over seeds (negative: RAT flatter)", "",
+                      "| pair | seeds | " + " | ".join(FLATNESS_NAMES[k] for k in pair_flat) + " |",
+                      "|---|---|" + "---|" * len(pair_flat)]
+            for p in pairs:
+                lines.append(f"| {p['with_rat']} − {p['base']} | {len(p['seeds'])} | " + " | ".join(
+                    _diff_cell(p.get(k), 100.0 if k == "adv_accuracy_drop" else 1.0,
+                               "+.2f" if k == "adv_accuracy_drop" else "+.3g") for k in pair_flat) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_study(result: dict, records: list[dict], directory: Path) -> list[Path]:
-    """accuracy.png (bars with error bars) and val_curves.png (validation PGD-20 over epochs)."""
+    """accuracy.png (bars with error bars), val_curves.png (validation PGD-20 over epochs) and
+    landscape.png (per pair, the base and RAT landscapes averaged over seeds, overlaid)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,6 +456,33 @@ def plot_study(result: dict, records: list[dict], directory: Path) -> list[Path]
         ax.legend(fontsize=7)
         fig.tight_layout()
         files.append(directory / "val_curves.png")
+        fig.savefig(files[-1], dpi=90)
+        plt.close(fig)
+    drawn = [(p["with_rat"], p["base"]) for p in result["pairs"]
+             if "landscape" in configs.get(p["with_rat"], {}) and "landscape" in configs.get(p["base"], {})]
+    if drawn:
+        fig, axes = plt.subplots(2, len(drawn), figsize=(4.6 * len(drawn), 6.4), squeeze=False)
+        for col, (with_rat, base) in enumerate(drawn):
+            for name, colour in ((base, "C0"), (with_rat, "C3")):
+                land = configs[name]["landscape"]
+                for row, metric in enumerate(("loss", "accuracy")):
+                    scale = 100 if metric == "accuracy" else 1
+                    for kind, style in (("clean", "-"), ("adversarial", "--")):
+                        values = land.get(f"{kind}_{metric}")
+                        if values is not None:
+                            axes[row][col].plot(land["coordinates"], [scale * v for v in values], style,
+                                                color=colour, marker=".", markersize=3, label=f"{name}, {kind}")
+            land = configs[base]["landscape"]
+            axes[0][col].set_title(f"{with_rat} vs {base} (mean of {len(land['seeds'])} seeds)", fontsize=9)
+            axes[0][col].set_ylabel("mean cross-entropy")
+            axes[1][col].set_ylabel("accuracy (%)")
+            axes[1][col].set_xlabel(f"step along a filter-normalised direction (adv.: {land['adversarial']})")
+            for row in (0, 1):
+                axes[row][col].axvline(0.0, color="0.7", linewidth=0.8)
+                axes[row][col].grid(alpha=0.3)
+            axes[0][col].legend(fontsize=6)
+        fig.tight_layout()
+        files.append(directory / "landscape.png")
         fig.savefig(files[-1], dpi=90)
         plt.close(fig)
     return files
