@@ -1,6 +1,7 @@
 """Specifications of `rat study`: skip complete runs, resume interrupted ones, aggregate honestly."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,9 @@ def test_aggregation_gives_mean_std_over_seeds_and_a_paired_comparison(tmp_path)
     assert pair["pgd20"]["mean"] == pytest.approx(sum(diffs) / 3)
     assert pair["pgd20"]["p_value"] == pytest.approx(stats.ttest_rel([r[1] for r in rat], [b[1] for b in base]).pvalue)
     assert pair["time_ratio"]["mean"] == pytest.approx(1.1)
+    # seconds per epoch are the median over a run's epochs: one epoch slowed by other work does not count
+    slowed = {**records[0], "history": [{"epoch": e, "train_seconds": t} for e, t in enumerate([10, 11, 90], 1)]}
+    assert aggregate(grid, [slowed])["configs"]["trades"]["seconds_per_epoch"]["mean"] == 11
     # a seed present for only one side of a pair is not paired
     partial = aggregate(grid, records[:3] + records[3:5])
     assert partial["pairs"][0]["seeds"] == [0, 1]
@@ -193,6 +197,11 @@ def test_the_grid_files_in_configs_studies_are_valid():
     assert cfg.method.awp and cfg.method.rat and cfg.train.seed == 2 and cfg.data.dataset == "fashion-mnist"
     for name in ("bases", "ablations"):
         assert load_grid(STUDIES / f"{name}.yaml").runs
+    # the budget check differs from the core grid's trades-seed0 in the number of epochs only
+    budget = load_grid(STUDIES / "budget.yaml")
+    longer, core_trades = run_config(budget, "trades-16ep", 0), run_config(core, "trades", 0)
+    assert longer.train.epochs == 2 * core_trades.train.epochs
+    assert replace(longer, train=replace(longer.train, epochs=core_trades.train.epochs)) == core_trades
 
 
 def test_bad_grids_are_refused_with_one_line(tmp_path):

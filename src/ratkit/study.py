@@ -299,6 +299,13 @@ def flatness_values(record: dict) -> dict[str, float]:
     return out
 
 
+def epoch_seconds(record: dict) -> float:
+    """Training seconds per epoch of one run: the median over its epochs, so that one epoch slowed
+    by other work on the machine (or a pause) does not move it; the mean if there is no history."""
+    per_epoch = [r["train_seconds"] for r in record.get("history", []) if r.get("train_seconds")]
+    return statistics.median(per_epoch) if per_epoch else record["seconds_per_epoch"]
+
+
 def _mean_curves(rows: list[dict]) -> dict | None:
     """The landscapes of ``rows`` averaged point by point (they share coordinates), or None."""
     lands = [r["landscape"] for r in rows if r.get("landscape")]
@@ -321,7 +328,7 @@ def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
         if not rows:
             continue
         entry = {"seeds": [r["seed"] for r in rows],
-                 "seconds_per_epoch": _mean_std([r["seconds_per_epoch"] for r in rows])}
+                 "seconds_per_epoch": _mean_std([epoch_seconds(r) for r in rows])}
         for key in ACCURACY_KEYS:
             values = [r["accuracy"][key]["accuracy"] for r in rows if key in r["accuracy"]]
             if values:
@@ -352,7 +359,7 @@ def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
             if all(a is not None and b is not None for a, b in pairs_of):
                 diffs = [a - b for a, b in pairs_of]
                 pair[key] = {**_mean_std(diffs), "diffs": diffs, "p_value": paired_t_p_value(diffs)}
-        times = [by[(with_rat, s)]["seconds_per_epoch"] / by[(base, s)]["seconds_per_epoch"] for s in seeds]
+        times = [epoch_seconds(by[(with_rat, s)]) / epoch_seconds(by[(base, s)]) for s in seeds]
         pair["time_ratio"] = _mean_std(times)
         pairs.append(pair)
     return {"grid": asdict(grid), "configs": configs, "pairs": pairs,
@@ -392,7 +399,7 @@ def format_markdown(result: dict) -> str:
              "robust": "worst case"}
     lines = [f"# Study `{result['grid']['name']}`: accuracy (%) as mean ± std over seeds", "",
              "| configuration | seeds | " + " | ".join(f"{names[k]} ({images[k]})" for k in keys)
-             + " | s / epoch | " + "".join(f"{FLATNESS_NAMES[k]} | " for k in flat_keys),
+             + " | s / epoch (median) | " + "".join(f"{FLATNESS_NAMES[k]} | " for k in flat_keys),
              "|---|---|" + "---|" * len(keys) + "---|" + "---|" * len(flat_keys)]
     for name, c in configs.items():
         lines.append(f"| {name} | {len(c['seeds'])} | " + " | ".join(_pct(c.get(k)) for k in keys)
@@ -400,7 +407,7 @@ def format_markdown(result: dict) -> str:
                      + "".join((_flat(k, c[k]["mean"]) if k in c else "–") + " | " for k in flat_keys))
     if pairs:
         lines += ["", "## RAT − base, paired over seeds (percentage points; p: two-sided paired t-test)", "",
-                  "| pair | seeds | " + " | ".join(names[k] for k in keys) + " | time ratio |",
+                  "| pair | seeds | " + " | ".join(names[k] for k in keys) + " | time ratio (s / epoch) |",
                   "|---|---|" + "---|" * len(keys) + "---|"]
         for p in pairs:
             lines.append(f"| {p['with_rat']} − {p['base']} | {len(p['seeds'])} | "
