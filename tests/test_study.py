@@ -40,6 +40,7 @@ def test_study_runs_the_grid_writes_one_small_result_per_run_and_aggregates(tmp_
     assert record["seed"] == 1 and record["epochs"] == 2 and len(record["history"]) == 2
     assert set(record["accuracy"]) == {"clean", "pgd20", "robust"} and record["accuracy"]["clean"]["n"] == 64
     assert record["hessian"]["loss"] == "adversarial" and record["hessian"]["trace"] is not None
+    assert record["machine"]["torch"] and record["machine"]["cpu_count"] >= 1
     assert "correct" not in json.dumps(record)  # no per-example strings: result files stay small
     assert (tmp_path / "results" / "results.md").exists() and (tmp_path / "results" / "accuracy.png").exists()
     assert result["configs"]["trades"]["seeds"] == [0, 1]

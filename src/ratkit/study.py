@@ -110,7 +110,8 @@ def _training_complete(run_dir: Path, epochs: int) -> bool:
 def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool = True,
             log: Callable[[str], None] = print) -> dict:
     """Train (or resume), evaluate and measure one run; returns its result record."""
-    from .train import evaluate_run, load_run_config, train
+    from .bench import environment
+    from .train import evaluate_run, load_run_config, resolve_device, train
 
     cfg = run_config(grid, name, seed)
     run_dir = out_dir / run_key(name, seed)
@@ -143,6 +144,8 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
         "history": [{k: v for k, v in r.items() if k in ("epoch", "train_loss", "val_clean", "val_pgd20",
                                                           "train_seconds")} for r in history],
         "accuracy": accuracy, "eval_seconds": time.perf_counter() - started,
+        # where the evaluation ran (training too, unless it was resumed elsewhere): seconds compare only on one machine
+        "machine": environment(str(resolve_device(cfg.train.device))),
         "config_full": config_to_dict(cfg),
     }
     for kind in missing_measurements(grid, record):
@@ -421,6 +424,12 @@ def format_markdown(result: dict) -> str:
                 lines.append(f"| {p['with_rat']} − {p['base']} | {len(p['seeds'])} | " + " | ".join(
                     _diff_cell(p.get(k), 100.0 if k == "adv_accuracy_drop" else 1.0,
                                "+.2f" if k == "adv_accuracy_drop" else "+.3g") for k in pair_flat) + " |")
+    machines = sorted({f"{m.get('cpu')} ({m.get('threads')} threads, torch {m.get('torch')})"
+                       + (f", {m['gpu']}" if m.get("gpu") else "") for m in
+                       (r.get("machine") for r in result["runs"]) if m})
+    unknown = sum(1 for r in result["runs"] if not r.get("machine"))
+    if machines or unknown:
+        lines += ["", "Machines: " + "; ".join(machines) + (f"; not recorded for {unknown} run(s)" if unknown else "")]
     return "\n".join(lines) + "\n"
 
 
