@@ -386,3 +386,28 @@ def test_analysis_commands_refuse_bad_input_with_one_line_and_exit_2(tmp_path, a
     result = run_rat(*args, "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_output_statistics_are_the_means_of_softmax_confidence_logit_norm_and_cross_entropy():
+    from ratkit.analysis import output_statistics
+
+    class FixedLogits(nn.Module):
+        """Logits [3, 4, 0] for every image (a parameter so the analysis finds a device)."""
+
+        def __init__(self):
+            super().__init__()
+            self.logits = nn.Parameter(torch.tensor([3.0, 4.0, 0.0]))
+
+        def forward(self, x):
+            return self.logits.expand(len(x), 3)
+
+    model = FixedLogits().train()
+    x, y = torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 1, 2])
+    (clean,) = output_statistics(model, x, y)
+    prob = torch.tensor([3.0, 4.0, 0.0]).softmax(0)
+    assert clean.inputs == "clean" and clean.n == 4
+    assert clean.top_probability == pytest.approx(prob[1].item())
+    assert clean.true_probability == pytest.approx((prob[0] + 2 * prob[1] + prob[2]).item() / 4)
+    assert clean.logit_norm == pytest.approx(5.0)
+    assert clean.loss == pytest.approx(-(prob[0].log() + 2 * prob[1].log() + prob[2].log()).item() / 4)
+    assert model.training  # the mode is restored

@@ -95,12 +95,13 @@ def test_a_measurement_added_to_the_grid_later_is_added_to_complete_runs_without
 
     monkeypatch.setattr(study, "run_one", no_training)
     later = _grid(tmp_path, seeds=[0], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None,
-                  landscape=landscape)
+                  landscape=landscape, outputs={"n": 16})
     messages = []
     run_study(later, tmp_path / "runs", tmp_path / "results", log=messages.append)
     after = json.loads(result.read_text())
-    assert "trades-seed0: landscape" in messages
-    assert {k: v for k, v in after.items() if k != "landscape"} == before
+    assert "trades-seed0: landscape" in messages and "trades-seed0: outputs" in messages
+    assert {k: v for k, v in after.items() if k not in ("landscape", "outputs")} == before
+    assert set(after["outputs"]) == {"clean", "adversarial"} and after["outputs"]["clean"]["n"] == 16
     land = after["landscape"]
     assert land["coordinates"] == [-0.5, -0.25, 0.0, 0.25, 0.5] and land["n"] == 16 and land["seed"] == 0
     assert len(land["adversarial_accuracy"]) == 5 and land["adversarial"] == "regenerated"
@@ -112,7 +113,7 @@ def test_a_measurement_added_to_the_grid_later_is_added_to_complete_runs_without
     (tmp_path / "results" / "trades-seed0.json").write_text(json.dumps(before))
     messages.clear()
     run_study(later, moved, tmp_path / "results", log=messages.append)
-    assert any("lacks landscape" in m and "kept as is" in m for m in messages)
+    assert any("lacks landscape, outputs" in m and "kept as is" in m for m in messages)
     assert json.loads(result.read_text()) == before
 
 
@@ -145,7 +146,7 @@ def test_flatness_is_aggregated_per_configuration_and_paired_and_the_landscapes_
     assert pair["adv_accuracy_drop"]["diffs"] == pytest.approx([0.0, 0.0])
     assert pair["hessian_top_eigenvalue"]["diffs"] == pytest.approx([-30.0, -31.0])
     text = (tmp_path / "results.md").read_text()
-    assert "Flatness, RAT − base" in text and "| rat-trades − trades | 2 | -30.5 ± 0.71" in text
+    assert "Flatness and output scale, RAT − base" in text and "| rat-trades − trades | 2 | -30.5 ± 0.71" in text
     assert (tmp_path / "landscape.png").stat().st_size > 1000
 
 

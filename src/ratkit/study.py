@@ -55,6 +55,8 @@ class StudyGrid:
     # 1-D landscape along a filter-normalised direction drawn with the run's seed, e.g.
     # {"n": 500, "points": 21, "span": 1.0, "adversarial": "regenerated"}
     landscape: dict | None = None
+    # output scale (softmax confidence, logit norm) on the first n clean and PGD-10 test images, e.g. {"n": 1000}
+    outputs: dict | None = None
 
 
 def load_grid(path: str | os.PathLike) -> StudyGrid:
@@ -153,7 +155,7 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
     return record
 
 
-MEASUREMENTS = ("hessian", "landscape")
+MEASUREMENTS = ("hessian", "landscape", "outputs")
 
 
 def missing_measurements(grid: StudyGrid, record: dict) -> list[str]:
@@ -163,8 +165,8 @@ def missing_measurements(grid: StudyGrid, record: dict) -> list[str]:
 
 def add_measurement(grid: StudyGrid, record: dict, kind: str, run_dir: Path, *, quiet: bool = True,
                     log: Callable[[str], None] = print) -> None:
-    """Measure ``kind`` ("hessian" or "landscape") on the run's best checkpoint into ``record``."""
-    from .analysis import run_hessian, run_landscape
+    """Measure ``kind`` (one of MEASUREMENTS) on the run's best checkpoint into ``record``."""
+    from .analysis import load_checkpoint_examples, output_statistics, run_hessian, run_landscape
     from .train import resolve_device
 
     cfg = run_config(grid, record["config"], record["seed"])
@@ -192,6 +194,10 @@ def add_measurement(grid: StudyGrid, record: dict, kind: str, run_dir: Path, *, 
                                "coordinates": r.coordinates, "clean_loss": r.clean_loss,
                                "clean_accuracy": r.clean_accuracy, "adversarial_loss": r.adversarial_loss,
                                "adversarial_accuracy": r.adversarial_accuracy, "seconds": r.seconds}
+    elif kind == "outputs":
+        ex = load_checkpoint_examples(run_dir, grid.outputs.get("n", 1000), device=device)
+        record["outputs"] = {s.inputs: s.to_json() for s in output_statistics(ex.model, ex.x, ex.y, eps=ex.eps,
+                                                                                 seed=seed)}
     else:
         raise StudyError(f"unknown measurement {kind!r}; expected one of {MEASUREMENTS}")
 
@@ -278,7 +284,8 @@ def read_results(results_dir: str | os.PathLike) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*-seed*.json"))]
 
 
-FLATNESS_KEYS = ("hessian_top_eigenvalue", "hessian_trace", "adv_loss_rise", "adv_accuracy_drop")
+FLATNESS_KEYS = ("hessian_top_eigenvalue", "hessian_trace", "adv_loss_rise", "adv_accuracy_drop", "logit_norm",
+                 "top_probability")
 
 
 def flatness_values(record: dict) -> dict[str, float]:
@@ -286,7 +293,8 @@ def flatness_values(record: dict) -> dict[str, float]:
 
     ``adv_loss_rise`` / ``adv_accuracy_drop``: the adversarial loss rise / accuracy drop from the
     trained weights, averaged over all points of the 1-D landscape. The accuracy drop does not
-    depend on the scale of the logits; the loss and the Hessian do.
+    depend on the scale of the logits; the loss and the Hessian do, which is why the clean
+    ``logit_norm`` and ``top_probability`` (mean softmax confidence) are reported beside them.
     """
     out = {}
     h = record.get("hessian") or {}
@@ -299,6 +307,9 @@ def flatness_values(record: dict) -> dict[str, float]:
         loss, acc = land["adversarial_loss"], land["adversarial_accuracy"]
         out["adv_loss_rise"] = statistics.mean(v - loss[centre] for v in loss)
         out["adv_accuracy_drop"] = statistics.mean(acc[centre] - v for v in acc)
+    clean = (record.get("outputs") or {}).get("clean")
+    if clean:
+        out["logit_norm"], out["top_probability"] = clean["logit_norm"], clean["top_probability"]
     return out
 
 
@@ -377,11 +388,13 @@ def _pct(entry: dict | None) -> str:
 
 
 FLATNESS_NAMES = {"hessian_top_eigenvalue": "top eig. (adv.)", "hessian_trace": "trace (adv.)",
-                  "adv_loss_rise": "adv. loss rise", "adv_accuracy_drop": "adv. acc. drop (pp)"}
+                  "adv_loss_rise": "adv. loss rise", "adv_accuracy_drop": "adv. acc. drop (pp)",
+                  "logit_norm": "logit norm", "top_probability": "confidence (%)"}
+PERCENT_KEYS = ("adv_accuracy_drop", "top_probability")
 
 
 def _flat(key: str, value: float) -> str:
-    return f"{100 * value:.2f}" if key == "adv_accuracy_drop" else f"{value:.3g}"
+    return f"{100 * value:.2f}" if key in PERCENT_KEYS else f"{value:.3g}"
 
 
 def _diff_cell(d: dict | None, scale: float = 100.0, fmt: str = "+.2f") -> str:
@@ -417,13 +430,14 @@ def format_markdown(result: dict) -> str:
                          + " | ".join(_diff_cell(p.get(k)) for k in keys) + f" | {p['time_ratio']['mean']:.3f} |")
         pair_flat = [k for k in flat_keys if any(k in p for p in pairs)]
         if pair_flat:
-            lines += ["", "## Flatness, RAT − base, paired over seeds (negative: RAT flatter)", "",
+            lines += ["", "## Flatness and output scale, RAT − base, paired over seeds (negative: RAT flatter, "
+                      "or softer outputs)", "",
                       "| pair | seeds | " + " | ".join(FLATNESS_NAMES[k] for k in pair_flat) + " |",
                       "|---|---|" + "---|" * len(pair_flat)]
             for p in pairs:
                 lines.append(f"| {p['with_rat']} − {p['base']} | {len(p['seeds'])} | " + " | ".join(
-                    _diff_cell(p.get(k), 100.0 if k == "adv_accuracy_drop" else 1.0,
-                               "+.2f" if k == "adv_accuracy_drop" else "+.3g") for k in pair_flat) + " |")
+                    _diff_cell(p.get(k), 100.0 if k in PERCENT_KEYS else 1.0,
+                               "+.2f" if k in PERCENT_KEYS else "+.3g") for k in pair_flat) + " |")
     machines = sorted({f"{m.get('cpu')} ({m.get('threads')} threads, torch {m.get('torch')})"
                        + (f", {m['gpu']}" if m.get("gpu") else "") for m in
                        (r.get("machine") for r in result["runs"]) if m})

@@ -2,7 +2,8 @@
 
 Both measure a model on a given set of examples, in eval mode, without writing to its
 parameters, on clean inputs and on adversarial inputs from the one PGD engine.
-Plotting (:mod:`ratkit.analysis.plots`) imports matplotlib only when called.
+:mod:`ratkit.analysis.outputs` measures the output scale (logit norm, confidence) that loss-based
+flatness depends on. Plotting (:mod:`ratkit.analysis.plots`) imports matplotlib only when called.
 """
 
 from .common import (
@@ -32,6 +33,7 @@ from .landscape import (
     loss_landscape,
     random_direction,
 )
+from .outputs import OutputStatistics, output_statistics
 from .plots import plot_landscape_1d, plot_landscape_2d
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "JobOutput",
     "LandscapeResult",
     "LandscapeSettings",
+    "OutputStatistics",
     "adversarial_examples",
     "checkpoint_label",
     "default_attack",
@@ -57,6 +60,7 @@ __all__ = [
     "load_checkpoint_examples",
     "loss_and_accuracy",
     "loss_landscape",
+    "output_statistics",
     "plot_landscape_1d",
     "plot_landscape_2d",
     "random_direction",
