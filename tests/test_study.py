@@ -148,6 +148,7 @@ def test_flatness_is_aggregated_per_configuration_and_paired_and_the_landscapes_
     text = (tmp_path / "results.md").read_text()
     assert "Flatness and output scale, RAT − base" in text and "| rat-trades − trades | 2 | -30.5 ± 0.71" in text
     assert (tmp_path / "landscape.png").stat().st_size > 1000
+    assert (tmp_path / "differences.png").stat().st_size > 1000
 
 
 def _record(config, seed, clean, pgd, seconds=10.0):

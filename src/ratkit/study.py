@@ -448,8 +448,9 @@ def format_markdown(result: dict) -> str:
 
 
 def plot_study(result: dict, records: list[dict], directory: Path) -> list[Path]:
-    """accuracy.png (bars with error bars), val_curves.png (validation PGD-20 over epochs) and
-    landscape.png (per pair, the base and RAT landscapes averaged over seeds, overlaid)."""
+    """accuracy.png (bars with error bars), val_curves.png (validation PGD-20 over epochs),
+    differences.png (RAT − base per seed and on average) and landscape.png (per pair, the base
+    and RAT landscapes averaged over seeds, overlaid)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -486,6 +487,28 @@ def plot_study(result: dict, records: list[dict], directory: Path) -> list[Path]
         ax.legend(fontsize=7)
         fig.tight_layout()
         files.append(directory / "val_curves.png")
+        fig.savefig(files[-1], dpi=90)
+        plt.close(fig)
+    pairs = [p for p in result["pairs"] if any(k in p for k in keys)]
+    if pairs:
+        # the answer to "does RAT help": per pair and measure, each seed's difference and their mean
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        width = 0.8 / len(pairs)
+        for i, p in enumerate(pairs):
+            for j, k in enumerate(keys):
+                if k not in p:
+                    continue
+                x = j + (i - (len(pairs) - 1) / 2) * width
+                ax.scatter([x] * len(p[k]["diffs"]), [100 * d for d in p[k]["diffs"]], color=f"C{i}", s=14,
+                           alpha=0.6, label=f"{p['with_rat']} − {p['base']} (one seed)" if j == 0 else None)
+                ax.plot([x - width / 3, x + width / 3], [100 * p[k]["mean"]] * 2, color=f"C{i}", linewidth=2.5)
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        ax.set_xticks(range(len(keys)), keys)
+        ax.set_ylabel("RAT − base (pp); bar: mean")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        files.append(directory / "differences.png")
         fig.savefig(files[-1], dpi=90)
         plt.close(fig)
     drawn = [(p["with_rat"], p["base"]) for p in result["pairs"]
