@@ -10,7 +10,7 @@ and the evaluation. Each (configuration, seed) is one run:
 * a run whose result file exists is skipped; a run with a ``last`` checkpoint is resumed
   exactly (the trainer's resume); anything else starts fresh. So the study survives being
   stopped, and on a new machine it picks up from the committed result files;
-* a result file that lacks a measurement the grid now asks for (a ``hessian`` or ``landscape``
+* a result file that lacks a measurement the grid now asks for (``hessian``, ``landscape`` or ``outputs``
   added to the grid later) gets just that measurement added, from the run's best checkpoint,
   when the checkpoint is still there; nothing is retrained or re-evaluated.
 
