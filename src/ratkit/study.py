@@ -530,8 +530,8 @@ def plot_study(result: dict, records: list[dict], directory: Path) -> list[Path]
             axes[0][col].set_title(f"{with_rat} vs {base}, mean of {seeds} seed{'s' if seeds > 1 else ''}", fontsize=9)
             axes[0][col].set_ylabel("mean cross-entropy")
             axes[1][col].set_ylabel("accuracy (%)")
-            axes[1][col].set_xlabel(f"step along a filter-normalised direction\n(adversarial: {land['adversarial']} PGD-10)",
-                                    fontsize=8)
+            axes[1][col].set_xlabel("step along a filter-normalised direction\n"
+                                    f"(adversarial: {land['adversarial']} PGD-10)", fontsize=8)
             for row in (0, 1):
                 axes[row][col].axvline(0.0, color="0.7", linewidth=0.8)
                 axes[row][col].grid(alpha=0.3)
