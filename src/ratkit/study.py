@@ -280,6 +280,11 @@ def paired_t_p_value(diffs: list[float]) -> float | None:
     return float(2 * stats.t.sf(abs(t), df=len(diffs) - 1))
 
 
+def _paired(diffs: list[float]) -> dict:
+    """Per-seed differences with their mean, standard deviation and paired t-test p-value."""
+    return {**_mean_std(diffs), "diffs": diffs, "p_value": paired_t_p_value(diffs)}
+
+
 def read_results(results_dir: str | os.PathLike) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*-seed*.json"))]
 
@@ -366,13 +371,11 @@ def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
             if all(key in by[(c, s)]["accuracy"] for s in seeds for c in (with_rat, base)):
                 diffs = [by[(with_rat, s)]["accuracy"][key]["accuracy"] - by[(base, s)]["accuracy"][key]["accuracy"]
                          for s in seeds]
-                pair[key] = {**_mean_std(diffs), "diffs": diffs, "p_value": paired_t_p_value(diffs)}
+                pair[key] = _paired(diffs)
+        flat = {c: [flatness_values(by[(c, s)]) for s in seeds] for c in (with_rat, base)}
         for key in FLATNESS_KEYS:
-            pairs_of = [(flatness_values(by[(with_rat, s)]).get(key), flatness_values(by[(base, s)]).get(key))
-                        for s in seeds]
-            if all(a is not None and b is not None for a, b in pairs_of):
-                diffs = [a - b for a, b in pairs_of]
-                pair[key] = {**_mean_std(diffs), "diffs": diffs, "p_value": paired_t_p_value(diffs)}
+            if all(key in f for c in flat for f in flat[c]):
+                pair[key] = _paired([r[key] - b[key] for r, b in zip(flat[with_rat], flat[base])])
         times = [epoch_seconds(by[(with_rat, s)]) / epoch_seconds(by[(base, s)]) for s in seeds]
         pair["time_ratio"] = _mean_std(times)
         pairs.append(pair)
