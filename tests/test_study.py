@@ -191,6 +191,7 @@ def test_markdown_reports_mean_plus_minus_std_and_the_paired_difference(tmp_path
     text = (tmp_path / "results.md").read_text()
     assert "| trades | 2 | 81.00 ± 1.41 | 61.00 ± 1.41 |" in text
     assert "| rat-trades − trades | 2 | +1.00 ± 0.00 (p 0.00) | +1.00 ± 2.83" in text
+    assert f"`rat study --grid {grid.name} --aggregate-only`" in text  # how to remake it
 
 
 def test_the_grid_files_in_configs_studies_are_valid():

@@ -447,6 +447,10 @@ def format_markdown(result: dict) -> str:
     unknown = sum(1 for r in result["runs"] if not r.get("machine"))
     if machines or unknown:
         lines += ["", "Machines: " + "; ".join(machines) + (f"; not recorded for {unknown} run(s)" if unknown else "")]
+    name = result["grid"]["name"]
+    lines += ["", f"Made by `rat study --grid {name} --commit` (each run's result file, then this aggregate); "
+              f"`rat study --grid {name} --aggregate-only` remakes this page, results.json and the plots "
+              "from the committed result files."]
     return "\n".join(lines) + "\n"
 
 
