@@ -203,9 +203,10 @@ def test_the_grid_files_in_configs_studies_are_valid():
         assert load_grid(STUDIES / f"{name}.yaml").runs
     # the budget check differs from the core grid's trades-seed0 in the number of epochs only
     budget = load_grid(STUDIES / "budget.yaml")
-    longer, core_trades = run_config(budget, "trades-16ep", 0), run_config(core, "trades", 0)
-    assert longer.train.epochs == 2 * core_trades.train.epochs
-    assert replace(longer, train=replace(longer.train, epochs=core_trades.train.epochs)) == core_trades
+    for longer_name, core_name in (("trades-16ep", "trades"), ("rat-trades-16ep", "rat-trades")):
+        longer, core_cfg = run_config(budget, longer_name, 0), run_config(core, core_name, 0)
+        assert longer.train.epochs == 2 * core_cfg.train.epochs
+        assert replace(longer, train=replace(longer.train, epochs=core_cfg.train.epochs)) == core_cfg
 
 
 def test_bad_grids_are_refused_with_one_line(tmp_path):
