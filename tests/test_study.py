@@ -201,7 +201,7 @@ def test_the_grid_files_in_configs_studies_are_valid():
     assert cfg.method.awp and cfg.method.rat and cfg.train.seed == 2 and cfg.data.dataset == "fashion-mnist"
     for name in ("bases", "ablations"):
         assert load_grid(STUDIES / f"{name}.yaml").runs
-    # the budget check differs from the core grid's trades-seed0 in the number of epochs only
+    # the budget runs differ from the core grid's seed-0 runs in the number of epochs only
     budget = load_grid(STUDIES / "budget.yaml")
     for longer_name, core_name in (("trades-16ep", "trades"), ("rat-trades-16ep", "rat-trades")):
         longer, core_cfg = run_config(budget, longer_name, 0), run_config(core, core_name, 0)
