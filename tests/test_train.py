@@ -195,3 +195,38 @@ def test_ctrl_c_saves_progress_and_exits_cleanly_then_resume_finishes(tmp_path):
     assert result.returncode == 0, result.stderr
     _, meta = read_checkpoint(run / "last")
     assert meta["progress"]["epoch"] == 20
+
+
+def _rows(*accuracies):
+    return [{"epoch": e + 1, "val_pgd20": a} for e, a in enumerate(accuracies)]
+
+
+def test_collapse_warning_needs_the_margin_for_the_whole_patience():
+    from ratkit.train import robust_collapse
+
+    # the RAT-AT curve of docs/results/bases/rat-at-seed0.json
+    curve = [0.606, 0.429, 0.508, 0.364, 0.299]
+    assert robust_collapse(_rows(*curve[:2]), 5.0, 2) is None  # one epoch below: not yet
+    assert robust_collapse(_rows(*curve[:3]), 5.0, 2) is not None  # 42.9 and 50.8, both > 5 below 60.6
+    message = robust_collapse(_rows(*curve), 5.0, 2)
+    assert "29.90% at epoch 5" in message and "60.60% at epoch 1" in message
+    assert robust_collapse(_rows(0.60, 0.57, 0.56), 5.0, 2) is None  # within the margin
+    assert robust_collapse(_rows(0.60, 0.50, 0.56), 5.0, 2) is None  # the last epoch recovered
+    assert robust_collapse(_rows(0.50, 0.55, 0.60), 5.0, 2) is None  # rising
+    assert robust_collapse(_rows(0.60, 0.50, 0.50), 20.0, 2) is None  # the margin is configurable
+    assert robust_collapse(_rows(0.60, 0.50, 0.50), None, 2) is None  # null: off
+    assert robust_collapse(_rows(0.60, 0.50, 0.50), 5.0, 3) is None  # not enough epochs yet
+
+
+def test_trainer_writes_the_collapse_warning_to_metrics_and_stderr(tmp_path, monkeypatch, capsys):
+    import ratkit.train as train_module
+
+    accuracies = iter([0.60, 0.40, 0.30, 0.30])
+    monkeypatch.setattr(train_module.Trainer, "_validate",
+                        lambda self: {"val_clean": 0.8, "val_pgd20": next(accuracies)})
+    run = train(_synthetic("train.epochs=4", "train.collapse_margin=10", "train.collapse_epochs=2"),
+                tmp_path / "r", quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ["warning" in r for r in rows] == [False, False, True, True]
+    assert "more than 10 points below its best (60.00% at epoch 1)" in rows[2]["warning"]
+    assert capsys.readouterr().err.count("warning: validation PGD-20") == 2

@@ -30,6 +30,7 @@ CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
 METHODS = ("at", "trades", "mart")
 NORMS = ("Linf", "L2")
 PAIRINGS = ("fixed", "reference")
+CLEAN_TERMS = ("auto", "always", "never")
 PRECISIONS = ("float32", "bfloat16")
 NOISE_LAYERS = ("conv", "linear", "all")
 TAYLOR_MODES = ("analytic", "autograd")
@@ -85,6 +86,7 @@ class MethodConfig:
     sigma: float = 1e-4
     order: list[int] = field(default_factory=lambda: [1, 2])
     pairing: str = "fixed"
+    clean_terms: str = "auto"  # RAT's clean-output terms: auto = only for bases with a clean CE (TRADES)
     noise_layers: str = "conv"
     taylor: str = "analytic"
     awp: bool = False
@@ -116,6 +118,10 @@ class TrainConfig:
     time_budget_s: float | None = None
     channels_last: bool = True  # NHWC memory layout for conv models (faster on CPU; docs/performance.md)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    # robust-accuracy collapse warning: validation PGD-20 more than `collapse_margin` points
+    # below its best for `collapse_epochs` epochs in a row (null margin: no check)
+    collapse_margin: float | None = 5.0
+    collapse_epochs: int = 2
 
 
 @dataclass
@@ -327,6 +333,7 @@ def validate(cfg: Config) -> None:
         "method.order", "must be a non-empty list of distinct values from {1, 2}", me.order,
     )
     _choice("method.pairing", me.pairing, PAIRINGS)
+    _choice("method.clean_terms", me.clean_terms, CLEAN_TERMS)
     _choice("method.noise_layers", me.noise_layers, NOISE_LAYERS)
     _choice("method.taylor", me.taylor, TAYLOR_MODES)
     _check(me.awp_gamma >= 0, "method.awp_gamma", "must be >= 0", me.awp_gamma)
@@ -352,6 +359,9 @@ def validate(cfg: Config) -> None:
     _check(t.val_n is None or t.val_n > 0, "train.val_n", "must be > 0 or null", t.val_n)
     _check(t.time_budget_s is None or t.time_budget_s > 0, "train.time_budget_s", "must be > 0 or null",
            t.time_budget_s)
+    _check(t.collapse_margin is None or t.collapse_margin >= 0, "train.collapse_margin",
+           "must be >= 0 (accuracy points) or null", t.collapse_margin)
+    _check(t.collapse_epochs >= 1, "train.collapse_epochs", "must be >= 1", t.collapse_epochs)
 
     from .evaluate import parse_attacks
 

@@ -63,7 +63,7 @@ def build_method(cfg: Config) -> Method:
                                           precision=a.precision), beta=m.beta)
     if m.rat:
         method = RAT(method, alpha=m.alpha, sigma=m.sigma, order=tuple(m.order), pairing=m.pairing,
-                     noise_layers=m.noise_layers, taylor=m.taylor)
+                     noise_layers=m.noise_layers, taylor=m.taylor, clean_terms=m.clean_terms)
     if m.awp:
         method = AWP(method, gamma=m.awp_gamma, warmup=m.awp_warmup)
     return method
@@ -117,6 +117,27 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but torch.cuda.is_available() is False")
     return device
+
+
+def robust_collapse(history: list[dict], margin: float | None, epochs: int) -> str | None:
+    """A warning when validation PGD-20 has stayed more than ``margin`` points below its best for
+    the last ``epochs`` epochs (None otherwise): a model whose robustness collapses while its
+    clean accuracy rises is usually masking gradients (docs/method.md, RAT on bases without a
+    clean term), and the best checkpoint then comes from an early epoch.
+
+    Example: ``robust_collapse(trainer.progress.history, margin=5.0, epochs=2)``.
+    """
+    rows = [r for r in history if "val_pgd20" in r]
+    if margin is None or len(rows) <= epochs:
+        return None
+    best = max(rows, key=lambda r: r["val_pgd20"])
+    recent = rows[-epochs:]
+    if any(best is r for r in recent) or any(100 * (best["val_pgd20"] - r["val_pgd20"]) <= margin for r in recent):
+        return None
+    last = rows[-1]
+    return (f"validation PGD-20 {100 * last['val_pgd20']:.2f}% at epoch {last['epoch']} has been more than "
+            f"{margin:g} points below its best ({100 * best['val_pgd20']:.2f}% at epoch {best['epoch']}) "
+            f"for {epochs} epochs: robust accuracy is collapsing")
 
 
 def epoch_order_generator(seed: int, epoch: int) -> torch.Generator:
@@ -384,6 +405,9 @@ class Trainer:
                                {**self._meta(), "epoch": epoch + 1,
                                 "val": {k: v for k, v in row.items() if k.startswith("val_")}})
             row["best_epoch"] = p.best_epoch
+            warning = robust_collapse([*p.history, row], cfg.train.collapse_margin, cfg.train.collapse_epochs)
+            if warning is not None:
+                row["warning"] = warning
             p.history.append(row)
             if main:
                 self.save_last()
@@ -399,6 +423,8 @@ class Trainer:
                 print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.4f}, "
                       f"train adv acc {100 * row['train_adv_acc']:.2f}%{val}, {row['train_seconds']:.0f} s "
                       f"({row['images_per_s']:.0f} img/s)", flush=True)
+            if warning is not None and main:  # printed even when quiet: the user must see it
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             budget = cfg.train.time_budget_s
             over = budget is not None and time.perf_counter() - started > budget
             if distributed.any_rank(over, self.device) and p.epoch < cfg.train.epochs:
