@@ -176,8 +176,33 @@ def test_rat_at_scales_the_adversarial_cross_entropy_and_uses_one_clean_forward(
     assert len(calls) == 2  # one clean, one adversarial forward; nothing recomputed
 
 
+@pytest.mark.parametrize("base,auto_has_clean", [("at", False), ("mart", False), ("trades", True)])
+def test_clean_output_terms_follow_the_base_unless_asked(base, auto_has_clean):
+    """auto keeps RAT's clean-output KL terms only for a base that fits the clean output to the
+    labels; "always" is the authors' formula on any base; the adversarial halves never change."""
+    model = _model(torch.float64, seed=3)
+    x, y = _batch(n=12, dtype=torch.float64, seed=4)
+    x_adv = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)).clamp(0, 1)
+    on, off, auto = (RAT(BASES[base](), clean_terms=c).loss(model, x, x_adv, y) for c in ("always", "never", "auto"))
+    assert RAT(BASES[base]()).clean_terms == "auto"
+    assert {k: v.item() for k, v in auto.terms.items()} == {k: v.item() for k, v in (on if auto_has_clean else off).terms.items()}
+    # what "always" adds is exactly the clean halves: the KL of p(x) to the clean-side soft targets
+    rat = RAT(BASES[base](), clean_terms="always")
+    s_nat, s_adv = rat.statistics(model, on.outputs)
+    tab, yy, logits = soft_target_table, y, on.outputs.logits_clean
+    clean_half = (0.2 * 0.5 * _reference_kl(tab(s_adv.abs() - s_nat.abs())[yy], logits)
+                  + 0.1 * 0.5 * _reference_kl(tab(s_adv * s_adv - s_nat * s_nat)[yy], logits))
+    added = on.terms["taylor1"] + on.terms["taylor2"] - off.terms["taylor1"] - off.terms["taylor2"]
+    assert torch.allclose(added, clean_half, rtol=1e-10, atol=1e-12)
+    # with the clean terms off, no gradient reaches the clean logits through the Taylor terms
+    assert off.terms["taylor1"].grad_fn is not None
+    g = torch.autograd.grad(off.terms["taylor1"] + off.terms["taylor2"], off.outputs.logits_clean, allow_unused=True)[0]
+    assert g is None or torch.count_nonzero(g) == 0
+
+
 def test_rat_validates_its_settings():
     for kwargs, needle in [({"alpha": 1.5}, "alpha"), ({"pairing": "x"}, "pairing"), ({"order": (3,)}, "order"),
+                           ({"clean_terms": "yes"}, "clean_terms"),
                            ({"order": ()}, "order"), ({"sigma": -1}, "sigma"), ({"taylor": "x"}, "taylor")]:
         with pytest.raises(ValueError, match=needle):
             RAT(TRADES(), **kwargs)

@@ -97,11 +97,14 @@ class BaseMethod(Method):
     """A base method: an attack (through the one engine) plus loss terms on shared outputs.
 
     ``primary_term`` names the classification term that RAT scales by (1 - alpha);
-    ``needs_clean`` says whether the terms use the clean logits.
+    ``needs_clean`` says whether the terms use the clean logits; ``labels_clean`` whether a
+    term fits the clean output to the labels (TRADES' clean cross-entropy), which decides
+    whether RAT's clean-output terms are safe (``RAT.clean_terms="auto"``).
     """
 
     attack: PGDConfig = field(default_factory=lambda: train_attack(8 / 255))
     needs_clean: ClassVar[bool] = True
+    labels_clean: ClassVar[bool] = False
     primary_term: ClassVar[str] = ""
 
     def craft(self, model, x, y, *, generator=None, shard=None, params: Mapping[str, Tensor] | None = None):

@@ -36,6 +36,7 @@ from .base import BaseMethod, LossOutput, Method, Outputs, forward_outputs
 
 PAIRINGS = ("fixed", "reference")
 TAYLOR_MODES = ("analytic", "autograd")
+CLEAN_TERMS = ("auto", "always", "never")
 
 
 def head_gradient_sums(logits: Tensor, feats: Tensor, y: Tensor) -> Tensor:
@@ -88,6 +89,11 @@ class RAT(Method):
     pairing: str = "fixed"
     noise_layers: str = "conv"
     taylor: str = "analytic"
+    # the soft-target terms on the clean output: "always" as the authors' formula, for every base;
+    # "never"; "auto" (default) only when the base supervises the clean output with labels
+    # (TRADES), since without a label term there they pull p(x) to the 2 / C soft target and
+    # robust accuracy collapses (docs/method.md, "RAT on bases without a clean term")
+    clean_terms: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, BaseMethod):
@@ -103,6 +109,15 @@ class RAT(Method):
             raise ValueError(f"RAT.pairing must be one of {PAIRINGS}, got {self.pairing!r}")
         if self.taylor not in TAYLOR_MODES:
             raise ValueError(f"RAT.taylor must be one of {TAYLOR_MODES}, got {self.taylor!r}")
+        if self.clean_terms not in CLEAN_TERMS:
+            raise ValueError(f"RAT.clean_terms must be one of {CLEAN_TERMS}, got {self.clean_terms!r}")
+
+    @property
+    def uses_clean_terms(self) -> bool:
+        """Whether the soft-target terms on the clean output are in the loss."""
+        if self.clean_terms == "auto":
+            return self.base.labels_clean
+        return self.clean_terms == "always"
 
     def craft(self, model, x, y, *, generator=None, shard=None):
         """The base attack on a noisy functional copy of the weights (sigma = 0: the plain attack).
@@ -130,20 +145,23 @@ class RAT(Method):
         return average(stats[0]), average(stats[1])
 
     def taylor_terms(self, s_nat: Tensor, s_adv: Tensor, out: Outputs) -> dict[str, Tensor]:
-        """The first- and second-order soft-target KL terms, weighted by alpha and alpha / 2."""
-        y, terms = out.y, {}
+        """The first- and second-order soft-target KL terms, weighted by alpha and alpha / 2; the
+        clean-output halves only where ``uses_clean_terms`` (the adversarial halves keep their weight)."""
+        y, terms, clean = out.y, {}, self.uses_clean_terms
+
+        def pair(to_adv: Tensor, to_clean: Tensor) -> Tensor:
+            term = kl_from_targets(to_adv, out.logits_adv)
+            return term + kl_from_targets(to_clean, out.logits_clean) if clean else term
+
         if 1 in self.order:
             t1_nat, t1_adv = s_nat.abs(), s_adv.abs()
-            to_adv = soft_target_table(t1_nat - t1_adv)[y]
-            to_clean = soft_target_table(t1_adv - t1_nat)[y]
-            terms["taylor1"] = self.alpha * 0.5 * (kl_from_targets(to_adv, out.logits_adv)
-                                                   + kl_from_targets(to_clean, out.logits_clean))
+            terms["taylor1"] = self.alpha * 0.5 * pair(soft_target_table(t1_nat - t1_adv)[y],
+                                                       soft_target_table(t1_adv - t1_nat)[y])
         if 2 in self.order:
             t2_nat, t2_adv = s_nat * s_nat, s_adv * s_adv
             adv_minus_nat = soft_target_table(t2_adv - t2_nat)[y]
             to_adv = soft_target_table(t2_nat - t2_adv)[y] if self.pairing == "fixed" else adv_minus_nat
-            terms["taylor2"] = self.alpha / 2 * 0.5 * (kl_from_targets(to_adv, out.logits_adv)
-                                                       + kl_from_targets(adv_minus_nat, out.logits_clean))
+            terms["taylor2"] = self.alpha / 2 * 0.5 * pair(to_adv, adv_minus_nat)
         return terms
 
     def loss(self, model, x, x_adv, y) -> LossOutput:

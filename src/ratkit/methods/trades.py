@@ -24,6 +24,7 @@ class TRADES(BaseMethod):
     attack: PGDConfig = field(default_factory=lambda: trades_attack(8 / 255))
     beta: float = 6.0
     needs_clean: ClassVar[bool] = True
+    labels_clean: ClassVar[bool] = True
     primary_term: ClassVar[str] = "natural"
 
     def terms(self, out: Outputs):
