@@ -199,7 +199,7 @@ def cmd_bench(args) -> int:
 
 def cmd_study(args) -> int:
     from .config import preset_dir
-    from .study import StudyError, load_grid, run_study, write_aggregate
+    from .study import StudyError, load_grid, run_study, run_study_parallel, write_aggregate
 
     grid_path = Path(args.grid)
     if not grid_path.exists() and not grid_path.suffix:
@@ -213,14 +213,21 @@ def cmd_study(args) -> int:
     out = Path(args.out or Path("runs") / f"study-{grid.name}")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
     try:
+        only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
+        if args.jobs < 1:
+            raise StudyError(f"--jobs: must be >= 1, got {args.jobs}")
         if args.aggregate_only:
             result = write_aggregate(grid, results)
+        elif args.jobs > 1:
+            result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, seeds=seeds, only=only,
+                                        commit=args.commit, log=log, aggregate_after=not args.no_aggregate)
         else:
-            only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
             result = run_study(grid, out, results, seeds=seeds, only=only, commit=args.commit, log=log,
-                               quiet=args.quiet)
+                               quiet=args.quiet, aggregate_after=not args.no_aggregate)
     except StudyError as exc:
         raise UserError(str(exc)) from None
+    if args.no_aggregate:
+        return 0
     print((results / "results.md").read_text(), end="")
     print(f"wrote {results / 'results.json'}, {results / 'results.md'}" + "".join(f", {f}" for f in result["files"]))
     return 0
@@ -339,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: docs/results/<grid>)")
     p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it finishes")
     p.add_argument("--aggregate-only", action="store_true", help="only aggregate the result files there are")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each in its own process (default 1; more for a GPU or many cores)")
+    p.add_argument("--no-aggregate", action="store_true", help="run, but leave the aggregate for later")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 

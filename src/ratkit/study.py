@@ -225,8 +225,8 @@ def git_commit(paths: list[Path], message: str, *, attempts: int = 5) -> bool:
 
 def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os.PathLike, *,
               seeds: list[int] | None = None, only: list[str] | None = None, commit: bool = False,
-              quiet: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Every (configuration, seed) not yet complete, seed by seed; then the aggregate."""
+              quiet: bool = True, log: Callable[[str], None] = print, aggregate_after: bool = True) -> dict | None:
+    """Every (configuration, seed) not yet complete, seed by seed; then the aggregate (unless not asked)."""
     out_dir, results_dir = Path(out_dir), Path(results_dir)
     seeds = grid.seeds if seeds is None else seeds
     names = list(grid.runs) if only is None else only
@@ -256,7 +256,53 @@ def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os
             log(f"{key}: done, {result}")
             if commit and not git_commit([result], message):
                 log(f"{key}: could not commit {result}")
-    return write_aggregate(grid, results_dir)
+    return write_aggregate(grid, results_dir) if aggregate_after else None
+
+
+def run_study_parallel(grid_path: str | os.PathLike, grid: StudyGrid, out_dir: str | os.PathLike,
+                       results_dir: str | os.PathLike, *, jobs: int, seeds: list[int] | None = None,
+                       only: list[str] | None = None, commit: bool = False,
+                       log: Callable[[str], None] = print, aggregate_after: bool = True) -> dict | None:
+    """``run_study`` with up to ``jobs`` runs at a time, each (configuration, seed) in its own
+    ``rat study --only NAME --seeds S`` process (for a GPU, which a small model leaves mostly
+    idle, or a machine with many cores); then the aggregate, once, from the result files.
+
+    Every run is the same as in the sequential runner (resumable, skipped when done); only the
+    order of finishing differs. Each process's log goes to ``OUT/<config>-seed<s>.log``.
+    """
+    import sys
+
+    out_dir, results_dir = Path(out_dir), Path(results_dir)
+    names = list(grid.runs) if only is None else only
+    missing = [n for n in names if n not in grid.runs]
+    if missing:
+        raise StudyError(f"--only: {missing} not in the grid's runs {list(grid.runs)}")
+    queue = [(name, seed) for seed in (grid.seeds if seeds is None else seeds) for name in names]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    running: list[tuple[str, subprocess.Popen, object]] = []
+    failed = []
+    while queue or running:
+        while queue and len(running) < jobs:
+            name, seed = queue.pop(0)
+            key = run_key(name, seed)
+            cmd = [sys.executable, "-m", "ratkit", "study", "--grid", str(grid_path), "--only", name,
+                   "--seeds", str(seed), "--out", str(out_dir), "--results", str(results_dir), "--no-aggregate"]
+            if commit:
+                cmd.append("--commit")
+            logfile = open(out_dir / f"{key}.log", "w")
+            log(f"{key}: started (log {out_dir / f'{key}.log'})")
+            running.append((key, subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT), logfile))
+        time.sleep(1.0)
+        for item in [r for r in running if r[1].poll() is not None]:
+            key, proc, logfile = item
+            logfile.close()
+            running.remove(item)
+            if proc.returncode != 0:
+                failed.append(key)
+            log(f"{key}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}")
+    if failed:
+        log(f"failed runs (see their logs in {out_dir}): {', '.join(failed)}")
+    return write_aggregate(grid, results_dir) if aggregate_after else None
 
 
 # ----------------------------------------------------------------------------- aggregation
