@@ -234,3 +234,23 @@ def test_parallel_study_runs_each_run_in_its_own_process_with_the_same_results(t
     sequential = json.loads((tmp_path / "seq-results" / "trades-seed0.json").read_text())
     assert parallel["accuracy"]["pgd20"]["accuracy"] == sequential["accuracy"]["pgd20"]["accuracy"]
     assert [h["val_pgd20"] for h in parallel["history"]] == [h["val_pgd20"] for h in sequential["history"]]
+
+
+def test_evaluate_only_records_runs_trained_elsewhere_from_best_and_metrics_alone(tmp_path):
+    grid = _grid(tmp_path, seeds=[0], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None)
+    run_study(grid, tmp_path / "runs", tmp_path / "results", log=lambda m: None)
+    reference = json.loads((tmp_path / "results" / "trades-seed0.json").read_text())
+    (tmp_path / "results" / "trades-seed0.json").unlink()
+    for f in (tmp_path / "runs" / "trades-seed0").glob("last.*"):
+        f.unlink()  # copied without the resume state
+    messages = []
+    run_study(grid, tmp_path / "runs", tmp_path / "results", evaluate_only=True, log=messages.append)
+    again = json.loads((tmp_path / "results" / "trades-seed0.json").read_text())
+    assert not any("training" in m for m in messages)
+    assert again["accuracy"] == {k: {**v, "seconds": again["accuracy"][k].get("seconds")} if "seconds" in v else v
+                                 for k, v in reference["accuracy"].items()}
+    assert again["history"] == reference["history"]
+    # a configuration with no trained run is skipped, not trained
+    grid2 = _grid(tmp_path, seeds=[1], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None)
+    run_study(grid2, tmp_path / "runs", tmp_path / "results", evaluate_only=True, log=messages.append)
+    assert "trades-seed1: no trained run" in messages[-1] and not (tmp_path / "runs" / "trades-seed1").exists()

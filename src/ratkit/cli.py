@@ -220,10 +220,12 @@ def cmd_study(args) -> int:
             result = write_aggregate(grid, results)
         elif args.jobs > 1:
             result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, seeds=seeds, only=only,
-                                        commit=args.commit, log=log, aggregate_after=not args.no_aggregate)
+                                        commit=args.commit, log=log, aggregate_after=not args.no_aggregate,
+                                        evaluate_only=args.evaluate_only)
         else:
             result = run_study(grid, out, results, seeds=seeds, only=only, commit=args.commit, log=log,
-                               quiet=args.quiet, aggregate_after=not args.no_aggregate)
+                               quiet=args.quiet, aggregate_after=not args.no_aggregate,
+                               evaluate_only=args.evaluate_only)
     except StudyError as exc:
         raise UserError(str(exc)) from None
     if args.no_aggregate:
@@ -349,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process (default 1; more for a GPU or many cores)")
     p.add_argument("--no-aggregate", action="store_true", help="run, but leave the aggregate for later")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="train nothing: evaluate and measure the trained runs in --out that have no result yet")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 

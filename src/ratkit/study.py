@@ -112,8 +112,7 @@ def _training_complete(run_dir: Path, epochs: int) -> bool:
 def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool = True,
             log: Callable[[str], None] = print) -> dict:
     """Train (or resume), evaluate and measure one run; returns its result record."""
-    from .bench import environment
-    from .train import evaluate_run, load_run_config, resolve_device, train
+    from .train import load_run_config, train
 
     cfg = run_config(grid, name, seed)
     run_dir = out_dir / run_key(name, seed)
@@ -126,7 +125,19 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
     else:
         log(f"{run_key(name, seed)}: training")
         train(cfg, run_dir, quiet=quiet)
+    return record_run(grid, name, seed, run_dir, quiet=quiet, log=log)
 
+
+def record_run(grid: StudyGrid, name: str, seed: int, run_dir: Path, *, quiet: bool = True,
+               log: Callable[[str], None] = print) -> dict:
+    """Evaluate and measure one trained run (its ``best`` checkpoint and ``metrics.jsonl``): the result record.
+
+    Needs only ``best.*`` and ``metrics.jsonl``, so a run trained elsewhere can be evaluated on
+    another machine without its ``last`` checkpoint (the record says where the evaluation ran)."""
+    from .bench import environment
+    from .train import evaluate_run, resolve_device
+
+    cfg = run_config(grid, name, seed)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     # the grid's evaluation replaces the preset's (the training config is unchanged)
     eval_cfg = replace(cfg, eval=replace(cfg.eval, attacks=grid.eval.get("attacks", cfg.eval.attacks),
@@ -144,7 +155,7 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
         "train_seconds": sum(r.get("train_seconds", 0.0) for r in history),
         "seconds_per_epoch": statistics.mean(r["train_seconds"] for r in history) if history else None,
         "history": [{k: v for k, v in r.items() if k in ("epoch", "train_loss", "val_clean", "val_pgd20",
-                                                          "train_seconds")} for r in history],
+                                                          "train_seconds", "warning")} for r in history],
         "accuracy": accuracy, "eval_seconds": time.perf_counter() - started,
         # where the evaluation ran (training too, unless it was resumed elsewhere): seconds compare only on one machine
         "machine": environment(str(resolve_device(cfg.train.device))),
@@ -225,8 +236,12 @@ def git_commit(paths: list[Path], message: str, *, attempts: int = 5) -> bool:
 
 def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os.PathLike, *,
               seeds: list[int] | None = None, only: list[str] | None = None, commit: bool = False,
-              quiet: bool = True, log: Callable[[str], None] = print, aggregate_after: bool = True) -> dict | None:
-    """Every (configuration, seed) not yet complete, seed by seed; then the aggregate (unless not asked)."""
+              quiet: bool = True, log: Callable[[str], None] = print, aggregate_after: bool = True,
+              evaluate_only: bool = False) -> dict | None:
+    """Every (configuration, seed) not yet complete, seed by seed; then the aggregate (unless not asked).
+
+    ``evaluate_only``: train nothing; record the runs whose directory holds a trained ``best``
+    checkpoint and ``metrics.jsonl`` (trained elsewhere, say, and copied without ``last``)."""
     out_dir, results_dir = Path(out_dir), Path(results_dir)
     seeds = grid.seeds if seeds is None else seeds
     names = list(grid.runs) if only is None else only
@@ -249,6 +264,12 @@ def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os
                 for kind in missing:
                     add_measurement(grid, record, kind, out_dir / key, quiet=quiet, log=log)
                 message = f"study {grid.name}: {', '.join(missing)} of {key}"
+            elif evaluate_only:
+                if not (out_dir / key / "best.safetensors").exists():
+                    log(f"{key}: no trained run in {out_dir / key}; skipped (evaluate only)")
+                    continue
+                record = record_run(grid, name, seed, out_dir / key, quiet=quiet, log=log)
+                message = f"study {grid.name}: result of {key}"
             else:
                 record = run_one(grid, name, seed, out_dir, quiet=quiet, log=log)
                 message = f"study {grid.name}: result of {key}"
@@ -262,7 +283,8 @@ def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os
 def run_study_parallel(grid_path: str | os.PathLike, grid: StudyGrid, out_dir: str | os.PathLike,
                        results_dir: str | os.PathLike, *, jobs: int, seeds: list[int] | None = None,
                        only: list[str] | None = None, commit: bool = False,
-                       log: Callable[[str], None] = print, aggregate_after: bool = True) -> dict | None:
+                       log: Callable[[str], None] = print, aggregate_after: bool = True,
+                       evaluate_only: bool = False) -> dict | None:
     """``run_study`` with up to ``jobs`` runs at a time, each (configuration, seed) in its own
     ``rat study --only NAME --seeds S`` process (for a GPU, which a small model leaves mostly
     idle, or a machine with many cores); then the aggregate, once, from the result files.
@@ -289,6 +311,8 @@ def run_study_parallel(grid_path: str | os.PathLike, grid: StudyGrid, out_dir: s
                    "--seeds", str(seed), "--out", str(out_dir), "--results", str(results_dir), "--no-aggregate"]
             if commit:
                 cmd.append("--commit")
+            if evaluate_only:
+                cmd.append("--evaluate-only")
             logfile = open(out_dir / f"{key}.log", "w")
             log(f"{key}: started (log {out_dir / f'{key}.log'})")
             running.append((key, subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT), logfile))
