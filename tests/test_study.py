@@ -15,7 +15,7 @@ from ratkit.train import TrainingInterrupted, train
 TINY = ["data.dataset=synthetic", "data.val_size=128", "data.train_subset=256", "train.epochs=2",
         "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
         "train.val_n=64", "optim.lr=0.002"]
-STUDIES = Path(__file__).resolve().parents[1] / "configs" / "studies"
+STUDIES = Path(__file__).resolve().parents[1] / "src" / "ratkit" / "configs" / "studies"
 # torch itself warns when forward-mode AD (the Hessian) first loads its decompositions
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 

@@ -197,6 +197,19 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_presets(args) -> int:
+    from .config import list_presets, preset_description, preset_dir
+
+    names = list_presets()
+    if not names:
+        raise UserError(f"no presets in {preset_dir()}")
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {preset_description(name)}")
+    print(f"(in {preset_dir()}; study grids in {preset_dir() / 'studies'})")
+    return 0
+
+
 def cmd_study(args) -> int:
     from .config import preset_dir
     from .study import StudyError, load_grid, run_study, run_study_parallel, write_aggregate
@@ -280,8 +293,14 @@ def _add_analysis_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="rat", description="Randomized Adversarial Training toolkit")
+    parser.add_argument("--version", action="version", version=f"ratkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("presets", help="list the presets (rat train --config NAME) with what each is")
+    p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint with the fixed protocol")
     p.add_argument("checkpoint", nargs="?", default=None,

@@ -378,11 +378,26 @@ def validate(cfg: Config) -> None:
 
 
 def preset_dir() -> Path:
-    """The presets directory: $RAT_CONFIG_DIR, else ``configs/`` at the repository root."""
+    """The presets directory: $RAT_CONFIG_DIR, else the ``configs`` folder shipped inside the
+    package (package data), so an installed wheel finds its presets from any directory."""
     env = os.environ.get(CONFIG_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "configs"
+    from importlib.resources import files
+
+    return Path(str(files("ratkit") / "configs"))
+
+
+def preset_description(name: str) -> str:
+    """The first sentence of a preset's leading comment block (what `rat presets` shows)."""
+    lines = []
+    for line in (preset_dir() / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    end = re.search(r"(?<! al)(?<!e\.g)\.(\s|$)", text)  # "et al." and "e.g." end no sentence
+    return text[:end.start() + 1] if end else text
 
 
 def list_presets() -> list[str]:
@@ -573,6 +588,7 @@ __all__ = [
     "list_presets",
     "load_config",
     "method_label",
+    "preset_description",
     "preset_dir",
     "resolved_attack",
     "save_config",
