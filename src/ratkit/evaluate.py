@@ -119,7 +119,7 @@ def evaluate(
     Under torchrun the batches are dealt out to the ranks (batch k to rank k mod N), each
     attacked exactly as one process would attack it, and the per-example results are summed
     over the ranks, so every rank returns the single-process report."""
-    from tqdm.auto import tqdm
+    from .progress import progress
 
     rank = distributed.current()
     skip = (lambda k: k % rank.world_size != rank.rank) if rank.distributed else None
@@ -129,13 +129,12 @@ def evaluate(
     report = EvalReport(dataset=dataset, split=split, norm=norm, eps=eps,
                         n_total=n_total if n_total is not None else len(x))
     outcomes: dict[str, Tensor] = {}
-    disable = quiet or not sys.stderr.isatty() or not rank.is_main
     with model_mode(model, False), torch.autocast(device.type, enabled=False):
         for name in attacks:
             n = len(x) if name != "aa" or aa_n is None else min(aa_n, len(x))
             generator = torch.Generator(device=device).manual_seed(seed)
             started = time.perf_counter()
-            with tqdm(total=n, desc=ATTACK_TITLES[name], unit="img", disable=disable, leave=False) as bar:
+            with progress(n, ATTACK_TITLES[name], "img", quiet=quiet, main=rank.is_main) as bar:
                 if name == "aa":
                     if not quiet and rank.is_main:
                         print(f"AutoAttack (standard) on {n} images: roughly 1 s per image for a small "

@@ -314,17 +314,16 @@ class Trainer:
         return {"val_clean": report.attacks["clean"].accuracy, "val_pgd20": report.attacks["pgd20"].accuracy}
 
     def run_epoch(self, epoch: int) -> dict:
-        from tqdm.auto import tqdm
+        from .progress import progress
 
         cfg, p = self.cfg, self.progress
         sums = p.partial or {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "terms": {}}
         order = epoch_order_generator(cfg.train.seed, epoch)
         batches = iterate_batches(self.train_data, cfg.train.batch_size, shuffle=True, generator=order,
                                   drop_last=True)
-        disable = self.quiet or not sys.stderr.isatty() or not self.rank.is_main
         lr = self.optimizer.param_groups[0]["lr"]
-        bar = tqdm(total=self.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   unit="step", disable=disable, leave=False)
+        bar = progress(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.train.epochs}", "step", quiet=self.quiet,
+                       main=self.rank.is_main, initial=p.step_in_epoch)
         try:
             for i, (xb, yb) in enumerate(batches):
                 if i < p.step_in_epoch:
