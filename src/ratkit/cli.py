@@ -302,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets (rat train --config NAME) with what each is")
     p.set_defaults(func=cmd_presets)
 
+    from .interop import add_commands
+
+    add_commands(sub)  # rat import, rat export
+
     p = sub.add_parser("eval", help="evaluate a checkpoint with the fixed protocol")
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="run directory (uses best.safetensors), .safetensors file or its .json sidecar")
@@ -405,11 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .interop import InteropError
 
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except (UserError, DataError, CheckpointError, ConfigError) as exc:
+    except (UserError, DataError, CheckpointError, ConfigError, InteropError) as exc:
         print(f"rat {args.command}: error: {exc}", file=sys.stderr)
         code = EXIT_USER_ERROR
     except KeyboardInterrupt:
