@@ -6,6 +6,7 @@ from .registry import MODELS, build_from_spec, build_model, model_spec, noise_ta
 from .resnet import ResNet18, ResNetBlock
 from .small_cnn import SmallCNN
 from .wideresnet import BasicBlock, NetworkBlock, WideResNet
+from .wrap import WrappedModel, wrap
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -20,8 +21,10 @@ __all__ = [
     "RobustModel",
     "SmallCNN",
     "WideResNet",
+    "WrappedModel",
     "build_from_spec",
     "build_model",
     "model_spec",
     "noise_target_names",
+    "wrap",
 ]
