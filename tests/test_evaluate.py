@@ -69,3 +69,76 @@ def test_attack_list_is_parsed_into_protocol_order_and_typos_are_refused():
     assert parse_attacks(",".join(ATTACKS)) == ATTACKS
     with pytest.raises(ValueError, match="pgd21"):
         parse_attacks("clean,pgd21")
+
+
+def test_the_papers_protocol_is_the_scripts_settings():
+    from ratkit.attacks import attack_loss
+    from ratkit.evaluate import paper_eps
+
+    assert paper_eps(8 / 255) == 0.031 and paper_eps(0.1) == 0.1
+    pgd20 = protocol_attack("pgd20", 0.031, "Linf", "paper")
+    assert (pgd20.steps, pgd20.step_size, pgd20.loss, pgd20.random_start, pgd20.keep) == (20, 0.003, "ce", "uniform",
+                                                                                        "last")
+    cw20 = protocol_attack("cw20", 0.1, "Linf", "paper")
+    assert (cw20.steps, cw20.step_size, cw20.loss, cw20.kappa, cw20.keep) == (20, pytest.approx(0.01), "cw", 50.0,
+                                                                             "last")
+    with pytest.raises(ValueError):
+        protocol_attack("cw30", 0.031, "Linf", "paper")
+    with pytest.raises(ValueError):
+        protocol_attack("pgd20", 0.5, "L2", "paper")
+    # -relu(true - other + kappa) of the scripts = min(margin, kappa) - kappa: the same gradient
+    logits = torch.tensor([[80.0, 0.0, 1.0], [0.0, 2.0, 1.0]], requires_grad=True)
+    y = torch.tensor([1, 1])
+    ours = attack_loss("cw", logits, y, kappa=50.0)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(torch.nn.functional.one_hot(y, 3).bool(), -1e4).amax(1)
+    scripts = -torch.relu(true - other + 50.0)
+    assert torch.allclose(ours - 50.0, scripts)
+    assert parse_attacks("aa,cw20,clean", "paper") == ("clean", "cw20", "aa")
+
+
+def test_worst_case_examples_are_the_inputs_that_break_each_image():
+    model = _model()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 1, 28, 28, generator=g), torch.randint(0, 10, (24,), generator=g)
+    with torch.no_grad():
+        y[:16] = model(x[:16]).argmax(1)
+    report = evaluate(model, x, y, dataset="synthetic", eps=0.1, attacks=("clean", "fgsm", "pgd20"), batch_size=10,
+                      quiet=True, keep_adversarial=True)
+    adv = report.adversarial
+    flags = torch.tensor([[c == "1" for c in r.correct] for r in report.attacks.values()])
+    assert torch.equal(adv["correct"], flags.all(0)) and adv["attacks"] == ["clean", "fgsm", "pgd20"]
+    assert (adv["x_adv"] - x).abs().max() <= 0.1 + 1e-6
+    with torch.no_grad():
+        predicted = model(adv["x_adv"]).argmax(1)
+    assert torch.equal(predicted == y, adv["correct"])  # each broken image's saved input breaks it
+    clean_wrong = ~flags[0]
+    assert torch.equal(adv["x_adv"][clean_wrong], x[clean_wrong]) and (adv["attack"][clean_wrong] == 0).all()
+    assert report.clean_predictions == model(x).argmax(1).tolist()
+
+
+def test_rat_eval_writes_the_papers_protocol_summary_csv_and_adversarial_examples(tmp_path):
+    import csv
+    import json
+
+    from helpers import run_rat
+    from safetensors.torch import load_file
+
+    out = run_rat("eval", "--untrained", "smallcnn", "--dataset", "synthetic", "--protocol", "paper",
+                  "--attacks", "clean,pgd20,cw20", "--n", "40", "--batch-size", "16", "--json",
+                  str(tmp_path / "r.json"), "--save-adv", str(tmp_path / "adv.safetensors"), "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "papers' protocol" in out.stdout and "CW-20" in out.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["protocol"] == "paper" and report["eps"] == 0.1
+    summary = report["summary"]
+    assert summary["protocol"] == "paper" and summary["clean_acc"] == round(100 * report["attacks"]["clean"]["accuracy"], 2)
+    assert summary["autoattack_acc"] is None and summary["n_ex"] == 40
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert len(rows) == 40 and list(rows[0]) == ["index", "label", "clean_prediction", "correct_clean",
+                                                 "correct_pgd20", "correct_cw20", "robust"]
+    assert "".join(r["correct_pgd20"] for r in rows) == report["attacks"]["pgd20"]["correct"]
+    assert all((r["clean_prediction"] == r["label"]) == (r["correct_clean"] == "1") for r in rows)
+    saved = load_file(tmp_path / "adv.safetensors")
+    assert saved["x_adv"].shape == (40, 1, 28, 28) and saved["y"].tolist() == [int(r["label"]) for r in rows]
+    assert "".join(str(int(c)) for c in saved["correct"]) == "".join(r["robust"] for r in rows)

@@ -30,8 +30,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--attacks", default="clean,fgsm,pgd20,cw30,aa",
-                   help="comma-separated subset of clean,fgsm,pgd20,cw30,aa (default: all)")
+    p.add_argument("--protocol", choices=("ours", "paper"), default="ours",
+                   help="ours (default: strongest iterate, steps eps/4, CW-30) or paper (the TRADES/RAT scripts: "
+                        "eps 0.031 on CIFAR/SVHN, PGD-20 step 0.003 = eps/10, last iterate, CW-20 kappa 50)")
+    p.add_argument("--attacks", default=None,
+                   help="comma-separated subset of the protocol's attacks (default: all; ours: "
+                        "clean,fgsm,pgd20,cw30,aa; paper: clean,pgd20,cw20,aa)")
     p.add_argument("--n", "--images", dest="n", type=int, default=None,
                    help="evaluate the first N test images (default: all); under torchrun write --images, "
                         "since torchrun reads --n as an abbreviation of its own --nnodes/--nproc-per-node")
@@ -45,19 +49,26 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-channels-last", action="store_true",
                    help="keep the model in NCHW layout (default: channels_last, faster on CPU)")
-    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the report as JSON (with a RobustBench-style 'summary' block) and the "
+                        "per-example results as CSV beside it (same name, .csv)")
+    p.add_argument("--save-adv", type=Path, default=None,
+                   help="write each image's worst-case adversarial example (safetensors: x_adv, y, correct, attack)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_eval(model, meta: dict, args, device: torch.device, label: str):
     """Load the test split the checkpoint was trained for and run the protocol on it."""
     from .data import dataset_info
-    from .evaluate import evaluate_test_set, format_report, parse_attacks
+    from .evaluate import (DEFAULT_ATTACKS, evaluate_test_set, format_report, paper_eps, parse_attacks,
+                           save_adversarial, summary_block, write_per_example_csv)
 
     try:
-        attacks = parse_attacks(args.attacks)
+        attacks = parse_attacks(args.attacks or ",".join(DEFAULT_ATTACKS[args.protocol]), args.protocol)
     except ValueError as exc:
         raise UserError(f"--attacks: {exc}") from None
+    if args.protocol == "paper" and args.norm != "Linf":
+        raise UserError("--protocol paper: the papers' protocol is Linf only")
     for flag in ("n", "aa_n"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
@@ -65,9 +76,12 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str):
     dataset = args.dataset or meta.get("dataset") or "fashion-mnist"
     info = dataset_info(dataset)
     eps = args.eps if args.eps is not None else (info.linf_eps if args.norm == "Linf" else info.l2_eps)
+    if args.protocol == "paper" and args.eps is None:
+        eps = paper_eps(eps)
     report = evaluate_test_set(model.to(device), dataset, data_dir=args.data_dir, n=args.n, eps=eps,
                                norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
-                               seed=args.seed, quiet=args.quiet)
+                               seed=args.seed, quiet=args.quiet, protocol=args.protocol,
+                               keep_adversarial=args.save_adv is not None)
     report.checkpoint = label
     from .distributed import current
 
@@ -76,7 +90,12 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str):
     print(format_report(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        args.json.write_text(json.dumps({**report.to_json(), "summary": summary_block(report)}, indent=1) + "\n")
+        write_per_example_csv(report, args.json.with_suffix(".csv"))
+    if args.save_adv is not None:
+        args.save_adv.parent.mkdir(parents=True, exist_ok=True)
+        save_adversarial(report, args.save_adv)
+        print(f"wrote {args.save_adv} ({report.robust_n} worst-case examples)")
     return report
 
 

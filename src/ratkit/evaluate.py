@@ -1,13 +1,19 @@
-"""The fixed evaluation protocol (METHOD.md) and its report.
+"""The fixed evaluation protocol (METHOD.md) and its report; the papers' protocol beside it.
 
-Clean; FGSM; PGD-20 (random start, step eps/4, cross-entropy); CW-30 (PGD-30 on the CW
-margin, random start, step eps/4); standard AutoAttack. Always the deterministic model, in
-eval mode, in float32. "Robust accuracy" is the per-example worst case: an example counts
-only if it is classified correctly clean and under every attack run.
+Ours ("ours", the default): clean; FGSM; PGD-20 (random start, step eps/4, cross-entropy);
+CW-30 (PGD-30 on the CW margin, random start, step eps/4); standard AutoAttack. Always the
+deterministic model, in eval mode, in float32. "Robust accuracy" is the per-example worst case:
+an example counts only if it is classified correctly clean and under every attack run.
 
 One deliberate strengthening: our PGD-20 and CW-30 keep, per example, the strongest iterate
 (``keep="best"``) instead of the last one, so an example that any iterate misclassifies
 counts as broken. This can only lower the reported accuracy, never raise it.
+
+The papers' ("paper", as the TRADES / RAT evaluation scripts do, so numbers sit next to a
+paper's table): eps 0.031 where ours is 8/255 (else the dataset's eps), PGD-20 with step 0.003
+(eps/10 for other eps), uniform random start, last iterate; CW-20 on the margin capped at
+kappa = 50, same steps, last iterate; standard AutoAttack at the same eps. docs/method.md
+compares the two.
 """
 
 from __future__ import annotations
@@ -23,34 +29,59 @@ from . import distributed
 from .attacks import PGDConfig, advance_generator, autoattack_correct, fgsm_config, pgd
 from .modes import model_mode
 
-ATTACKS = ("clean", "fgsm", "pgd20", "cw30", "aa")
+ATTACKS = ("clean", "fgsm", "pgd20", "cw30", "aa")  # our protocol's
+PROTOCOLS = ("ours", "paper")
+DEFAULT_ATTACKS = {"ours": ATTACKS, "paper": ("clean", "pgd20", "cw20", "aa")}
 ATTACK_TITLES = {
     "clean": "clean",
     "fgsm": "FGSM",
     "pgd20": "PGD-20 (CE)",
+    "cw20": "CW-20 (margin)",
     "cw30": "CW-30 (margin)",
     "aa": "AutoAttack (standard)",
 }
+PAPER_EPS = 0.031  # the scripts' rounding of 8/255
+PAPER_CW_KAPPA = 50.0
 
 
-def protocol_attack(name: str, eps: float, norm: str) -> PGDConfig:
-    """The PGD-engine settings of the protocol's gradient attacks."""
+def paper_eps(protocol_eps: float) -> float:
+    """The papers' eps for a dataset whose eps in our protocol is ``protocol_eps``."""
+    return PAPER_EPS if abs(protocol_eps - 8 / 255) < 1e-9 else protocol_eps
+
+
+def paper_step(eps: float) -> float:
+    """The scripts' PGD/CW step: 0.003 at eps 0.031, eps/10 otherwise."""
+    return 0.003 if abs(eps - PAPER_EPS) < 1e-9 else eps / 10
+
+
+def protocol_attack(name: str, eps: float, norm: str, protocol: str = "ours") -> PGDConfig:
+    """The PGD-engine settings of a protocol's gradient attacks."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if name not in DEFAULT_ATTACKS[protocol] or name in ("clean", "aa"):
+        raise ValueError(f"{name!r} is not a PGD-engine attack of the {protocol!r} protocol")
+    if protocol == "paper":
+        if norm != "Linf":
+            raise ValueError("the papers' protocol is Linf only")
+        loss, kappa = ("ce", None) if name == "pgd20" else ("cw", PAPER_CW_KAPPA)
+        return PGDConfig(eps=eps, step_size=paper_step(eps), steps=20, norm=norm, loss=loss, kappa=kappa,
+                         random_start="uniform", keep="last")
     if name == "fgsm":
         return fgsm_config(eps, norm)
     if name == "pgd20":
         return PGDConfig(eps=eps, step_size=eps / 4, steps=20, norm=norm, loss="ce", keep="best")
-    if name == "cw30":
-        return PGDConfig(eps=eps, step_size=eps / 4, steps=30, norm=norm, loss="cw", keep="best")
-    raise ValueError(f"{name!r} is not a PGD-engine attack of the protocol")
+    return PGDConfig(eps=eps, step_size=eps / 4, steps=30, norm=norm, loss="cw", keep="best")
 
 
-def parse_attacks(text: str) -> tuple[str, ...]:
-    """Parse 'clean,pgd20,aa' into protocol order; unknown names raise ValueError."""
+def parse_attacks(text: str, protocol: str = "ours") -> tuple[str, ...]:
+    """Parse 'clean,pgd20,aa' into protocol order; names outside the protocol raise ValueError."""
+    allowed = DEFAULT_ATTACKS[protocol]
     names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in ATTACKS]
+    unknown = [n for n in names if n not in allowed]
     if unknown or not names:
-        raise ValueError(f"unknown attack(s) {unknown or text!r}; choose from {','.join(ATTACKS)}")
-    return tuple(n for n in ATTACKS if n in names)
+        raise ValueError(f"unknown attack(s) {unknown or text!r} for the {protocol!r} protocol; "
+                         f"choose from {','.join(allowed)}")
+    return tuple(n for n in allowed if n in names)
 
 
 @dataclass
@@ -72,15 +103,24 @@ class EvalReport:
     robust_accuracy: float = float("nan")
     robust_n: int = 0
     checkpoint: str = ""
+    protocol: str = "ours"
+    # per example, not in the JSON (the CSV and --save-adv carry them)
+    labels: list[int] = field(default_factory=list, repr=False)
+    clean_predictions: list[int] = field(default_factory=list, repr=False)
+    adversarial: dict | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        for key in ("labels", "clean_predictions", "adversarial"):
+            out.pop(key)
+        return out
 
 
-def _correct_under(model: nn.Module, x: Tensor, y: Tensor, name: str, eps: float, norm: str,
-                   batch_size: int, generator: torch.Generator, progress, skip=None) -> Tensor:
-    out = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    cfg = protocol_attack(name, eps, norm) if name != "clean" else None
+def _predictions_under(model: nn.Module, x: Tensor, y: Tensor, cfg: PGDConfig | None, batch_size: int,
+                       generator: torch.Generator, progress, skip=None, keep: Tensor | None = None) -> Tensor:
+    """Predicted classes on x (cfg None) or on its adversarial examples; ``keep`` (a tensor
+    like x) receives the examples attacked."""
+    out = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
     for k, start in enumerate(range(0, len(x), batch_size)):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         if skip is not None and skip(k):  # another rank's batch: stay in step with its random draws
@@ -89,8 +129,10 @@ def _correct_under(model: nn.Module, x: Tensor, y: Tensor, name: str, eps: float
             continue
         if cfg is not None:
             xb = pgd(model, xb, yb, cfg, generator=generator)
+        if keep is not None:
+            keep[start:start + len(xb)] = xb
         with torch.no_grad():
-            out[start:start + len(xb)] = model(xb).argmax(1) == yb
+            out[start:start + len(xb)] = model(xb).argmax(1)
         if progress is not None:
             progress.update(len(xb))
     return out
@@ -104,48 +146,64 @@ def evaluate(
     dataset: str,
     eps: float,
     norm: str = "Linf",
-    attacks: tuple[str, ...] = ATTACKS,
+    attacks: tuple[str, ...] | None = None,
     batch_size: int = 256,
     aa_n: int | None = None,
     n_total: int | None = None,
     split: str = "test",
     seed: int = 0,
     quiet: bool = False,
+    protocol: str = "ours",
+    keep_adversarial: bool = False,
 ) -> EvalReport:
     """Run the protocol on (x, y). ``aa_n`` limits AutoAttack to the first aa_n examples
     (its cost is about a second per image on a 2-core CPU); the worst case is then reported
-    on those examples, where every attack ran.
+    on those examples, where every attack ran. ``keep_adversarial`` keeps, per example, the
+    input of the worst case (:func:`worst_case_examples`) in ``report.adversarial``.
 
     Under torchrun the batches are dealt out to the ranks (batch k to rank k mod N), each
     attacked exactly as one process would attack it, and the per-example results are summed
-    over the ranks, so every rank returns the single-process report."""
+    over the ranks, so every rank returns the single-process report.
+
+    Example: ``format_report(evaluate(model, x, y, dataset="fashion-mnist", eps=0.1, attacks=("clean", "pgd20")))``
+    """
     from .progress import progress
 
+    attacks = DEFAULT_ATTACKS[protocol] if attacks is None else attacks
     rank = distributed.current()
     skip = (lambda k: k % rank.world_size != rank.rank) if rank.distributed else None
     device = next(model.parameters()).device
     x = x.to(device=device, dtype=torch.float32)
     y = y.to(device)
     report = EvalReport(dataset=dataset, split=split, norm=norm, eps=eps,
-                        n_total=n_total if n_total is not None else len(x))
+                        n_total=n_total if n_total is not None else len(x), protocol=protocol,
+                        labels=y.tolist())
     outcomes: dict[str, Tensor] = {}
+    inputs: dict[str, Tensor] = {}
     with model_mode(model, False), torch.autocast(device.type, enabled=False):
         for name in attacks:
             n = len(x) if name != "aa" or aa_n is None else min(aa_n, len(x))
             generator = torch.Generator(device=device).manual_seed(seed)
+            keep = torch.zeros_like(x[:n]) if keep_adversarial else None
             started = time.perf_counter()
             with progress(n, ATTACK_TITLES[name], "img", quiet=quiet, main=rank.is_main) as bar:
                 if name == "aa":
                     if not quiet and rank.is_main:
                         print(f"AutoAttack (standard) on {n} images: roughly 1 s per image for a small "
                               "robust CNN on a 2-core CPU.", file=sys.stderr)
-                    correct = autoattack_correct(model, x[:n], y[:n], eps=eps, norm=norm,
-                                                 batch_size=batch_size, seed=seed, progress=bar, skip=skip)
+                    correct = autoattack_correct(model, x[:n], y[:n], eps=eps, norm=norm, batch_size=batch_size,
+                                                 seed=seed, progress=bar, skip=skip, keep=keep)
                 else:
-                    correct = _correct_under(model, x[:n], y[:n], name, eps, norm, batch_size, generator, bar,
-                                             skip)
+                    cfg = None if name == "clean" else protocol_attack(name, eps, norm, protocol)
+                    predicted = _predictions_under(model, x[:n], y[:n], cfg, batch_size, generator, bar, skip, keep)
+                    if name == "clean":
+                        predicted = distributed.all_reduce_sum(predicted + 1) - 1  # -1 where another rank's
+                        report.clean_predictions = predicted.tolist()
+                    correct = predicted == y[:n]
             correct = distributed.all_reduce_sum(correct.int()).bool()  # each example was done by one rank
             outcomes[name] = correct
+            if keep is not None:
+                inputs[name] = distributed.all_reduce_sum(keep)
             report.attacks[name] = AttackResult(
                 accuracy=correct.float().mean().item(), n=n, seconds=time.perf_counter() - started,
                 correct="".join("1" if c else "0" for c in correct.tolist()))
@@ -154,7 +212,23 @@ def evaluate(
         worst = torch.stack([c[:robust_n] for c in outcomes.values()]).all(dim=0)
         report.robust_accuracy = worst.float().mean().item()
         report.robust_n = robust_n
+        if keep_adversarial:
+            report.adversarial = worst_case_examples(outcomes, inputs, robust_n)
     return report
+
+
+def worst_case_examples(outcomes: dict[str, Tensor], inputs: dict[str, Tensor], n: int) -> dict:
+    """Per example (the first n): the input of the first attack, in protocol order, that
+    breaks it (the clean image if it is misclassified clean); for an example no attack breaks,
+    the last attack's input. ``attack`` indexes ``attacks``."""
+    names = list(outcomes)
+    wrong = torch.stack([~outcomes[k][:n] for k in names])  # (attacks, n)
+    first_wrong = torch.where(wrong.any(0), wrong.int().argmax(0), torch.full_like(wrong[0], len(names) - 1,
+                                                                                      dtype=torch.long))
+    stacked = torch.stack([inputs[k][:n] for k in names])  # (attacks, n, C, H, W)
+    chosen = stacked[first_wrong, torch.arange(n, device=stacked.device)]
+    return {"x_adv": chosen.cpu(), "attack": first_wrong.cpu(), "correct": (~wrong.any(0)).cpu(),
+            "attacks": names}
 
 
 def evaluate_test_set(model: nn.Module, dataset: str, *, data_dir=None, n: int | None = None,
@@ -170,10 +244,57 @@ def evaluate_test_set(model: nn.Module, dataset: str, *, data_dir=None, n: int |
     return evaluate(model, test.x, test.y, dataset=dataset, n_total=n_total, **protocol)
 
 
+def summary_block(report: EvalReport) -> dict:
+    """A RobustBench-style summary (accuracies in percent) for ``rat eval --json``."""
+    def pct(name):
+        return round(100 * report.attacks[name].accuracy, 2) if name in report.attacks else None
+
+    return {"dataset": report.dataset, "threat_model": report.norm, "eps": report.eps, "protocol": report.protocol,
+            "clean_acc": pct("clean"), "autoattack_acc": pct("aa"),
+            "n_ex": report.attacks["aa"].n if "aa" in report.attacks else report.robust_n}
+
+
+def write_per_example_csv(report: EvalReport, path) -> None:
+    """One row per evaluated image: index, label, clean prediction, 1/0 under each attack, worst case."""
+    import csv
+
+    names = list(report.attacks)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "label", "clean_prediction", *[f"correct_{k}" for k in names], "robust"])
+        for i, label in enumerate(report.labels):
+            flags = [report.attacks[k].correct[i] if i < len(report.attacks[k].correct) else "" for k in names]
+            robust = "" if i >= report.robust_n else ("1" if all(c == "1" for c in flags) else "0")
+            prediction = report.clean_predictions[i] if i < len(report.clean_predictions) else ""
+            writer.writerow([i, label, prediction, *flags, robust])
+
+
+def save_adversarial(report: EvalReport, path) -> None:
+    """The worst-case inputs of :func:`worst_case_examples` as safetensors, with labels, verdicts and
+    which attack made each (names in the header's metadata).
+
+    Load: ``from safetensors.torch import load_file; t = load_file(path)``: ``t["x_adv"]``
+    (N, C, H, W) in [0, 1], ``t["y"]``, ``t["correct"]`` (1 = survives every attack), ``t["attack"]``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    adv = report.adversarial
+    if adv is None:
+        raise ValueError("the report holds no adversarial examples: evaluate with keep_adversarial=True")
+    n = len(adv["x_adv"])
+    tensors = {"x_adv": adv["x_adv"].contiguous(), "y": torch.tensor(report.labels[:n]),
+               "correct": adv["correct"].to(torch.uint8), "attack": adv["attack"]}
+    meta = {"attacks": json.dumps(adv["attacks"]), "eps": str(report.eps), "norm": report.norm,
+            "protocol": report.protocol, "dataset": report.dataset, "checkpoint": report.checkpoint}
+    save_file(tensors, str(path), metadata=meta)
+
+
 def format_report(report: EvalReport) -> str:
     """A table a reader can trust: what was attacked, on how many images, at which eps."""
+    protocol = "" if report.protocol == "ours" else ", the papers' protocol (last iterate, step eps/10, CW kappa 50)"
     lines = [
-        f"Evaluation on {report.dataset} {report.split} set, {report.norm} eps={report.eps:.4g}"
+        f"Evaluation on {report.dataset} {report.split} set, {report.norm} eps={report.eps:.4g}{protocol}"
         + (f"  [{report.checkpoint}]" if report.checkpoint else ""),
         f"{'attack':<24}{'accuracy':>10}{'images':>16}{'seconds':>10}",
     ]

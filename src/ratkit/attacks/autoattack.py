@@ -27,6 +27,7 @@ def autoattack_correct(
     seed: int = 0,
     progress=None,
     skip: Callable[[int], bool] | None = None,
+    keep: Tensor | None = None,
 ) -> Tensor:
     """Per-example bool: still correctly classified after standard AutoAttack.
 
@@ -34,7 +35,8 @@ def autoattack_correct(
     queries). The model runs in eval mode; ``progress`` (a tqdm bar or None) is advanced by
     the number of examples attacked. ``skip(k)`` true leaves chunk k to another rank (its
     entries stay False): pyautoattack re-seeds every attack per call, so a chunk's result does
-    not depend on the chunks before it, and sharding by chunk is exact.
+    not depend on the chunks before it, and sharding by chunk is exact. ``keep`` (a tensor
+    like x) receives AutoAttack's output.
     """
     from pyautoattack import AutoAttack  # imported lazily: it is only needed here
 
@@ -51,6 +53,8 @@ def autoattack_correct(
                 continue
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             x_adv, _ = attack.run_standard_evaluation(xb, yb, batch_size=batch_size)
+            if keep is not None:
+                keep[start:start + len(xb)] = x_adv.to(device)
             with torch.no_grad():
                 correct[start:start + len(xb)] = model(x_adv.to(device)).argmax(1) == yb
             if progress is not None:

@@ -31,11 +31,15 @@ def kl_to_target(logits: Tensor, target_probs: Tensor) -> Tensor:
     return (torch.xlogy(target_probs, target_probs) - target_probs * log_p).sum(dim=1)
 
 
-def attack_loss(name: str, logits: Tensor, y: Tensor, target_probs: Tensor | None = None) -> Tensor:
+def attack_loss(name: str, logits: Tensor, y: Tensor, target_probs: Tensor | None = None,
+                kappa: float | None = None) -> Tensor:
+    """The named objective; ``kappa`` caps the CW margin (the TRADES/RAT evaluation scripts'
+    ``-relu(true - other + kappa)``, which equals ``min(margin, kappa)`` up to a constant)."""
     if name == "ce":
         return ce_loss(logits, y)
     if name == "cw":
-        return cw_margin_loss(logits, y)
+        margin = cw_margin_loss(logits, y)
+        return margin if kappa is None else margin.clamp(max=kappa)
     if name == "kl":
         if target_probs is None:
             raise ValueError("the 'kl' attack loss needs the clean probabilities")

@@ -33,6 +33,7 @@ class PGDConfig:
     example, the strongest point seen (misclassified first, then highest loss) over all
     iterates, restarts and the clean input itself, so it is never weaker than x.
     train_mode: run the model in train mode during the attack (default eval).
+    kappa: caps the "cw" margin at kappa (the papers' CW-20 uses 50); None = no cap.
     precision: "bfloat16" runs the attack's forward and backward under bf16 autocast (a
     training-time speed option, about 2x on CPUs with AVX512-BF16; measured in
     docs/performance.md); the loss and the iterates stay float32. Evaluation is always float32.
@@ -49,6 +50,7 @@ class PGDConfig:
     keep: str = "last"
     train_mode: bool = False
     precision: str = "float32"
+    kappa: float | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -177,7 +179,7 @@ def pgd(
                 target_probs = torch.softmax(forward(x), dim=1)
 
         def score(logits: Tensor) -> tuple[Tensor, Tensor]:
-            loss = attack_loss(cfg.loss, logits, y, target_probs).detach()
+            loss = attack_loss(cfg.loss, logits, y, target_probs, cfg.kappa).detach()
             return loss, logits.argmax(dim=1) != y
 
         track = cfg.keep == "best" or cfg.restarts > 1
@@ -203,7 +205,7 @@ def pgd(
             for _ in range(cfg.steps):
                 delta.requires_grad_(True)
                 logits = forward(x + delta)
-                loss = attack_loss(cfg.loss, logits, y, target_probs)
+                loss = attack_loss(cfg.loss, logits, y, target_probs, cfg.kappa)
                 (grad,) = torch.autograd.grad(loss.sum(), delta)
                 delta = delta.detach()
                 if cfg.keep == "best":
