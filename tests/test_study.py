@@ -254,3 +254,161 @@ def test_evaluate_only_records_runs_trained_elsewhere_from_best_and_metrics_alon
     grid2 = _grid(tmp_path, seeds=[1], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None)
     run_study(grid2, tmp_path / "runs", tmp_path / "results", evaluate_only=True, log=messages.append)
     assert "trades-seed1: no trained run" in messages[-1] and not (tmp_path / "runs" / "trades-seed1").exists()
+
+
+# ----------------------------------------------------------------------------- best and last checkpoints
+
+ONE_RUN = {"seeds": [0], "runs": {"trades": ["method.rat=false"]}, "pairs": [], "hessian": None}
+
+
+def _expected_gap(record):
+    return {k: record["accuracy"][k]["accuracy"] - record["last"]["accuracy"][k]["accuracy"] for k in record["accuracy"]}
+
+
+def test_a_grid_with_last_evaluates_the_last_checkpoint_with_the_same_protocol(tmp_path):
+    grid = _grid(tmp_path, checkpoints=["best", "last"], **ONE_RUN)
+    messages = []
+    result = run_study(grid, tmp_path / "runs", tmp_path / "results", log=messages.append)
+    record = json.loads((tmp_path / "results" / "trades-seed0.json").read_text())
+    assert "trades-seed0: last" in messages
+    assert record["last"]["epoch"] == 2  # the weights after the last of the 2 epochs
+    assert {k: v["n"] for k, v in record["last"]["accuracy"].items()} == {k: v["n"] for k, v in
+                                                                          record["accuracy"].items()}
+    assert record["best_minus_last"] == pytest.approx(_expected_gap(record))
+    run = tmp_path / "runs" / "trades-seed0"
+    last_report = json.loads((run / "eval-last.json").read_text())
+    assert last_report["last_epoch"] == 2 and "last.safetensors (epoch 2)" in last_report["checkpoint"]
+    best_report = json.loads((run / "eval.json").read_text())  # eval.json stays the best checkpoint's
+    assert best_report["best_epoch"] == record["best_epoch"] and "best.safetensors" in best_report["checkpoint"]
+    assert result["configs"]["trades"]["last"]["epochs"] == [2]
+    assert "## Last epoch" in (tmp_path / "results" / "results.md").read_text()
+
+
+def test_a_record_without_last_gets_it_from_the_run_directory_without_retraining(tmp_path, monkeypatch):
+    run_study(_grid(tmp_path, **ONE_RUN), tmp_path / "runs", tmp_path / "results", log=lambda m: None,
+              aggregate_after=False)
+    result = tmp_path / "results" / "trades-seed0.json"
+    before = json.loads(result.read_text())
+    assert "last" not in before and "best_minus_last" not in before
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a complete run was trained or its best checkpoint evaluated again")
+
+    monkeypatch.setattr(study, "run_one", no_training)
+    monkeypatch.setattr(study, "record_run", no_training)
+    later = _grid(tmp_path, checkpoints=["best", "last"], **ONE_RUN)
+    messages = []
+    run_study(later, tmp_path / "runs", tmp_path / "results", log=messages.append, aggregate_after=False)
+    after = json.loads(result.read_text())
+    assert "trades-seed0: last" in messages
+    assert {k: v for k, v in after.items() if k not in ("last", "best_minus_last")} == before
+    assert after["last"]["epoch"] == 2 and set(after["last"]["accuracy"]) == set(before["accuracy"])
+    assert after["best_minus_last"] == pytest.approx(_expected_gap(after))
+    messages.clear()
+    run_study(later, tmp_path / "runs", tmp_path / "results", log=messages.append, aggregate_after=False)
+    assert messages == ["trades-seed0: complete, skipped"]
+
+    # a run directory without its last checkpoint (copied without the resume state): kept as is, and said so
+    for f in (tmp_path / "runs" / "trades-seed0").glob("last.*"):
+        f.unlink()
+    result.write_text(json.dumps(before))
+    messages.clear()
+    run_study(later, tmp_path / "runs", tmp_path / "results", log=messages.append, aggregate_after=False)
+    assert any("lacks last" in m and "no last checkpoint" in m and "kept as is" in m for m in messages)
+    assert json.loads(result.read_text()) == before
+    # and recorded from best alone (evaluate only), the record leaves last out until the checkpoint is there
+    monkeypatch.undo()
+    result.unlink()
+    messages.clear()
+    run_study(later, tmp_path / "runs", tmp_path / "results", evaluate_only=True, log=messages.append,
+              aggregate_after=False)
+    assert "last" not in json.loads(result.read_text())
+    assert any("has no last checkpoint; last left out" in m for m in messages)
+
+
+def _with_last(record, best_epoch, last_epoch, clean, pgd):
+    record["best_epoch"] = best_epoch
+    record["last"] = {"epoch": last_epoch, "accuracy": {"clean": {"accuracy": clean, "n": 100},
+                                                        "pgd20": {"accuracy": pgd, "n": 100}}}
+    record["best_minus_last"] = _expected_gap(record)
+    return record
+
+
+def test_aggregate_and_markdown_report_the_last_epoch_and_the_best_minus_last_gap(tmp_path):
+    grid = _grid(tmp_path, checkpoints=["best", "last"])
+    records = [_with_last(_record("trades", 0, 0.80, 0.60), 7, 10, 0.84, 0.55),
+               _with_last(_record("trades", 1, 0.82, 0.62), 8, 10, 0.86, 0.58),
+               _with_last(_record("rat-trades", 0, 0.81, 0.63), 9, 10, 0.83, 0.62),
+               _with_last(_record("rat-trades", 1, 0.83, 0.61), 8, 10, 0.85, 0.60)]
+    for r in records:
+        (tmp_path / f"{r['config']}-seed{r['seed']}.json").write_text(json.dumps(r))
+    result = write_aggregate(grid, tmp_path)
+    last = result["configs"]["trades"]["last"]
+    assert last["seeds"] == [0, 1] and last["epochs"] == [10, 10] and last["best_epochs"] == [7, 8]
+    assert last["accuracy"]["pgd20"]["mean"] == pytest.approx(0.565) and last["accuracy"]["pgd20"]["images"] == 100
+    assert last["best_minus_last"]["pgd20"]["mean"] == pytest.approx(0.045)
+    assert last["best_minus_last"]["clean"]["mean"] == pytest.approx(-0.04)
+    assert result["configs"]["trades"]["pgd20"]["mean"] == pytest.approx(0.61)  # best, as without last
+    pair = result["pairs"][0]["last"]
+    assert pair["seeds"] == [0, 1]
+    assert pair["accuracy"]["pgd20"]["diffs"] == pytest.approx([0.62 - 0.55, 0.60 - 0.58])
+    assert pair["best_minus_last"]["pgd20"]["diffs"] == pytest.approx([0.01 - 0.05, 0.01 - 0.04])
+    assert result["grid"]["checkpoints"] == ["best", "last"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| trades | 2 | 81.00 ± 1.41 | 61.00 ± 1.41 |" in text  # the best checkpoint's table is unchanged
+    assert "## Last epoch" in text and "| trades | 2 | 10 | 85.00 ± 1.41 | 56.50 ± 2.12 |" in text
+    assert "## Best − last" in text and "| trades | 2 | 7, 8 | -4.00 ± 0.00 | +4.50 ± 0.71 |" in text
+    assert "| rat-trades − trades | 2 | -1.00 ± 0.00 (p 0.00) | +4.50 ± 3.54 (p " in text  # at the last epoch
+    assert "| rat-trades − trades | 2 | +2.00 ± 0.00 (p 0.00) | -3.50 ± 0.71 (p " in text  # best − last, paired
+
+
+def test_without_last_the_aggregate_and_markdown_are_as_before(tmp_path):
+    records = [_record("trades", 0, 0.80, 0.60), _record("trades", 1, 0.82, 0.62),
+               _record("rat-trades", 0, 0.81, 0.63), _record("rat-trades", 1, 0.83, 0.61)]
+    # a grid asking for last, over result files written before the option existed: no last tables
+    for grid in (_grid(tmp_path), _grid(tmp_path, checkpoints=["best", "last"])):
+        result = aggregate(grid, records)
+        assert "last" not in result["configs"]["trades"] and "last" not in result["pairs"][0]
+        text = study.format_markdown(result)
+        assert "Last epoch" not in text and "Best − last" not in text and "last epoch" not in text
+    assert "checkpoints" not in aggregate(_grid(tmp_path), records)["grid"]  # results.json as before the option
+
+
+@pytest.mark.parametrize("name", ["core", "budget"])
+def test_the_committed_results_aggregate_exactly_as_they_were_written(name):
+    results = STUDIES.parents[3] / "docs" / "results" / name
+    if not (results / "results.json").exists():
+        pytest.skip(f"no committed results in {results}")
+    grid = load_grid(STUDIES / f"{name}.yaml")
+    records = [r for r in study.read_results(results) if r.get("grid", grid.name) == grid.name]
+    result = aggregate(grid, records)
+    assert json.dumps(result, indent=1) + "\n" == (results / "results.json").read_text()
+    assert study.format_markdown(result) == (results / "results.md").read_text()
+
+
+def test_an_attack_only_later_seeds_have_is_aggregated_over_those_seeds(tmp_path):
+    grid = _grid(tmp_path)
+    records = [_record("trades", 0, 0.80, 0.60), _record("trades", 1, 0.82, 0.62),
+               _record("rat-trades", 0, 0.81, 0.63), _record("rat-trades", 1, 0.83, 0.61)]
+    for r, aa in ((records[1], 0.50), (records[2], 0.55), (records[3], 0.54)):  # seed 0 of trades lacks it
+        r["accuracy"]["aa"] = {"accuracy": aa, "n": 50}
+    result = aggregate(grid, records)
+    aa = result["configs"]["trades"]["aa"]
+    assert aa["mean"] == pytest.approx(0.50) and aa["n"] == 1 and aa["images"] == 50
+    assert result["configs"]["rat-trades"]["aa"]["n"] == 2
+    assert result["pairs"][0]["aa"]["diffs"] == pytest.approx([0.54 - 0.50])  # seed 1, the one both have
+    assert result["pairs"][0]["pgd20"]["n"] == 2
+    text = study.format_markdown(result)
+    assert "| trades | 2 | 81.00 ± 1.41 | 61.00 ± 1.41 | 50.00 (1 of 2 seeds) |" in text
+
+
+def test_the_regime_pilot_grid_evaluates_best_and_last_and_the_checkpoints_option_is_checked(tmp_path):
+    pilot = load_grid(STUDIES / "regime-pilot.yaml")
+    assert pilot.checkpoints == ["best", "last"] and set(pilot.runs) == {"trades", "at"} and pilot.seeds == [0]
+    assert pilot.hessian is None and pilot.landscape is None and pilot.outputs == {"n": 1000}
+    cfg = run_config(pilot, "at", 0)
+    assert cfg.method.name == "at" and not cfg.method.rat and cfg.optim.name == "sgd"
+    assert cfg.optim.schedule == "multistep" and cfg.optim.milestones[0] < cfg.train.epochs
+    assert cfg.data.val_size == 5000 and cfg.data.train_subset is not None
+    with pytest.raises(StudyError, match="checkpoints"):
+        _grid(tmp_path, checkpoints=["last"])

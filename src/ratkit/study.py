@@ -12,7 +12,14 @@ and the evaluation. Each (configuration, seed) is one run:
   stopped, and on a new machine it picks up from the committed result files;
 * a result file that lacks a measurement the grid now asks for (``hessian``, ``landscape`` or ``outputs``
   added to the grid later) gets just that measurement added, from the run's best checkpoint,
-  when the checkpoint is still there; nothing is retrained or re-evaluated.
+  when the checkpoint is still there; nothing is retrained or re-evaluated. The same holds for
+  ``checkpoints: [best, last]``: a record without ``last`` gets the evaluation of the run's
+  ``last`` checkpoint added (the best checkpoint is not evaluated again).
+
+Every run is evaluated on its ``best`` checkpoint (by validation PGD-20). Where robust
+overfitting sets in (Rice et al. 2020), ``checkpoints: [best, last]`` also evaluates the weights
+of the last epoch with the same protocol; the record then holds ``last`` and ``best_minus_last``.
+The other checkpoint measurements (Hessian, landscape, outputs) stay on best.
 
 Aggregation reads the result files only: mean and sample standard deviation over seeds per
 configuration, and for every pair the paired difference (with RAT minus base, same seed) with
@@ -57,6 +64,8 @@ class StudyGrid:
     landscape: dict | None = None
     # output scale (softmax confidence, logit norm) on the first n clean and PGD-10 test images, e.g. {"n": 1000}
     outputs: dict | None = None
+    # the checkpoints evaluated with the protocol: best always; [best, last] also the last epoch's weights
+    checkpoints: list[str] = field(default_factory=lambda: ["best"])
 
 
 def load_grid(path: str | os.PathLike) -> StudyGrid:
@@ -77,6 +86,8 @@ def load_grid(path: str | os.PathLike) -> StudyGrid:
     grid = StudyGrid(**raw)
     if not grid.runs:
         raise StudyError(f"{path}: no runs")
+    if grid.checkpoints not in (["best"], ["best", "last"]):
+        raise StudyError(f"{path}: checkpoints {grid.checkpoints!r}: expected [best] or [best, last]")
     for with_rat, base in grid.pairs:
         if with_rat not in grid.runs or base not in grid.runs:
             raise StudyError(f"{path}: pair ({with_rat}, {base}) names a configuration not in runs")
@@ -128,27 +139,37 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
     return record_run(grid, name, seed, run_dir, quiet=quiet, log=log)
 
 
+def eval_config(grid: StudyGrid, cfg):
+    """``cfg`` with the grid's evaluation in place of the preset's (the training config is unchanged)."""
+    return replace(cfg, eval=replace(cfg.eval, attacks=grid.eval.get("attacks", cfg.eval.attacks),
+                                     n=grid.eval.get("n"), aa_n=grid.eval.get("aa_n")))
+
+
+def _accuracy(report: dict) -> dict:
+    """The accuracies of an ``evaluate_run`` report as a record stores them (no per-example data)."""
+    accuracy = {k: {"accuracy": a["accuracy"], "n": a["n"], "seconds": a["seconds"]}
+                for k, a in report["attacks"].items()}
+    if report["robust_n"]:
+        accuracy["robust"] = {"accuracy": report["robust_accuracy"], "n": report["robust_n"]}
+    return accuracy
+
+
 def record_run(grid: StudyGrid, name: str, seed: int, run_dir: Path, *, quiet: bool = True,
                log: Callable[[str], None] = print) -> dict:
     """Evaluate and measure one trained run (its ``best`` checkpoint and ``metrics.jsonl``): the result record.
 
     Needs only ``best.*`` and ``metrics.jsonl``, so a run trained elsewhere can be evaluated on
-    another machine without its ``last`` checkpoint (the record says where the evaluation ran)."""
+    another machine without its ``last`` checkpoint (the record says where the evaluation ran);
+    a grid's ``last`` is then left out, and added later when the checkpoint is there."""
     from .bench import environment
     from .train import evaluate_run, resolve_device
 
     cfg = run_config(grid, name, seed)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    # the grid's evaluation replaces the preset's (the training config is unchanged)
-    eval_cfg = replace(cfg, eval=replace(cfg.eval, attacks=grid.eval.get("attacks", cfg.eval.attacks),
-                                         n=grid.eval.get("n"), aa_n=grid.eval.get("aa_n")))
     started = time.perf_counter()
     log(f"{run_key(name, seed)}: evaluating")
-    report = evaluate_run(run_dir, eval_cfg, quiet=quiet)
-    accuracy = {k: {"accuracy": a["accuracy"], "n": a["n"], "seconds": a["seconds"]}
-                for k, a in report["attacks"].items()}
-    if report["robust_n"]:
-        accuracy["robust"] = {"accuracy": report["robust_accuracy"], "n": report["robust_n"]}
+    report = evaluate_run(run_dir, eval_config(grid, cfg), quiet=quiet)
+    accuracy = _accuracy(report)
     record = {
         "config": name, "seed": seed, "grid": grid.name, "overrides": [*grid.overrides, *grid.runs[name]],
         "best_epoch": report["best_epoch"], "epochs": len(history),
@@ -161,29 +182,55 @@ def record_run(grid: StudyGrid, name: str, seed: int, run_dir: Path, *, quiet: b
         "machine": environment(str(resolve_device(cfg.train.device))),
         "config_full": config_to_dict(cfg),
     }
-    for kind in missing_measurements(grid, record):
-        add_measurement(grid, record, kind, run_dir, quiet=quiet, log=log)
+    missing = missing_measurements(grid, record)
+    absent = unavailable_measurements(missing, run_dir)
+    if absent:
+        log(f"{run_key(name, seed)}: {run_dir} has no last checkpoint; {', '.join(absent)} left out")
+    for kind in missing:
+        if kind not in absent:
+            add_measurement(grid, record, kind, run_dir, quiet=quiet, log=log)
     return record
 
 
-MEASUREMENTS = ("hessian", "landscape", "outputs")
+# "last": the protocol on the last epoch's weights (record["last"], record["best_minus_last"]);
+# the others are measured on the best checkpoint
+MEASUREMENTS = ("last", "hessian", "landscape", "outputs")
+
+
+def measurement_checkpoint(kind: str) -> str:
+    """The checkpoint of the run directory a measurement is taken on: ``best`` or ``last``."""
+    return "last" if kind == "last" else "best"
 
 
 def missing_measurements(grid: StudyGrid, record: dict) -> list[str]:
-    """The checkpoint measurements the grid asks for that ``record`` does not hold yet."""
-    return [kind for kind in MEASUREMENTS if getattr(grid, kind) and kind not in record]
+    """The measurements the grid asks for that ``record`` does not hold yet."""
+    asked = {"last": "last" in grid.checkpoints, **{k: bool(getattr(grid, k)) for k in MEASUREMENTS if k != "last"}}
+    return [kind for kind in MEASUREMENTS if asked[kind] and kind not in record]
+
+
+def unavailable_measurements(kinds: list[str], run_dir: Path) -> list[str]:
+    """Those of ``kinds`` whose checkpoint ``run_dir`` does not hold (so they cannot be added)."""
+    return [k for k in kinds if not (run_dir / f"{measurement_checkpoint(k)}.safetensors").exists()]
 
 
 def add_measurement(grid: StudyGrid, record: dict, kind: str, run_dir: Path, *, quiet: bool = True,
                     log: Callable[[str], None] = print) -> None:
-    """Measure ``kind`` (one of MEASUREMENTS) on the run's best checkpoint into ``record``."""
+    """Measure ``kind`` (one of MEASUREMENTS) on its checkpoint (``measurement_checkpoint``) into ``record``."""
     from .analysis import load_checkpoint_examples, output_statistics, run_hessian, run_landscape
-    from .train import resolve_device
+    from .train import evaluate_run, resolve_device
 
     cfg = run_config(grid, record["config"], record["seed"])
     device, seed = str(resolve_device(cfg.train.device)), record["seed"]
     log(f"{run_key(record['config'], seed)}: {kind}")
-    if kind == "hessian":
+    if kind == "last":
+        # the grid's protocol, as for best, on the last epoch's weights
+        report = evaluate_run(run_dir, eval_config(grid, cfg), quiet=quiet, checkpoint="last")
+        last = _accuracy(report)
+        record["last"] = {"epoch": report["last_epoch"], "accuracy": last}
+        # positive: the best checkpoint is the more accurate one (robust overfitting, for robust keys)
+        record["best_minus_last"] = {k: record["accuracy"][k]["accuracy"] - last[k]["accuracy"]
+                                     for k in ACCURACY_KEYS if k in record["accuracy"] and k in last}
+    elif kind == "hessian":
         h = grid.hessian
         job = run_hessian(run_dir, out=run_dir, n=h.get("n", 256), top_k=h.get("top_k", 1),
                           probes=h.get("probes", 50), loss="adversarial", max_iter=h.get("max_iter", 50),
@@ -258,8 +305,14 @@ def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os
                 if not missing:
                     log(f"{key}: complete, skipped")
                     continue
-                if not (out_dir / key / "best.safetensors").exists():
-                    log(f"{key}: lacks {', '.join(missing)}, and {out_dir / key} has no best checkpoint; kept as is")
+                absent = unavailable_measurements(missing, out_dir / key)
+                if absent:
+                    checkpoints = " or ".join(sorted({measurement_checkpoint(k) for k in absent}))
+                    rest = "kept as is" if absent == missing else "added only the rest"
+                    log(f"{key}: lacks {', '.join(absent)}, and {out_dir / key} has no {checkpoints} checkpoint; "
+                        f"{rest}")
+                missing = [k for k in missing if k not in absent]
+                if not missing:
                     continue
                 for kind in missing:
                     add_measurement(grid, record, kind, out_dir / key, quiet=quiet, log=log)
@@ -408,20 +461,69 @@ def _mean_curves(rows: list[dict]) -> dict | None:
     return out
 
 
+def _accuracy_stats(accuracies: list[dict]) -> dict:
+    """Per accuracy key, mean +- std over the runs that measured it, and the images it was measured on."""
+    out = {}
+    for key in ACCURACY_KEYS:
+        have = [a[key] for a in accuracies if key in a]
+        if have:
+            out[key] = {**_mean_std([a["accuracy"] for a in have]), "images": have[0]["n"]}
+    return out
+
+
+def _last_entry(rows: list[dict]) -> dict | None:
+    """The last checkpoint of a configuration's runs that have it: epochs, accuracies, best − last."""
+    rows = [r for r in rows if "last" in r]
+    if not rows:
+        return None
+    gaps = {}
+    for key in ACCURACY_KEYS:
+        values = [r["best_minus_last"][key] for r in rows if key in r["best_minus_last"]]
+        if values:
+            gaps[key] = _mean_std(values)
+    return {"seeds": [r["seed"] for r in rows], "epochs": [r["last"]["epoch"] for r in rows],
+            "best_epochs": [r["best_epoch"] for r in rows],
+            "accuracy": _accuracy_stats([r["last"]["accuracy"] for r in rows]), "best_minus_last": gaps}
+
+
+def _paired_keys(by: dict, with_rat: str, base: str, seeds: list[int], value) -> dict:
+    """Per accuracy key, the paired difference (with RAT − base) over the seeds where both sides have it;
+    ``value(record, key)`` is the number compared, or None where the record lacks it."""
+    out = {}
+    for key in ACCURACY_KEYS:
+        values = [(value(by[(with_rat, s)], key), value(by[(base, s)], key)) for s in seeds]
+        diffs = [r - b for r, b in values if r is not None and b is not None]
+        if diffs:
+            out[key] = _paired(diffs)
+    return out
+
+
+def _accuracy_of(record: dict, key: str) -> float | None:
+    return record["accuracy"][key]["accuracy"] if key in record["accuracy"] else None
+
+
+def _last_accuracy_of(record: dict, key: str) -> float | None:
+    return record["last"]["accuracy"][key]["accuracy"] if key in record["last"]["accuracy"] else None
+
+
+def _gap_of(record: dict, key: str) -> float | None:
+    return record["best_minus_last"].get(key)
+
+
 def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
-    """Per configuration mean +- std over seeds; per pair the paired difference over common seeds."""
+    """Per configuration mean +- std over seeds; per pair the paired difference over common seeds.
+
+    Each accuracy is aggregated over the seeds that measured it. Records with ``last`` (grids
+    with ``checkpoints: [best, last]``) add, per configuration and per pair, the same for the
+    last checkpoint's accuracies and for best − last, under ``last``."""
     by = {(r["config"], r["seed"]): r for r in records if r.get("grid", grid.name) == grid.name}
     configs = {}
     for name in grid.runs:
         rows = [r for (c, _), r in sorted(by.items()) if c == name]
         if not rows:
             continue
-        entry = {"seeds": [r["seed"] for r in rows],
-                 "seconds_per_epoch": _mean_std([epoch_seconds(r) for r in rows])}
-        for key in ACCURACY_KEYS:
-            values = [r["accuracy"][key]["accuracy"] for r in rows if key in r["accuracy"]]
-            if values:
-                entry[key] = {**_mean_std(values), "images": rows[0]["accuracy"][key]["n"]}
+        entry = {"seeds": [r["seed"] for r in rows], "seconds_per_epoch": _mean_std([epoch_seconds(r) for r in rows]),
+                 **_accuracy_stats([r["accuracy"] for r in rows])}
         flat = [flatness_values(r) for r in rows]
         for key in FLATNESS_KEYS:
             values = [f[key] for f in flat if key in f]
@@ -430,26 +532,33 @@ def aggregate(grid: StudyGrid, records: list[dict]) -> dict:
         curves = _mean_curves(rows)
         if curves:
             entry["landscape"] = curves
+        last = _last_entry(rows)
+        if last:
+            entry["last"] = last
         configs[name] = entry
     pairs = []
     for with_rat, base in grid.pairs:
         seeds = sorted(s for (c, s) in by if c == with_rat and (base, s) in by)
         if not seeds:
             continue
-        pair = {"with_rat": with_rat, "base": base, "seeds": seeds}
-        for key in ACCURACY_KEYS:
-            if all(key in by[(c, s)]["accuracy"] for s in seeds for c in (with_rat, base)):
-                diffs = [by[(with_rat, s)]["accuracy"][key]["accuracy"] - by[(base, s)]["accuracy"][key]["accuracy"]
-                         for s in seeds]
-                pair[key] = _paired(diffs)
+        pair = {"with_rat": with_rat, "base": base, "seeds": seeds,
+                **_paired_keys(by, with_rat, base, seeds, _accuracy_of)}
         flat = {c: [flatness_values(by[(c, s)]) for s in seeds] for c in (with_rat, base)}
         for key in FLATNESS_KEYS:
             if all(key in f for c in flat for f in flat[c]):
                 pair[key] = _paired([r[key] - b[key] for r, b in zip(flat[with_rat], flat[base])])
         times = [epoch_seconds(by[(with_rat, s)]) / epoch_seconds(by[(base, s)]) for s in seeds]
         pair["time_ratio"] = _mean_std(times)
+        last_seeds = [s for s in seeds if "last" in by[(with_rat, s)] and "last" in by[(base, s)]]
+        if last_seeds:
+            pair["last"] = {"seeds": last_seeds,
+                            "accuracy": _paired_keys(by, with_rat, base, last_seeds, _last_accuracy_of),
+                            "best_minus_last": _paired_keys(by, with_rat, base, last_seeds, _gap_of)}
         pairs.append(pair)
-    return {"grid": asdict(grid), "configs": configs, "pairs": pairs,
+    grid_dict = asdict(grid)
+    if grid.checkpoints == ["best"]:
+        del grid_dict["checkpoints"]  # the default: results.json as it was before the option existed
+    return {"grid": grid_dict, "configs": configs, "pairs": pairs,
             "runs": [{k: v for k, v in r.items() if k != "config_full"} for r in records]}
 
 
@@ -474,33 +583,76 @@ def _diff_cell(d: dict | None, scale: float = 100.0, fmt: str = "+.2f") -> str:
     if d is None:
         return "–"
     std = f" ± {scale * d['std']:.2f}" if d["std"] is not None else ""
-    pv = f" (p {d['p_value']:.2f})" if d["p_value"] is not None else ""
+    pv = f" (p {d['p_value']:.2f})" if d.get("p_value") is not None else ""  # none for a configuration's mean
     return f"{scale * d['mean']:{fmt}}{std}{pv}"
 
 
+def _fewer(entry: dict | None, seeds: int) -> str:
+    """A note on a cell measured on fewer seeds than its row has (an attack some seeds lack)."""
+    return f" ({entry['n']} of {seeds} seeds)" if entry and entry["n"] != seeds else ""
+
+
 def format_markdown(result: dict) -> str:
-    """results.md: the per-configuration table, the paired RAT − base tables (accuracy, flatness)."""
+    """results.md: the per-configuration table, the paired RAT − base tables (accuracy, flatness);
+    with the last checkpoint evaluated, its table and the best − last gap beside them."""
     configs, pairs = result["configs"], result["pairs"]
     keys = [k for k in ACCURACY_KEYS if any(k in c for c in configs.values())]
     flat_keys = [k for k in FLATNESS_KEYS if any(k in c for c in configs.values())]
     images = {k: next(c[k]["images"] for c in configs.values() if k in c) for k in keys}
     names = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw30": "CW-30", "aa": "AutoAttack",
              "robust": "worst case"}
-    lines = [f"# Study `{result['grid']['name']}`: accuracy (%) as mean ± std over seeds", "",
+    lasts = {name: c["last"] for name, c in configs.items() if "last" in c}
+    which = " of the best checkpoint (by validation PGD-20)" if lasts else ""
+    lines = [f"# Study `{result['grid']['name']}`: accuracy (%){which} as mean ± std over seeds", "",
              "| configuration | seeds | " + " | ".join(f"{names[k]} ({images[k]})" for k in keys)
              + " | s / epoch (median) | " + "".join(f"{FLATNESS_NAMES[k]} | " for k in flat_keys),
              "|---|---|" + "---|" * len(keys) + "---|" + "---|" * len(flat_keys)]
     for name, c in configs.items():
-        lines.append(f"| {name} | {len(c['seeds'])} | " + " | ".join(_pct(c.get(k)) for k in keys)
+        lines.append(f"| {name} | {len(c['seeds'])} | "
+                     + " | ".join(_pct(c.get(k)) + _fewer(c.get(k), len(c["seeds"])) for k in keys)
                      + f" | {c['seconds_per_epoch']['mean']:.0f} | "
                      + "".join((_flat(k, c[k]["mean"]) if k in c else "–") + " | " for k in flat_keys))
+    if lasts:
+        last_keys = [k for k in keys if any(k in last["accuracy"] for last in lasts.values())]
+        gap_keys = [k for k in keys if any(k in last["best_minus_last"] for last in lasts.values())]
+        lines += ["", "## Last epoch: the last checkpoint's accuracy (%), mean ± std over seeds", "",
+                  "| configuration | seeds | epoch | " + " | ".join(names[k] for k in last_keys) + " |",
+                  "|---|---|---|" + "---|" * len(last_keys)]
+        for name, last in lasts.items():
+            seeds = len(last["seeds"])
+            lines.append(f"| {name} | {seeds} | {', '.join(map(str, sorted(set(last['epochs']))))} | " + " | ".join(
+                _pct(last["accuracy"].get(k)) + _fewer(last["accuracy"].get(k), seeds) for k in last_keys) + " |")
+        lines += ["", "## Best − last checkpoint (percentage points; positive robust columns: robust overfitting, "
+                  "the best epoch by validation PGD-20 is more robust than the last)", "",
+                  "| configuration | seeds | best epoch (per seed) | " + " | ".join(names[k] for k in gap_keys) + " |",
+                  "|---|---|---|" + "---|" * len(gap_keys)]
+        for name, last in lasts.items():
+            seeds = len(last["seeds"])
+            lines.append(f"| {name} | {seeds} | {', '.join(map(str, last['best_epochs']))} | " + " | ".join(
+                _diff_cell(last["best_minus_last"].get(k)) + _fewer(last["best_minus_last"].get(k), seeds)
+                for k in gap_keys) + " |")
     if pairs:
         lines += ["", "## RAT − base, paired over seeds (percentage points; p: two-sided paired t-test)", "",
                   "| pair | seeds | " + " | ".join(names[k] for k in keys) + " | time ratio (s / epoch) |",
                   "|---|---|" + "---|" * len(keys) + "---|"]
         for p in pairs:
             lines.append(f"| {p['with_rat']} − {p['base']} | {len(p['seeds'])} | "
-                         + " | ".join(_diff_cell(p.get(k)) for k in keys) + f" | {p['time_ratio']['mean']:.3f} |")
+                         + " | ".join(_diff_cell(p.get(k)) + _fewer(p.get(k), len(p["seeds"])) for k in keys)
+                         + f" | {p['time_ratio']['mean']:.3f} |")
+        last_pairs = [p for p in pairs if "last" in p]
+        for part, title in (("accuracy", "at the last epoch"),
+                            ("best_minus_last", "of best − last (negative: RAT overfits less)")):
+            part_keys = [k for k in keys if any(k in p["last"][part] for p in last_pairs)]
+            if not part_keys:
+                continue
+            lines += ["", f"## RAT − base {title}, paired over seeds (percentage points)", "",
+                      "| pair | seeds | " + " | ".join(names[k] for k in part_keys) + " |",
+                      "|---|---|" + "---|" * len(part_keys)]
+            for p in last_pairs:
+                seeds = len(p["last"]["seeds"])
+                lines.append(f"| {p['with_rat']} − {p['base']} | {seeds} | " + " | ".join(
+                    _diff_cell(p["last"][part].get(k)) + _fewer(p["last"][part].get(k), seeds)
+                    for k in part_keys) + " |")
         pair_flat = [k for k in flat_keys if any(k in p for p in pairs)]
         if pair_flat:
             lines += ["", "## Flatness and output scale, RAT − base, paired over seeds (negative: RAT flatter, "
@@ -524,8 +676,58 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _val_styles(result: dict) -> dict[str, tuple[str, str]]:
+    """(colour, line style) per configuration: one colour per pair, RAT solid and base dashed."""
+    styles: dict[str, tuple[str, str]] = {}
+    colour = 0
+    for with_rat, base in result["grid"]["pairs"]:
+        if with_rat in styles and base in styles:
+            continue
+        for name, style in ((with_rat, "-"), (base, "--")):
+            styles.setdefault(name, (f"C{colour}", style))
+        colour += 1
+    for name in result["grid"]["runs"]:
+        if name not in styles:
+            styles[name] = (f"C{colour}", "-")
+            colour += 1
+    return styles
+
+
+def _plot_val_curves(result: dict, records: list[dict], ax) -> None:
+    """Validation PGD-20 per epoch: per configuration the mean over its seeds (thick; a dot at its
+    peak), each seed thin; base dashed beside RAT solid in the pair's colour; the learning-rate
+    decays of a multistep schedule as dotted lines (robust overfitting sets in after the first)."""
+    styles = _val_styles(result)
+    for name in result["grid"]["runs"]:
+        curves = [{row["epoch"]: row["val_pgd20"] for row in r.get("history", []) if "val_pgd20" in row}
+                  for r in records if r["config"] == name]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        colour, style = styles[name]
+        for c in curves:
+            ax.plot(list(c), [100 * v for v in c.values()], style, color=colour, alpha=0.3, linewidth=0.8)
+        epochs = sorted(set.intersection(*(set(c) for c in curves)))  # the epochs every seed reached
+        mean = [100 * statistics.mean(c[e] for c in curves) for e in epochs]
+        if epochs:
+            ax.plot(epochs, mean, style, color=colour, linewidth=2.0,
+                    label=f"{name} (mean of {len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            peak = max(range(len(mean)), key=mean.__getitem__)
+            ax.plot([epochs[peak]], [mean[peak]], "o", color=colour, markersize=4)
+    optim = next((r["config_full"]["optim"] for r in records if "optim" in r.get("config_full", {})), None)
+    if optim and optim.get("schedule") == "multistep":
+        last_epoch = max((row["epoch"] for r in records for row in r.get("history", [])), default=0)
+        for m in optim.get("milestones", []):
+            if m < last_epoch:
+                ax.axvline(m, color="0.6", linestyle=":", linewidth=0.8)
+    ax.set(xlabel="epoch", ylabel="validation PGD-20 (%)")
+    ax.set_title("thick: mean over seeds (dot: its peak); thin: each seed", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_study(result: dict, records: list[dict], directory: Path) -> list[Path]:
-    """accuracy.png (bars with error bars), val_curves.png (validation PGD-20 over epochs),
+    """accuracy.png (bars with error bars), val_curves.png (validation PGD-20 over epochs, mean over seeds),
     differences.png (RAT − base per seed and on average) and landscape.png (per pair, the base
     and RAT landscapes averaged over seeds, overlaid)."""
     import matplotlib
@@ -552,16 +754,9 @@ def plot_study(result: dict, records: list[dict], directory: Path) -> list[Path]
         files.append(directory / "accuracy.png")
         fig.savefig(files[-1], dpi=90)
         plt.close(fig)
-    if records:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        colours = {name: f"C{i}" for i, name in enumerate(result["grid"]["runs"])}
-        for r in records:
-            h = [row for row in r["history"] if "val_pgd20" in row]
-            ax.plot([row["epoch"] for row in h], [100 * row["val_pgd20"] for row in h], color=colours.get(r["config"]),
-                    alpha=0.7, label=r["config"] if r["seed"] == min(x["seed"] for x in records
-                                                                    if x["config"] == r["config"]) else None)
-        ax.set(xlabel="epoch", ylabel="validation PGD-20 (%)")
-        ax.legend(fontsize=7)
+    if any("val_pgd20" in row for r in records for row in r.get("history", [])):
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        _plot_val_curves(result, records, ax)
         fig.tight_layout()
         files.append(directory / "val_curves.png")
         fig.savefig(files[-1], dpi=90)
