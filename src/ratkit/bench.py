@@ -419,7 +419,9 @@ def format_bench(result: dict) -> str:
             "met" if target["met"] else "NOT met")
         lines.append(f"  {key:<40}{value:>7.3f}{verdict}")
     if result.get("skipped"):
-        lines.append(f"skipped (benchmarks/ not found): {', '.join(result['skipped'])}")
+        lines.append(f"skipped: {', '.join(result['skipped'])} (the naive reference implementations live in the "
+                     "source tree's benchmarks/, not in the installed package; set $RAT_BENCHMARKS_DIR to a "
+                     "checkout's benchmarks/ to include them)")
     sc = result.get("scaling")
     if sc:
         cols = sc["configs"]
