@@ -33,7 +33,7 @@ PAIRINGS = ("fixed", "reference")
 CLEAN_TERMS = ("auto", "always", "never")
 PRECISIONS = ("float32", "bfloat16")
 NOISE_LAYERS = ("conv", "linear", "all")
-TAYLOR_MODES = ("analytic", "autograd")
+TAYLOR_MODES = ("analytic", "autograd", "exact-head")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -88,7 +88,8 @@ class MethodConfig:
     pairing: str = "fixed"
     clean_terms: str = "auto"  # RAT's clean-output terms: auto = only for bases with a clean CE (TRADES)
     noise_layers: str = "conv"
-    taylor: str = "analytic"
+    taylor: str = "analytic"  # the authors' soft targets (analytic | autograd), or exact-head (docs/method.md)
+    taylor_sigma: float | None = None  # exact-head only: null = relative terms; a float = absolute sigma on the head
     awp: bool = False
     awp_gamma: float = 5e-3
     awp_warmup: int = 0
@@ -336,6 +337,18 @@ def validate(cfg: Config) -> None:
     _choice("method.clean_terms", me.clean_terms, CLEAN_TERMS)
     _choice("method.noise_layers", me.noise_layers, NOISE_LAYERS)
     _choice("method.taylor", me.taylor, TAYLOR_MODES)
+    _check(me.taylor_sigma is None or me.taylor_sigma > 0, "method.taylor_sigma", "must be > 0 or null",
+           me.taylor_sigma)
+    if me.taylor == "exact-head":
+        _check(me.clean_terms == "auto", "method.clean_terms",
+               "applies to the soft-target modes (taylor analytic, autograd); exact-head has gap terms, no targets on "
+               "an output: leave it auto", me.clean_terms)
+        _check(me.pairing == "fixed", "method.pairing",
+               "applies to the soft-target modes (taylor analytic, autograd); exact-head has no soft targets",
+               me.pairing)
+    else:
+        _check(me.taylor_sigma is None, "method.taylor_sigma", "applies only to method.taylor=exact-head",
+               me.taylor_sigma)
     _check(me.awp_gamma >= 0, "method.awp_gamma", "must be >= 0", me.awp_gamma)
     _check(me.awp_warmup >= 0, "method.awp_warmup", "must be >= 0", me.awp_warmup)
 
@@ -567,7 +580,7 @@ def method_label(cfg: Config) -> str:
     if cfg.method.awp:
         parts.append("awp")
     if cfg.method.rat:
-        parts.append("rat")
+        parts.append("rat-exact" if cfg.method.taylor == "exact-head" else "rat")
     parts.append(cfg.method.name)
     return "-".join(parts)
 

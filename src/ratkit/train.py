@@ -63,7 +63,8 @@ def build_method(cfg: Config) -> Method:
                                           precision=a.precision), beta=m.beta)
     if m.rat:
         method = RAT(method, alpha=m.alpha, sigma=m.sigma, order=tuple(m.order), pairing=m.pairing,
-                     noise_layers=m.noise_layers, taylor=m.taylor, clean_terms=m.clean_terms)
+                     noise_layers=m.noise_layers, taylor=m.taylor, taylor_sigma=m.taylor_sigma,
+                     clean_terms=m.clean_terms)
     if m.awp:
         method = AWP(method, gamma=m.awp_gamma, warmup=m.awp_warmup)
     return method

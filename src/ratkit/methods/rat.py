@@ -19,6 +19,12 @@ Deliberate deviations from the authors' script (each documented in docs/method.m
 adversarial output; ``pairing="reference"`` reproduces the script, which uses the
 adversarial-minus-clean table for both outputs. keep = 2 / C for any C >= 2; all-tie gaps
 spread uniformly instead of dividing by zero; the head comes from the model's interface.
+
+``taylor="exact-head"`` replaces the soft targets by the Taylor terms themselves for the last
+layer, in closed form (``head_taylor_statistics``; docs/method.md, "Exact last-layer terms"):
+first order ||G_adv - G_nat||_F, second order the positive part of tr H_adv - tr H_nat, each
+relative to the size of the two losses' own terms (default) or scaled by an absolute
+``taylor_sigma`` (sigma and sigma^2 / 2).
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..distributed import average, unwrap
+from ..distributed import active, average, unwrap
 from ..models import noise_target_names
 from ..weights import gaussian_noisy_params
 from .base import BaseMethod, LossOutput, Method, Outputs, forward_outputs
 
 PAIRINGS = ("fixed", "reference")
-TAYLOR_MODES = ("analytic", "autograd")
+TAYLOR_MODES = ("analytic", "autograd", "exact-head")
+SOFT_TARGET_MODES = ("analytic", "autograd")
 CLEAN_TERMS = ("auto", "always", "never")
 
 
@@ -51,6 +58,28 @@ def head_gradient_sums_autograd(head: nn.Linear, feats: Tensor, y: Tensor) -> Te
         loss = F.cross_entropy(head(feats), y)
         (grad,) = torch.autograd.grad(loss, head.weight)
     return grad.sum(dim=1)
+
+
+def head_taylor_statistics(logits: Tensor, feats: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The batch-mean cross-entropy's gradient G (C x d) and Hessian trace with respect to W, in closed form.
+
+    G = (p - onehot(y))^T h / B; one example's Hessian is (diag(p) - p p^T) kron h h^T, whose trace
+    is (sum_k p_k (1 - p_k)) ||h||^2, averaged over the batch. Both stay differentiable through p
+    and h (the logits and features the loss already has): no extra forward or backward pass."""
+    p = torch.softmax(logits, dim=1)
+    grad = (p - F.one_hot(y, logits.shape[1]).to(logits.dtype)).T @ feats / len(y)
+    trace = ((p * (1 - p)).sum(dim=1) * (feats * feats).sum(dim=1)).mean()
+    return grad, trace
+
+
+def global_batch_value(t: Tensor) -> Tensor:
+    """A batch mean of the whole global batch under data parallelism, differentiable through this
+    rank's shard: DistributedDataParallel's averaging of the gradients then gives the gradient of the
+    global value exactly (each rank's shard mean enters the global mean with weight 1 / world size).
+    The identity in a single process."""
+    if not active():
+        return t
+    return t + (average(t.detach()) - t.detach())
 
 
 def soft_target_table(gap: Tensor, keep: float | None = None) -> Tensor:
@@ -80,7 +109,11 @@ def kl_from_targets(targets: Tensor, logits: Tensor) -> Tensor:
 
 @dataclass
 class RAT(Method):
-    """Randomized Adversarial Training around ``base`` (AT, TRADES or MART)."""
+    """Randomized Adversarial Training around ``base`` (AT, TRADES or MART).
+
+    ``taylor``: "analytic" (default) and "autograd" are the authors' soft-target terms (the head
+    statistics by closed form or by autograd, the same numbers); "exact-head" the last layer's
+    Taylor terms themselves (``exact_head_terms``)."""
 
     base: BaseMethod = field(default=None)  # type: ignore[assignment]
     alpha: float = 0.2
@@ -89,6 +122,10 @@ class RAT(Method):
     pairing: str = "fixed"
     noise_layers: str = "conv"
     taylor: str = "analytic"
+    # exact-head only: None (default) = each Taylor term relative to the size of the two losses' own
+    # terms of that order, so sigma cancels; a float = absolute noise scale on the head's weights,
+    # terms sigma ||dG|| and sigma^2 / 2 [dtr H]_+ (docs/method.md, "Exact last-layer terms")
+    taylor_sigma: float | None = None
     # the soft-target terms on the clean output: "always" as the authors' formula, for every base;
     # "never"; "auto" (default) only when the base supervises the clean output with labels
     # (TRADES), since without a label term there they pull p(x) to the 2 / C soft target and
@@ -111,10 +148,26 @@ class RAT(Method):
             raise ValueError(f"RAT.taylor must be one of {TAYLOR_MODES}, got {self.taylor!r}")
         if self.clean_terms not in CLEAN_TERMS:
             raise ValueError(f"RAT.clean_terms must be one of {CLEAN_TERMS}, got {self.clean_terms!r}")
+        if self.taylor_sigma is not None and not self.taylor_sigma > 0:
+            raise ValueError(f"RAT.taylor_sigma must be > 0 or None, got {self.taylor_sigma}")
+        if self.taylor == "exact-head":
+            # settings of the soft targets have no meaning here: refuse them rather than ignore them
+            if self.clean_terms != "auto":
+                raise ValueError(f"RAT.clean_terms applies to the soft-target modes {SOFT_TARGET_MODES}; "
+                                 f"taylor='exact-head' has gap terms, no targets on an output: leave it 'auto', "
+                                 f"got {self.clean_terms!r}")
+            if self.pairing != "fixed":
+                raise ValueError(f"RAT.pairing applies to the soft-target modes {SOFT_TARGET_MODES}; "
+                                 f"taylor='exact-head' has no soft targets, got {self.pairing!r}")
+        elif self.taylor_sigma is not None:
+            raise ValueError(f"RAT.taylor_sigma applies only to taylor='exact-head', got taylor={self.taylor!r}")
 
     @property
     def uses_clean_terms(self) -> bool:
-        """Whether the soft-target terms on the clean output are in the loss."""
+        """Whether the soft-target terms on the clean output are in the loss (never for exact-head,
+        which has no soft targets: its gap terms use both outputs)."""
+        if self.taylor == "exact-head":
+            return False
         if self.clean_terms == "auto":
             return self.base.labels_clean
         return self.clean_terms == "always"
@@ -164,12 +217,40 @@ class RAT(Method):
             terms["taylor2"] = self.alpha / 2 * 0.5 * pair(to_adv, adv_minus_nat)
         return terms
 
+    def exact_head_terms(self, out: Outputs) -> dict[str, Tensor]:
+        """The last layer's Taylor terms of the adversarial-minus-clean loss gap, weighted alpha and alpha / 2.
+
+        First order: ||G_adv - G_nat||_F, the spread of u . (grad L_adv - grad L_nat) per unit sigma.
+        Second order: [tr H_adv - tr H_nat]_+, the positive part of the curvature gap (its negative
+        part lowers the expected gap, but rewarding it would reward a sharper clean loss).
+        With ``taylor_sigma`` None each is divided by the same quantity for the two losses
+        (||G_adv|| + ||G_nat||, tr H_adv + tr H_nat; both terms then lie in [0, 1]), held constant
+        in the step so that the step never sharpens the losses to shrink the ratio; otherwise they
+        are scaled by sigma and sigma^2 / 2."""
+        g_nat, tr_nat = map(global_batch_value, head_taylor_statistics(out.logits_clean, out.feats_clean, out.y))
+        g_adv, tr_adv = map(global_batch_value, head_taylor_statistics(out.logits_adv, out.feats_adv, out.y))
+        sigma, norm, terms = self.taylor_sigma, torch.linalg.matrix_norm, {}
+
+        def relative(size: Tensor) -> Tensor:
+            return 1 / size.detach().clamp_min(torch.finfo(size.dtype).tiny)
+
+        if 1 in self.order:
+            scale = relative(norm(g_adv) + norm(g_nat)) if sigma is None else sigma
+            terms["taylor1"] = self.alpha * scale * norm(g_adv - g_nat)
+        if 2 in self.order:
+            scale = relative(tr_adv + tr_nat) if sigma is None else sigma * sigma / 2
+            terms["taylor2"] = self.alpha / 2 * scale * F.relu(tr_adv - tr_nat)
+        return terms
+
     def loss(self, model, x, x_adv, y) -> LossOutput:
         out = forward_outputs(model, x, x_adv, y, with_clean=True)
         terms = self.base.terms(out)
         primary = self.base.primary_term
         terms[primary] = (1 - self.alpha) * terms[primary]
-        terms.update(self.taylor_terms(*self.statistics(model, out), out))
+        if self.taylor == "exact-head":
+            terms.update(self.exact_head_terms(out))
+        else:
+            terms.update(self.taylor_terms(*self.statistics(model, out), out))
         return LossOutput(loss=sum(terms.values()), terms=terms, outputs=out)
 
     def objective(self, model, x, x_adv, y):
