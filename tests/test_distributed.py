@@ -28,7 +28,7 @@ def _run(*args, ranks: int = 1, timeout: int = 300):
     return result
 
 
-@pytest.mark.parametrize("method", ["rat-trades", "awp-rat-trades"])
+@pytest.mark.parametrize("method", ["rat-trades", "awp-rat-trades", "rat-exact-trades"])
 def test_two_ranks_with_half_batches_take_the_single_process_step(tmp_path, method):
     _run("step", method, tmp_path / "one.pt")
     _run("step", method, tmp_path / "two.pt", ranks=2)
