@@ -1,6 +1,8 @@
 """The ``rat`` command: a thin layer over the library. Nothing below imports it.
 
 User errors (bad data, bad checkpoint, bad config) print one line on stderr and exit 2.
+``rat train`` stopped by SIGTERM or SIGUSR1 exits 75 (EX_TEMPFAIL: preempted, resumable), by
+Ctrl-C 130.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later"; a job script requeues on it
 
 
 class UserError(Exception):
@@ -145,13 +148,15 @@ def _train_overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .config import load_config
-    from .train import TrainingInterrupted, TrainingStopped, evaluate_run, load_run_config, train
+    from .train import TrainingInterrupted, TrainingPreempted, TrainingStopped, evaluate_run, resume_config, train
 
     if args.resume:
-        if args.config or args.set or _train_overrides(args):
-            raise UserError("--resume continues a run with its own config.yaml; drop the other settings")
-        cfg = load_run_config(args.resume)
+        if args.config:
+            raise UserError("--resume continues a run with its own config.yaml; --config does not apply "
+                            "(change what a resume may change with --set)")
+        cfg = resume_config(args.resume, _train_overrides(args))
         run_dir = args.resume
     else:
         cfg = load_config(args.config, _train_overrides(args))
@@ -163,12 +168,15 @@ def cmd_train(args) -> int:
     except TrainingStopped as exc:
         print(f"rat train: stopped: {exc}", file=sys.stderr)
         return 1
+    except TrainingPreempted as exc:
+        if distributed.current().is_main:
+            print(f"rat train: stopped by {exc.signal_name}; progress saved. Continue with: "
+                  f"rat train --resume {exc.run_dir} (exit {EXIT_PREEMPTED}: preempted, resumable)", file=sys.stderr)
+        return EXIT_PREEMPTED
     except TrainingInterrupted as exc:
         print(f"rat train: interrupted; progress saved. Continue with: rat train --resume {exc.run_dir}",
               file=sys.stderr)
         return 130
-    from . import distributed
-
     main = distributed.current().is_main  # under torchrun rank 0 reports; every rank evaluates its shard
     if main:
         print(f"training finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}", flush=True)
@@ -336,7 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("train", help="train (default: RAT-TRADES on Fashion-MNIST, CPU preset) and evaluate")
+    p = sub.add_parser("train", help="train (default: RAT-TRADES on Fashion-MNIST, CPU preset) and evaluate",
+                       description="Train a run and evaluate its best checkpoint.",
+                       epilog=f"Exit codes: 0 done; 1 stopped on a non-finite loss; 2 a user error (one line "
+                              f"naming the field); {EXIT_PREEMPTED} stopped by SIGTERM or SIGUSR1 with `last` saved "
+                              f"at a step boundary (preempted, resumable: requeue and run rat train --resume "
+                              f"RUN_DIR; a `preempted` file in the run directory says the same under torchrun); "
+                              f"130 Ctrl-C (progress saved the same way).")
     p.add_argument("--config", default=None, help="preset name in configs/ or a YAML file (default: fmnist-cpu)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config field, e.g. --set optim.lr=0.05 (repeatable)")
@@ -354,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<method>-seed<seed>-<time>)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run exactly; with --epochs or --set it may change train.epochs, "
+                        "train.time_budget_s, train.checkpoint_every_s, train.val_n, train.collapse_*, "
+                        "data.data_dir and eval.* (recorded in RUN_DIR/config-history.yaml), nothing else")
     p.add_argument("--full-eval", action="store_true", help="evaluate on all test images (AutoAttack too)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -436,9 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataError, CheckpointError, ConfigError, InteropError) as exc:
         print(f"rat {args.command}: error: {exc}", file=sys.stderr)
         code = EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"rat {args.command}: interrupted", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as exc:
+        from .train import TrainingPreempted
+
+        preempted = isinstance(exc, TrainingPreempted)  # e.g. rat study stopped by SIGTERM
+        print(f"rat {args.command}: {'preempted' if preempted else 'interrupted'}", file=sys.stderr)
+        code = EXIT_PREEMPTED if preempted else 130
     from .distributed import active, exit_cleanly
 
     if active():  # a torchrun worker (python -m ratkit or the rat script): leave without gloo teardown

@@ -116,7 +116,15 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None  # None = chosen by the trainer
     val_n: int | None = 1000
+    # stop at the first epoch end after this many seconds of training steps, counted over the
+    # whole run (resumes included); null = no budget
     time_budget_s: float | None = None
+    # write `last` mid-epoch after this many seconds of training steps, so a kill -9 or a node
+    # failure loses at most that much; null = only at epoch ends (and on Ctrl-C, SIGTERM, SIGUSR1)
+    checkpoint_every_s: float | None = None
+    # start a new run from these weights (a ratkit checkpoint: a run directory = its best, or a
+    # .safetensors file) with a fresh optimizer; the model spec must match this run's
+    init_from: str | None = None
     channels_last: bool = True  # NHWC memory layout for conv models (faster on CPU; docs/performance.md)
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     # robust-accuracy collapse warning: validation PGD-20 more than `collapse_margin` points
@@ -372,6 +380,10 @@ def validate(cfg: Config) -> None:
     _check(t.val_n is None or t.val_n > 0, "train.val_n", "must be > 0 or null", t.val_n)
     _check(t.time_budget_s is None or t.time_budget_s > 0, "train.time_budget_s", "must be > 0 or null",
            t.time_budget_s)
+    _check(t.checkpoint_every_s is None or t.checkpoint_every_s > 0, "train.checkpoint_every_s",
+           "must be > 0 or null", t.checkpoint_every_s)
+    _check(t.init_from is None or t.init_from.strip() != "", "train.init_from", "must be a non-empty path or null",
+           t.init_from)
     _check(t.collapse_margin is None or t.collapse_margin >= 0, "train.collapse_margin",
            "must be >= 0 (accuracy points) or null", t.collapse_margin)
     _check(t.collapse_epochs >= 1, "train.collapse_epochs", "must be >= 1", t.collapse_epochs)

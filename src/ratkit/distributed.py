@@ -95,6 +95,15 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0], device=device)).item() > 0)
 
 
+def max_over_ranks(value: int, device: torch.device | str = "cpu") -> int:
+    """The largest of the ranks' values, on every rank: the strongest stop request wins."""
+    if not active():
+        return value
+    t = torch.tensor([float(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def shard(batch_size: int, rank: Rank | None = None) -> slice:
     """This rank's contiguous part of a global batch; the batch must divide evenly."""
     rank = rank or current()

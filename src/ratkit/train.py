@@ -5,6 +5,11 @@ robust accuracy, never the test set), ``last.*`` (everything needed to resume), 
 and ``curves.png``. On CPU, a run and the same run interrupted and resumed end bit-identical:
 the data order of an epoch is a pure function of (seed, epoch), and the states of the random
 generators, the optimizer and the step counters are saved with ``last``.
+
+For clusters: SIGTERM and SIGUSR1 stop the run at a step boundary with ``last`` saved
+(:class:`TrainingPreempted`, a ``preempted`` file in the run directory); ``train.checkpoint_every_s``
+saves ``last`` mid-epoch; a resume may change the fields of :data:`RESUME_CHANGEABLE` (recorded in
+``config-history.yaml``); ``train.init_from`` starts a new run from a checkpoint's weights.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -26,9 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .attacks import BatchShard
-from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
-from .config import Config, ConfigError, config_from_dict, config_to_dict, method_label, resolved_attack, save_config
-from .data import augment, iterate_batches, load_dataset, split_train_val
+from .checkpoint import CheckpointError, _atomic_write_bytes, checkpoint_path, load_model, read_checkpoint, save_model
+from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, method_label,
+                     resolved_attack, save_config)
+from .data import augment, dataset_info, iterate_batches, load_dataset, split_train_val
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
 from .methods import AT, AWP, MART, RAT, TRADES, Method, NonFiniteLossError, train_attack, trades_attack
 from .models import build_from_spec, model_spec
@@ -44,6 +51,15 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, run_dir: Path):
         super().__init__(str(run_dir))
         self.run_dir = run_dir
+
+
+class TrainingPreempted(TrainingInterrupted):
+    """SIGTERM or SIGUSR1 (a scheduler's notice) during training: ``last`` is saved at a step
+    boundary and the run is resumable; ``rat train`` exits 75 so a job script can requeue it."""
+
+    def __init__(self, run_dir: Path, signal_name: str):
+        super().__init__(run_dir)
+        self.signal_name = signal_name
 
 
 # ----------------------------------------------------------------------------- building
@@ -70,14 +86,40 @@ def build_method(cfg: Config) -> Method:
     return method
 
 
-def build_model_from_config(cfg: Config, info) -> tuple[nn.Module, dict]:
+def model_spec_from_config(cfg: Config, info) -> dict:
+    """The spec of the model a run builds: the config's name and kwargs on the dataset's shape."""
     kwargs = dict(num_classes=info.num_classes, in_channels=info.image_shape[0], mean=list(info.mean),
                   std=list(info.std))
     if cfg.model.name == "smallcnn":
         kwargs["input_size"] = list(info.image_shape[1:])
     kwargs.update(cfg.model.kwargs)
-    spec = model_spec(cfg.model.name, **kwargs)
+    return model_spec(cfg.model.name, **kwargs)
+
+
+def build_model_from_config(cfg: Config, info) -> tuple[nn.Module, dict]:
+    spec = model_spec_from_config(cfg, info)
     return build_from_spec(spec), spec
+
+
+def initial_weights(cfg: Config) -> dict[str, Tensor]:
+    """The model weights of ``train.init_from`` (CPU tensors), after checking that they were
+    trained for the model this run builds: same name and kwargs (classes, channels,
+    normalisation included), else the weights would mean something else or not load at all."""
+    path = checkpoint_path(cfg.train.init_from)
+    try:
+        tensors, meta = read_checkpoint(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"train.init_from: {exc}") from None
+    theirs, ours = meta.get("model") or {}, model_spec_from_config(cfg, dataset_info(cfg.data.dataset))
+    if theirs.get("name") != ours["name"]:
+        raise ConfigError(f"train.init_from: {path} holds a {theirs.get('name')!r} model, this run builds "
+                          f"{ours['name']!r}; the model (name and kwargs) must be the same")
+    a, b = theirs.get("kwargs") or {}, ours["kwargs"]
+    differ = [f"{k} {a.get(k)!r} (this run: {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if differ:
+        raise ConfigError(f"train.init_from: {path} holds a {ours['name']} with " + ", ".join(differ)
+                          + "; the model (name and kwargs) must be the same")
+    return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -89,7 +131,12 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """The learning rate at a global step: a pure function, so resuming needs only the step."""
+    """The learning rate at a global step: a pure function, so resuming needs only the step.
+
+    Raising ``train.epochs`` on a resume: multistep milestones and warmup are absolute epochs, so
+    the schedule goes on smoothly (past the last milestone, at the last rate); cosine and
+    onecycle are functions of the total, so they are recomputed over the new total and the rate
+    jumps up at the resume point (cosine from its value at epoch e of E to that at e of E')."""
     o = cfg.optim
     epoch = step / steps_per_epoch
     total = cfg.train.epochs
@@ -182,7 +229,7 @@ class Progress:
     global_step: int = 0
     best_val_robust: float = -1.0
     best_epoch: int = -1
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # seconds of training steps over the whole run, resumes included
     partial: dict | None = None  # running sums of the interrupted epoch
     history: list | None = None
 
@@ -191,31 +238,47 @@ class Progress:
 
 
 class StepBoundaryInterrupt:
-    """Turn the first Ctrl-C into a request honoured after the current training step, so the
-    saved progress is always a consistent step boundary; a second Ctrl-C interrupts at once."""
+    """Turn Ctrl-C, SIGTERM and SIGUSR1 into a request honoured after the current training step,
+    so the saved progress is always a consistent step boundary.
+
+    Ctrl-C asks to stop (``request == CTRL_C``); a second Ctrl-C interrupts at once. SIGTERM,
+    and SIGUSR1 that a scheduler can be told to send ahead of its time limit (SLURM
+    ``--signal=USR1@120``), ask for a resumable stop (``PREEMPT``). Repeats of those are ignored:
+    a scheduler may send the notice and then SIGTERM, and the step must still finish."""
+
+    NONE, CTRL_C, PREEMPT = 0, 1, 2
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.request = self.NONE
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.request != self.NONE
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if signum == signal.SIGINT:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.request, self.signal_name = self.CTRL_C, "SIGINT"
+        else:
+            self.request, self.signal_name = self.PREEMPT, signal.Signals(signum).name
 
     def __enter__(self):
-        import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for name in self.SIGNALS:
+                if hasattr(signal, name):  # no SIGUSR1 on Windows
+                    self._previous[name] = signal.signal(getattr(signal, name), self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for name, previous in self._previous.items():
+            signal.signal(getattr(signal, name), previous)
+        self._previous = {}
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -267,6 +330,7 @@ class Trainer:
         self.progress = Progress(history=[])
         self.tb = _tensorboard_writer(self.run_dir) if self.rank.is_main else None
         self.interrupt: StepBoundaryInterrupt | None = None
+        self.saved_at_s = 0.0  # progress.train_seconds when `last` was last written
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -282,6 +346,7 @@ class Trainer:
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {**self._meta(), "progress": vars(self.progress), "optimizer": optim_meta}
         save_model(self.run_dir / "last", self.model, self.spec, meta, tensors)
+        self.saved_at_s = self.progress.train_seconds
 
     def restore_last(self) -> None:
         tensors, meta = read_checkpoint(self.run_dir / "last", self.device)
@@ -293,6 +358,7 @@ class Trainer:
         if "rng/cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
         self.progress = Progress(**meta["progress"])
+        self.saved_at_s = self.progress.train_seconds
         # metrics.jsonl may hold an epoch logged after the last checkpoint (kill -9): rewrite it
         if self.rank.is_main:
             self._write_metrics_file()
@@ -301,6 +367,17 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "w") as f:
             for row in self.progress.history:
                 f.write(json.dumps(row) + "\n")
+
+    def honour_stop_request(self) -> None:
+        """Stop every rank at this step boundary if any rank was asked to (the strongest request
+        wins): Ctrl-C raises KeyboardInterrupt, SIGTERM/SIGUSR1 :class:`TrainingPreempted`."""
+        local = self.interrupt.request if self.interrupt is not None else StepBoundaryInterrupt.NONE
+        request = distributed.max_over_ranks(local, self.device)
+        if request == StepBoundaryInterrupt.PREEMPT:
+            name = self.interrupt.signal_name if local == request else "a signal on another rank"
+            raise TrainingPreempted(self.run_dir, name)
+        if request != StepBoundaryInterrupt.NONE:
+            raise KeyboardInterrupt
 
     # -- one epoch -----------------------------------------------------------------------
 
@@ -368,8 +445,11 @@ class Trainer:
                                 img_s=f"{sums['seen'] / max(sums['seconds'], 1e-9):.0f}")
                 if self.on_step is not None:
                     self.on_step(p)
-                if distributed.any_rank(self.interrupt is not None and self.interrupt.requested, self.device):
-                    raise KeyboardInterrupt  # all ranks stop at the same step boundary
+                self.honour_stop_request()
+                every = cfg.train.checkpoint_every_s
+                if (every is not None and self.rank.is_main and p.step_in_epoch < self.steps_per_epoch
+                        and p.train_seconds - self.saved_at_s >= every):
+                    self.save_last()  # mid-epoch: a kill -9 loses at most `every` seconds of steps
         finally:
             bar.close()
         seen = max(sums["seen"], 1)
@@ -382,8 +462,16 @@ class Trainer:
 
     def fit(self) -> None:
         cfg, p = self.cfg, self.progress
-        started = time.perf_counter()
+        budget = cfg.train.time_budget_s
         while p.epoch < cfg.train.epochs:
+            # the budget counts training steps over the whole run, resumes included; it is checked
+            # between epochs, so a resumed partial epoch is finished as the uninterrupted run would
+            over = budget is not None and p.step_in_epoch == 0 and p.train_seconds >= budget
+            if distributed.any_rank(over, self.device):
+                if self.rank.is_main:
+                    print(f"time budget of {budget:.0f} s of training reached after epoch {p.epoch} "
+                          f"({p.train_seconds:.0f} s); stopping", flush=True)
+                break
             epoch = p.epoch
             try:
                 row = self.run_epoch(epoch)
@@ -425,11 +513,7 @@ class Trainer:
                       f"({row['images_per_s']:.0f} img/s)", flush=True)
             if warning is not None and main:  # printed even when quiet: the user must see it
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
-            budget = cfg.train.time_budget_s
-            over = budget is not None and time.perf_counter() - started > budget
-            if distributed.any_rank(over, self.device) and p.epoch < cfg.train.epochs:
-                print(f"time budget of {budget:.0f} s reached after epoch {p.epoch}; stopping", flush=True)
-                break
+            self.honour_stop_request()  # a signal during validation: stop here, `last` is saved
         if self.rank.is_main:
             plot_curves(p.history, self.run_dir / "curves.png")
 
@@ -487,14 +571,84 @@ def load_run_config(run_dir: str | Path) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text()))
 
 
+# What a resume may change: how long the run goes on, how often it saves, how it is validated,
+# evaluated and where its data lie; never what a training step computes (model, method, data,
+# seed, batch, optimizer, attack), since the saved state would then continue a different run.
+RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_n",
+                     "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
+HISTORY_FILE = "config-history.yaml"
+PREEMPTED_FILE = "preempted"
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple]:
+    """``{"section.key": (old, new)}`` for every field that differs."""
+    a, b = config_to_dict(old), config_to_dict(new)
+    return {f"{sec}.{key}": (a[sec][key], b[sec][key]) for sec in a for key in a[sec] if a[sec][key] != b[sec][key]}
+
+
+def check_resume_changes(changes: dict[str, tuple]) -> None:
+    """ConfigError naming the first changed field a resume may not change."""
+    for name, (old, new) in changes.items():
+        if name not in RESUME_CHANGEABLE and f"{name.split('.')[0]}.*" not in RESUME_CHANGEABLE:
+            raise ConfigError(f"{name}: cannot change when resuming (the run has {old!r}, asked {new!r}); "
+                              f"a resume may change {', '.join(RESUME_CHANGEABLE)}. Start a new run instead "
+                              f"(train.init_from=RUN_DIR starts it from this run's weights)")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run's config.yaml with ``section.key=value`` overrides of the fields a resume may
+    change (:data:`RESUME_CHANGEABLE`); any other change is a ConfigError naming the field."""
+    old = load_run_config(run_dir)
+    d = config_to_dict(old)
+    for override in overrides:
+        apply_override(d, override)
+    cfg = config_from_dict(d)
+    check_resume_changes(config_changes(old, cfg))
+    return cfg
+
+
+def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple]) -> None:
+    """Write the changed config to config.yaml (what the run now is) and append the change to
+    ``config-history.yaml`` (a list of ``{time, changes: {field: {from, to}}}``), so a reader can
+    tell which epochs ran under which settings."""
+    import yaml
+
+    path = run_dir / HISTORY_FILE
+    history = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+    _atomic_write_bytes(path, yaml.safe_dump(history, sort_keys=False).encode())
+    _atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+
+
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
           on_step: Callable[[Progress], None] | None = None) -> Path:
     """Train (or resume) a run; returns its directory. ``on_step`` is called after every step.
 
+    A resume continues ``run_dir/last`` under ``cfg``, which may differ from the run's config in
+    the fields of :data:`RESUME_CHANGEABLE` only (others are a ConfigError); the change is
+    recorded. A new run with ``train.init_from`` starts from that checkpoint's weights.
+    SIGTERM/SIGUSR1 raise :class:`TrainingPreempted` and Ctrl-C :class:`TrainingInterrupted`,
+    with ``last`` saved at a step boundary.
+
     Under torchrun every rank calls this; rank 0 prepares the run directory and every rank
     then uses that one."""
     rank = distributed.init_from_environment(resolve_device(cfg.train.device).type)
-    if not resume:
+    initial = None
+    if resume:
+        run_dir = Path(run_dir)
+        changes = config_changes(load_run_config(run_dir), cfg)
+        check_resume_changes(changes)
+        if rank.is_main:
+            if changes:
+                record_config_changes(run_dir, cfg, changes)
+                if not quiet:
+                    print("resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+                          flush=True)
+            (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
+    else:
+        if cfg.train.init_from is not None:
+            initial = initial_weights(cfg)  # checked before the run directory is made
         run_dir = [prepare_run(cfg, run_dir) if rank.is_main else None]
         if rank.distributed:
             torch.distributed.broadcast_object_list(run_dir, src=0)
@@ -503,11 +657,20 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step)
     if resume:
         trainer.restore_last()
+    elif initial is not None:
+        trainer.model.load_state_dict(initial)  # every rank: the same weights; the optimizer stays fresh
     if not quiet:
         print(f"run directory: {run_dir}", flush=True)
     try:
         with StepBoundaryInterrupt() as trainer.interrupt:
             trainer.fit()
+    except TrainingPreempted as exc:
+        if rank.is_main:  # for a job script under torchrun, whose exit code is not the workers'
+            (run_dir / PREEMPTED_FILE).write_text(f"{exc.signal_name} at global step {trainer.progress.global_step}; "
+                                                  f"continue with: rat train --resume {run_dir}\n")
+        raise
+    except TrainingInterrupted:
+        raise
     except KeyboardInterrupt:
         raise TrainingInterrupted(run_dir) from None
     return run_dir
