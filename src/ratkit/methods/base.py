@@ -43,13 +43,17 @@ class LossOutput:
     outputs: Outputs
 
 
-def forward_outputs(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, with_clean: bool) -> Outputs:
+def forward_outputs(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, with_clean: bool,
+                    clean_grad: bool = True) -> Outputs:
     """Clean (if needed) then adversarial forward in train mode, features and logits from one
-    pass each (through ``forward``, so a DistributedDataParallel wrapper sees both passes)."""
+    pass each (through ``forward``, so a DistributedDataParallel wrapper sees both passes).
+    ``clean_grad=False``: no loss term differentiates the clean pass (RAT-AT's statistics), so
+    it runs without a graph: the same values, less memory, no backward through it."""
     with model_mode(model, True):
         feats_clean = logits_clean = None
         if with_clean:
-            feats_clean, logits_clean = model(x, with_features=True)
+            with torch.set_grad_enabled(clean_grad and torch.is_grad_enabled()):
+                feats_clean, logits_clean = model(x, with_features=True)
         feats_adv, logits_adv = model(x_adv, with_features=True)
     return Outputs(y=y, feats_adv=feats_adv, logits_adv=logits_adv,
                    feats_clean=feats_clean, logits_clean=logits_clean)

@@ -243,7 +243,10 @@ class RAT(Method):
         return terms
 
     def loss(self, model, x, x_adv, y) -> LossOutput:
-        out = forward_outputs(model, x, x_adv, y, with_clean=True)
+        # the clean pass needs a graph only if a term differentiates it (the base's, the clean-output
+        # soft targets, or the exact-head gaps); RAT-AT's soft targets use it for statistics alone
+        clean_grad = self.base.needs_clean or self.uses_clean_terms or self.taylor == "exact-head"
+        out = forward_outputs(model, x, x_adv, y, with_clean=True, clean_grad=clean_grad)
         terms = self.base.terms(out)
         primary = self.base.primary_term
         terms[primary] = (1 - self.alpha) * terms[primary]
