@@ -28,8 +28,8 @@ class TinyNet(nn.Module):
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def run_rat(*args, timeout=600):
+def run_rat(*args, timeout=600, cwd=None):
     """Run the ``rat`` command in a fresh interpreter, as a user would."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "ratkit", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)

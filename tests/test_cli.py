@@ -58,3 +58,36 @@ def test_tampered_checkpoint_exits_2_without_traceback(tmp_path):
     path.write_bytes(bytes(raw))
     result = _rat("eval", str(path))
     assert result.returncode == 2 and "SHA-256" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("out", ["2024-05-01", "yes", "123", "null", "~"])
+def test_train_out_names_the_directory_literally(tmp_path, out):
+    """Flags are typed values, never re-parsed as YAML: a date, yes, a number, null and ~ are names."""
+    result = _rat("train", "--dataset", "synthetic", "--train-subset", "64", "--epochs", "1", "--batch-size", "32",
+                     "--set", "data.val_size=32", "--set", "train.val_n=16", "--set", "model.kwargs.channels=[2,4]",
+                     "--set", "model.kwargs.hidden=8", "--set", "attack.steps=1", "--no-eval", "--quiet",
+                     "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / out / "last.safetensors").exists()
+    import yaml
+
+    assert yaml.safe_load((tmp_path / out / "config.yaml").read_text())["train"]["out"] == out
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "svhn"])
+def test_untrained_smallcnn_is_built_for_the_datasets_image_size(dataset):
+    from ratkit.data import dataset_info
+    from ratkit.models import model_kwargs_for
+
+    info = dataset_info(dataset)
+    model = build_model("smallcnn", **model_kwargs_for("smallcnn", info))
+    assert model(torch.rand(2, *info.image_shape)).shape == (2, info.num_classes)
+
+
+def test_rat_eval_untrained_smallcnn_runs_on_cifar10(tmp_path, capsys):
+    from test_data import write_cifar10
+
+    write_cifar10(tmp_path)
+    assert main(["eval", "--untrained", "smallcnn", "--dataset", "cifar10", "--data-dir", str(tmp_path),
+                 "--attacks", "clean,fgsm", "--quiet"]) == 0
+    assert "FGSM" in capsys.readouterr().out

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .data import dataset_info
 from .methods import AT, AWP, MART, RAT, TRADES, Method, train_attack, trades_attack
-from .models import build_model
+from .models import build_model, model_kwargs_for
 
 BENCHMARKS_DIR_ENV = "RAT_BENCHMARKS_DIR"
 
@@ -118,12 +118,7 @@ def naive_module():
 
 def bench_model(settings: BenchSettings, seed: int | None = None) -> nn.Module:
     """The benchmarked architecture for the dataset's shape, seeded so every configuration starts alike."""
-    info = dataset_info(settings.dataset)
-    kwargs = dict(num_classes=info.num_classes, in_channels=info.image_shape[0], mean=list(info.mean),
-                  std=list(info.std))
-    if settings.model == "smallcnn":
-        kwargs["input_size"] = list(info.image_shape[1:])
-    kwargs.update(settings.model_kwargs)
+    kwargs = model_kwargs_for(settings.model, dataset_info(settings.dataset), **settings.model_kwargs)
     torch.manual_seed(settings.seed if seed is None else seed)
     return build_model(settings.model, **kwargs)
 

@@ -106,7 +106,7 @@ def cmd_eval(args) -> int:
     from .checkpoint import load_model
     from .data import dataset_info
     from .distributed import init_from_environment, rank_device
-    from .models import build_model, model_spec
+    from .models import build_model, model_kwargs_for, model_spec
 
     device = resolve_device(args.device)
     device = rank_device(device, init_from_environment(device.type))  # under torchrun: evaluate a shard
@@ -114,9 +114,8 @@ def cmd_eval(args) -> int:
         dataset = args.dataset or "fashion-mnist"
         info = dataset_info(dataset)
         torch.manual_seed(args.seed)
-        kwargs = dict(num_classes=info.num_classes, in_channels=info.image_shape[0],
-                      mean=info.mean, std=info.std)
         try:
+            kwargs = model_kwargs_for(args.untrained, info)
             model = build_model(args.untrained, **kwargs)
         except ValueError as exc:
             raise UserError(f"--untrained: {exc}") from None
@@ -133,8 +132,9 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _train_overrides(args) -> list[str]:
-    """The common flags are shorthands for ``--set section.key=value``."""
+def _train_overrides(args) -> list:
+    """The common flags as typed ``(section.key, value)`` overrides (never re-parsed as YAML),
+    then the ``--set section.key=value`` strings (parsed as YAML), which win."""
     flags = {"method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
              "batch_size": "train.batch_size", "train_subset": "data.train_subset", "seed": "train.seed",
              "out": "train.out", "data_dir": "data.data_dir", "device": "train.device", "rat": "method.rat",
@@ -143,7 +143,7 @@ def _train_overrides(args) -> list[str]:
     for attr, key in flags.items():
         value = getattr(args, attr)
         if value is not None:
-            overrides.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+            overrides.append((key, value))
     return overrides + list(args.set)
 
 

@@ -514,14 +514,18 @@ def _load_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict:
     return _deep_merge(_load_chain(base_path, (*stack, path)), data)
 
 
-def apply_override(d: dict, override: str) -> dict:
-    """Apply one ``section.key=value`` (value parsed as YAML) to a raw config dict in place.
+def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
+    """Apply one ``section.key=value`` (value parsed as YAML: ``--set``) or one typed
+    ``(section.key, value)`` pair (taken as it is: the command line's own flags, so that
+    ``--out 2024-05-01`` or ``--out null`` name a directory, not a date or None) to a raw
+    config dict in place.
 
     Deeper paths reach into dict fields: ``model.kwargs.hidden=100``.
     """
-    if not isinstance(override, str) or "=" not in override:
+    typed = isinstance(override, tuple) and len(override) == 2 and isinstance(override[0], str)
+    if not typed and (not isinstance(override, str) or "=" not in override):
         raise ConfigError(f"{override}: malformed override, expected section.key=value")
-    key, _, text = override.partition("=")
+    key, _, text = override.partition("=") if not typed else (override[0], "=", None)
     key = key.strip()
     parts = key.split(".")
     if len(parts) < 2 or not all(parts):
@@ -533,7 +537,7 @@ def apply_override(d: dict, override: str) -> dict:
     if name not in types_:
         raise _unknown(f"{sec}.{name}", types_)
     try:
-        value = yaml.safe_load(text)
+        value = override[1] if typed else yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: cannot parse value {text!r}: {_yaml_problem(exc)}") from None
     node = d.get(sec)
@@ -548,8 +552,11 @@ def apply_override(d: dict, override: str) -> dict:
     return d
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML file or preset (default ``fmnist-cpu``), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list | tuple = ()) -> Config:
+    """Load a YAML file or preset (default ``fmnist-cpu``), apply overrides (see
+    :func:`apply_override`), validate.
+
+    Example: ``load_config("fmnist-cpu", ["train.epochs=8", ("train.out", "runs/2024-05-01")])``"""
     resolved = _resolve_path(DEFAULT_PRESET if path is None else path)
     d = _load_chain(resolved)
     if isinstance(overrides, str):  # a lone string would be iterated character by character

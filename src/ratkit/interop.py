@@ -161,17 +161,14 @@ def _file_sha256(path: Path) -> str:
 def _model_kwargs(dataset: str, model: str, mean, std, model_kwargs) -> dict[str, Any]:
     """Constructor arguments as training would pass them, with no normalisation by default."""
     from .data import DataError, dataset_info
+    from .models import model_kwargs_for
 
     try:
         info = dataset_info(dataset)
     except DataError as exc:
         raise InteropError(str(exc)) from None
     channels = info.image_shape[0]
-    kwargs: dict[str, Any] = dict(num_classes=info.num_classes, in_channels=channels,
-                                  mean=[0.0] * channels, std=[1.0] * channels)
-    if model.strip().lower() == "smallcnn":
-        kwargs["input_size"] = list(info.image_shape[1:])
-    kwargs.update(model_kwargs or {})
+    kwargs = model_kwargs_for(model, info, mean=[0.0] * channels, std=[1.0] * channels, **(model_kwargs or {}))
     for name, value in (("mean", mean), ("std", std)):
         if value is not None:
             kwargs[name] = [float(v) for v in value]

@@ -38,7 +38,7 @@ from .config import (Config, ConfigError, apply_override, config_from_dict, conf
 from .data import augment, dataset_info, iterate_batches, load_dataset, split_train_val
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
 from .methods import AT, AWP, MART, RAT, TRADES, Method, NonFiniteLossError, train_attack, trades_attack
-from .models import build_from_spec, model_spec
+from .models import build_from_spec, model_kwargs_for, model_spec
 
 
 class TrainingStopped(Exception):
@@ -88,12 +88,7 @@ def build_method(cfg: Config) -> Method:
 
 def model_spec_from_config(cfg: Config, info) -> dict:
     """The spec of the model a run builds: the config's name and kwargs on the dataset's shape."""
-    kwargs = dict(num_classes=info.num_classes, in_channels=info.image_shape[0], mean=list(info.mean),
-                  std=list(info.std))
-    if cfg.model.name == "smallcnn":
-        kwargs["input_size"] = list(info.image_shape[1:])
-    kwargs.update(cfg.model.kwargs)
-    return model_spec(cfg.model.name, **kwargs)
+    return model_spec(cfg.model.name, **model_kwargs_for(cfg.model.name, info, **cfg.model.kwargs))
 
 
 def build_model_from_config(cfg: Config, info) -> tuple[nn.Module, dict]:

@@ -2,7 +2,7 @@
 
 from .base import CIFAR10_MEAN, CIFAR10_STD, RobustModel
 from .preact_resnet import PreActBlock, PreActResNet18
-from .registry import MODELS, build_from_spec, build_model, model_spec, noise_target_names
+from .registry import MODELS, build_from_spec, build_model, model_kwargs_for, model_spec, noise_target_names
 from .resnet import ResNet18, ResNetBlock
 from .small_cnn import SmallCNN
 from .wideresnet import BasicBlock, NetworkBlock, WideResNet
@@ -24,6 +24,7 @@ __all__ = [
     "WrappedModel",
     "build_from_spec",
     "build_model",
+    "model_kwargs_for",
     "model_spec",
     "noise_target_names",
     "wrap",

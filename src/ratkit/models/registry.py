@@ -51,6 +51,21 @@ def _resolve(name: str, kwargs: dict[str, Any]) -> tuple[type[RobustModel], dict
     raise ValueError(f"unknown model {name!r}; known: {_known_names()}")
 
 
+def model_kwargs_for(name: str, info: Any, **overrides: Any) -> dict[str, Any]:
+    """Constructor arguments of model ``name`` for a dataset (``info``: its ``num_classes``,
+    ``image_shape``, ``mean``, ``std``, as ``ratkit.data.dataset_info`` gives), then ``overrides``.
+    The one place that knows which models need the image size (SmallCNN's ``input_size``).
+
+    Example: ``build_model("smallcnn", **model_kwargs_for("smallcnn", dataset_info("cifar10")))``
+    """
+    kwargs: dict[str, Any] = dict(num_classes=info.num_classes, in_channels=info.image_shape[0],
+                                  mean=list(info.mean), std=list(info.std))
+    if name.strip().lower() == "smallcnn":
+        kwargs["input_size"] = list(info.image_shape[1:])
+    kwargs.update(overrides)
+    return kwargs
+
+
 def build_model(name: str, **kwargs: Any) -> RobustModel:
     """Build a model by registry name (case-insensitive) or "wrn-D-W"."""
     cls, full_kwargs = _resolve(name, kwargs)
