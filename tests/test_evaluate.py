@@ -142,3 +142,21 @@ def test_rat_eval_writes_the_papers_protocol_summary_csv_and_adversarial_example
     saved = load_file(tmp_path / "adv.safetensors")
     assert saved["x_adv"].shape == (40, 1, 28, 28) and saved["y"].tolist() == [int(r["label"]) for r in rows]
     assert "".join(str(int(c)) for c in saved["correct"]) == "".join(r["robust"] for r in rows)
+
+
+def test_the_autoattack_verdicts_are_autoattacks_own():
+    from pyautoattack import AutoAttack
+
+    from ratkit.attacks import autoattack_correct
+
+    model = _model().eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(8, 1, 28, 28, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 10  # two clean-wrong examples too
+    ours = autoattack_correct(model, x, y, eps=0.1, batch_size=8, seed=0)
+    _, y_adv = AutoAttack(model, eps=0.1, norm="Linf", version="standard", seed=0,
+                          device=x.device).run_standard_evaluation(x, y, batch_size=8)
+    assert torch.equal(ours, y_adv == y)
+    assert not ours[:2].any()
