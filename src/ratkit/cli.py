@@ -33,7 +33,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocol", choices=("ours", "paper"), default="ours",
+    from .evaluate import PROTOCOLS
+
+    p.add_argument("--protocol", choices=PROTOCOLS, default="ours",
                    help="ours (default: strongest iterate, steps eps/4, CW-30) or paper (the TRADES/RAT scripts: "
                         "eps 0.031 on CIFAR/SVHN, PGD-20 step 0.003 = eps/10, last iterate, CW-20 kappa 50)")
     p.add_argument("--attacks", default=None,

@@ -24,16 +24,15 @@ from typing import Any
 
 import yaml
 
+# choices are declared once, next to the code that implements them
+from .attacks.pgd import NORMS, PRECISIONS
+from .methods.rat import CLEAN_TERMS, PAIRINGS, TAYLOR_MODES
+from .models.registry import NOISE_TARGETS as NOISE_LAYERS
+
 DEFAULT_PRESET = "fmnist-cpu"
 CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
 
 METHODS = ("at", "trades", "mart")
-NORMS = ("Linf", "L2")
-PAIRINGS = ("fixed", "reference")
-CLEAN_TERMS = ("auto", "always", "never")
-PRECISIONS = ("float32", "bfloat16")
-NOISE_LAYERS = ("conv", "linear", "all")
-TAYLOR_MODES = ("analytic", "autograd", "exact-head")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")

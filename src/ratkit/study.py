@@ -281,6 +281,15 @@ def git_commit(paths: list[Path], message: str, *, attempts: int = 5) -> bool:
     return False
 
 
+def selected_runs(grid: StudyGrid, only: list[str] | None) -> list[str]:
+    """The configurations to run: all of the grid's, or those ``only`` names (each must be in the grid)."""
+    names = list(grid.runs) if only is None else only
+    missing = [n for n in names if n not in grid.runs]
+    if missing:
+        raise StudyError(f"--only: {missing} not in the grid's runs {list(grid.runs)}")
+    return names
+
+
 def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os.PathLike, *,
               seeds: list[int] | None = None, only: list[str] | None = None, commit: bool = False,
               quiet: bool = True, log: Callable[[str], None] = print, aggregate_after: bool = True,
@@ -291,10 +300,7 @@ def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os
     checkpoint and ``metrics.jsonl`` (trained elsewhere, say, and copied without ``last``)."""
     out_dir, results_dir = Path(out_dir), Path(results_dir)
     seeds = grid.seeds if seeds is None else seeds
-    names = list(grid.runs) if only is None else only
-    missing = [n for n in names if n not in grid.runs]
-    if missing:
-        raise StudyError(f"--only: {missing} not in the grid's runs {list(grid.runs)}")
+    names = selected_runs(grid, only)
     for seed in seeds:  # seed-major: after the first seed every configuration has a result
         for name in names:
             key = run_key(name, seed)
@@ -348,10 +354,7 @@ def run_study_parallel(grid_path: str | os.PathLike, grid: StudyGrid, out_dir: s
     import sys
 
     out_dir, results_dir = Path(out_dir), Path(results_dir)
-    names = list(grid.runs) if only is None else only
-    missing = [n for n in names if n not in grid.runs]
-    if missing:
-        raise StudyError(f"--only: {missing} not in the grid's runs {list(grid.runs)}")
+    names = selected_runs(grid, only)
     queue = [(name, seed) for seed in (grid.seeds if seeds is None else seeds) for name in names]
     out_dir.mkdir(parents=True, exist_ok=True)
     running: list[tuple[str, subprocess.Popen, object]] = []
