@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,13 +58,20 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None,
                    help="also write the report as JSON (with a RobustBench-style 'summary' block) and the "
                         "per-example results as CSV beside it (same name, .csv)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="keep each attack's per-batch results here until the report is complete, so an "
+                        "interrupted evaluation resumes where it stopped, to identical numbers (default: "
+                        "CHECKPOINT.eval-state/ beside the checkpoint file)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="keep no per-batch results on disk (an interruption loses the evaluation)")
     p.add_argument("--save-adv", type=Path, default=None,
                    help="write each image's worst-case adversarial example (safetensors: x_adv, y, correct, attack)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_eval(model, meta: dict, args, device: torch.device, label: str):
-    """Load the test split the checkpoint was trained for and run the protocol on it."""
+def run_eval(model, meta: dict, args, device: torch.device, label: str, state_dir: Path | None = None):
+    """Load the test split the checkpoint was trained for and run the protocol on it; ``state_dir``
+    keeps per-batch results so that a rerun of an interrupted evaluation resumes."""
     from .data import dataset_info
     from .evaluate import (DEFAULT_ATTACKS, evaluate_test_set, format_report, paper_eps, parse_attacks,
                            save_adversarial, summary_block, write_per_example_csv)
@@ -86,7 +94,7 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str):
     report = evaluate_test_set(model.to(device), dataset, data_dir=args.data_dir, n=args.n, eps=eps,
                                norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
                                seed=args.seed, quiet=args.quiet, protocol=args.protocol,
-                               keep_adversarial=args.save_adv is not None)
+                               keep_adversarial=args.save_adv is not None, state_dir=state_dir)
     report.checkpoint = label
     from .distributed import current
 
@@ -102,6 +110,22 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str):
         save_adversarial(report, args.save_adv)
         print(f"wrote {args.save_adv} ({report.robust_n} worst-case examples)")
     return report
+
+
+def eval_state_dir(args) -> Path | None:
+    """Where ``rat eval`` keeps its per-batch results: --state-dir, else beside the checkpoint
+    (``best.safetensors`` -> ``best.eval-state/``) when that directory is writable; none with
+    --no-resume or for an untrained model."""
+    from .checkpoint import checkpoint_path
+
+    if args.no_resume:
+        return None
+    if args.state_dir is not None:
+        return args.state_dir
+    if args.untrained or args.checkpoint is None:
+        return None
+    path = checkpoint_path(args.checkpoint)
+    return path.with_suffix(".eval-state") if os.access(path.parent, os.W_OK) else None
 
 
 def cmd_eval(args) -> int:
@@ -130,7 +154,7 @@ def cmd_eval(args) -> int:
         label = str(args.checkpoint)
     if not args.no_channels_last:
         model.to(memory_format=torch.channels_last)  # faster attacks (AutoAttack ~1.45x on CPU), same results
-    run_eval(model, meta, args, device, label)
+    run_eval(model, meta, args, device, label, eval_state_dir(args))
     return 0
 
 

@@ -18,8 +18,10 @@ compares the two.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .attacks import PGDConfig, advance_generator, autoattack_correct, fgsm_config, pgd
+from .eval_chunks import AttackChunks, ChunkStore, fingerprint
 from .modes import model_mode
 
 ATTACKS = ("clean", "fgsm", "pgd20", "cw30", "aa")  # our protocol's
@@ -117,9 +120,11 @@ class EvalReport:
 
 
 def _predictions_under(model: nn.Module, x: Tensor, y: Tensor, cfg: PGDConfig | None, batch_size: int,
-                       generator: torch.Generator, progress, skip=None, keep: Tensor | None = None) -> Tensor:
+                       generator: torch.Generator, progress, skip=None, keep: Tensor | None = None,
+                       chunks: AttackChunks | None = None) -> Tensor:
     """Predicted classes on x (cfg None) or on its adversarial examples; ``keep`` (a tensor
-    like x) receives the examples attacked."""
+    like x) receives the examples attacked. ``chunks`` keeps each batch's result on disk and
+    restores the batches an interrupted run finished (with the generator state after them)."""
     out = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
     for k, start in enumerate(range(0, len(x), batch_size)):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
@@ -127,15 +132,36 @@ def _predictions_under(model: nn.Module, x: Tensor, y: Tensor, cfg: PGDConfig | 
             if cfg is not None:
                 advance_generator(xb, cfg, generator)
             continue
-        if cfg is not None:
-            xb = pgd(model, xb, yb, cfg, generator=generator)
+        stored = chunks.load(k, x.device, inputs=keep is not None) if chunks is not None else None
+        if stored is not None:
+            out[start:start + len(xb)] = stored["predicted"]
+            generator.set_state(stored["generator"])
+            xb = stored.get("x_adv", xb)
+        else:
+            if cfg is not None:
+                xb = pgd(model, xb, yb, cfg, generator=generator)
+            with torch.no_grad():
+                out[start:start + len(xb)] = model(xb).argmax(1)
+            if chunks is not None:
+                chunks.save(k, {"predicted": out[start:start + len(xb)], "generator": generator.get_state(),
+                                **({"x_adv": xb} if keep is not None else {})})
         if keep is not None:
             keep[start:start + len(xb)] = xb
-        with torch.no_grad():
-            out[start:start + len(xb)] = model(xb).argmax(1)
         if progress is not None:
             progress.update(len(xb))
     return out
+
+
+@contextmanager
+def strict_float32():
+    """Float32 that is float32 on GPUs too: TF32 off for matmuls and cuDNN convolutions (PyTorch
+    enables it for cuDNN by default), the previous settings restored afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def evaluate(
@@ -155,11 +181,14 @@ def evaluate(
     quiet: bool = False,
     protocol: str = "ours",
     keep_adversarial: bool = False,
+    state_dir: str | os.PathLike | None = None,
 ) -> EvalReport:
     """Run the protocol on (x, y). ``aa_n`` limits AutoAttack to the first aa_n examples
     (its cost is about a second per image on a 2-core CPU); the worst case is then reported
     on those examples, where every attack ran. ``keep_adversarial`` keeps, per example, the
     input of the worst case (:func:`worst_case_examples`) in ``report.adversarial``.
+    ``state_dir`` keeps every attack's per-batch results on disk until the report is complete, so a
+    rerun of an interrupted evaluation resumes there, to identical numbers (:mod:`ratkit.eval_chunks`).
 
     Under torchrun the batches are dealt out to the ranks (batch k to rank k mod N), each
     attacked exactly as one process would attack it, and the per-example results are summed
@@ -180,11 +209,18 @@ def evaluate(
                         labels=y.tolist())
     outcomes: dict[str, Tensor] = {}
     inputs: dict[str, Tensor] = {}
-    with model_mode(model, False), torch.autocast(device.type, enabled=False):
+    store = None
+    if state_dir is not None:
+        key = fingerprint(model, x, y, eps=eps, norm=norm, protocol=protocol, seed=seed, batch_size=batch_size,
+                          aa_n=aa_n)
+        store = ChunkStore.open(state_dir, key, writer=rank.is_main)
+        distributed.any_rank(False, device)  # the other ranks wait until rank 0 has prepared the directory
+    with model_mode(model, False), torch.autocast(device.type, enabled=False), strict_float32():
         for name in attacks:
             n = len(x) if name != "aa" or aa_n is None else min(aa_n, len(x))
             generator = torch.Generator(device=device).manual_seed(seed)
             keep = torch.zeros_like(x[:n]) if keep_adversarial else None
+            chunks = store.attack(name) if store is not None else None
             started = time.perf_counter()
             with progress(n, ATTACK_TITLES[name], "img", quiet=quiet, main=rank.is_main) as bar:
                 if name == "aa":
@@ -192,10 +228,11 @@ def evaluate(
                         print(f"AutoAttack (standard) on {n} images: roughly 1 s per image for a small "
                               "robust CNN on a 2-core CPU.", file=sys.stderr)
                     correct = autoattack_correct(model, x[:n], y[:n], eps=eps, norm=norm, batch_size=batch_size,
-                                                 seed=seed, progress=bar, skip=skip, keep=keep)
+                                                 seed=seed, progress=bar, skip=skip, keep=keep, chunks=chunks)
                 else:
                     cfg = None if name == "clean" else protocol_attack(name, eps, norm, protocol)
-                    predicted = _predictions_under(model, x[:n], y[:n], cfg, batch_size, generator, bar, skip, keep)
+                    predicted = _predictions_under(model, x[:n], y[:n], cfg, batch_size, generator, bar, skip, keep,
+                                                   chunks)
                     if name == "clean":
                         predicted = distributed.all_reduce_sum(predicted + 1) - 1  # -1 where another rank's
                         report.clean_predictions = predicted.tolist()
@@ -214,6 +251,10 @@ def evaluate(
         report.robust_n = robust_n
         if keep_adversarial:
             report.adversarial = worst_case_examples(outcomes, inputs, robust_n)
+    if store is not None:
+        distributed.any_rank(False, device)  # a meeting point: every rank has written its chunks
+        if rank.is_main:
+            store.remove()  # the report is complete
     return report
 
 

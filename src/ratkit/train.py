@@ -690,7 +690,8 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
     eps, _ = resolved_attack(cfg)
     report = evaluate_test_set(model, cfg.data.dataset, data_dir=cfg.data.data_dir, n=n, eps=eps,
                                norm=cfg.attack.norm, attacks=parse_attacks(cfg.eval.attacks),
-                               batch_size=cfg.eval.batch_size, aa_n=aa_n, seed=cfg.train.seed, quiet=quiet)
+                               batch_size=cfg.eval.batch_size, aa_n=aa_n, seed=cfg.train.seed, quiet=quiet,
+                               state_dir=run_dir / f"{checkpoint}.eval-state")  # a rerun resumes it
     # best records the epoch it was saved after; last carries the trainer's progress (epochs completed)
     epoch = meta.get("epoch") if checkpoint == "best" else meta.get("progress", {}).get("epoch")
     report.checkpoint = f"{run_dir / f'{checkpoint}.safetensors'} (epoch {epoch})"

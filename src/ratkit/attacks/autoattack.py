@@ -28,6 +28,7 @@ def autoattack_correct(
     progress=None,
     skip: Callable[[int], bool] | None = None,
     keep: Tensor | None = None,
+    chunks=None,
 ) -> Tensor:
     """Per-example bool: still correctly classified after standard AutoAttack.
 
@@ -36,7 +37,8 @@ def autoattack_correct(
     the number of examples attacked. ``skip(k)`` true leaves chunk k to another rank (its
     entries stay False): pyautoattack re-seeds every attack per call, so a chunk's result does
     not depend on the chunks before it, and sharding by chunk is exact. ``keep`` (a tensor
-    like x) receives AutoAttack's output.
+    like x) receives AutoAttack's output. ``chunks`` (an :class:`~ratkit.eval_chunks.AttackChunks`)
+    keeps each chunk's verdicts on disk and restores those an interrupted run finished.
     """
     from pyautoattack import AutoAttack  # imported lazily: it is only needed here
 
@@ -52,12 +54,20 @@ def autoattack_correct(
             if skip is not None and skip(k):
                 continue
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            x_adv, y_adv = attack.run_standard_evaluation(xb, yb, batch_size=batch_size)
+            stored = chunks.load(k, device, inputs=keep is not None) if chunks is not None else None
+            if stored is not None:
+                x_adv, verdict = stored.get("x_adv"), stored["correct"].bool()
+            else:
+                x_adv, y_adv = attack.run_standard_evaluation(xb, yb, batch_size=batch_size)
+                # AutoAttack's own verdicts: classifying x_adv again, in another batch composition, moves
+                # logits by ~1e-7 and can count a barely broken image as correct
+                verdict = y_adv.to(device) == yb
+                if chunks is not None:
+                    chunks.save(k, {"correct": verdict.to(torch.uint8),
+                                    **({"x_adv": x_adv} if keep is not None else {})})
             if keep is not None:
                 keep[start:start + len(xb)] = x_adv.to(device)
-            # AutoAttack's own verdicts: classifying x_adv again, in another batch composition, moves
-            # logits by ~1e-7 and can count a barely broken image as correct
-            correct[start:start + len(xb)] = y_adv.to(device) == yb
+            correct[start:start + len(xb)] = verdict
             if progress is not None:
                 progress.update(len(xb))
     return correct

@@ -1,0 +1,159 @@
+"""An interrupted evaluation resumes from its per-batch results to identical numbers (issue 17);
+evaluation is float32 on GPUs too (TF32 off inside, restored after)."""
+
+import pytest
+import torch
+
+import ratkit.evaluate as evaluate_module
+from ratkit.eval_chunks import AttackChunks, ChunkStore
+from ratkit.evaluate import evaluate
+from ratkit.models import build_model
+
+ATTACKS = ("clean", "fgsm", "pgd20", "cw30", "aa")
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_model("smallcnn", num_classes=10, in_channels=1, mean=(0.5,), std=(0.5,),
+                       channels=(4, 8), hidden=16)
+
+
+def _data(model, n=12):
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    with torch.no_grad():
+        y[: n // 2] = model(x[: n // 2]).argmax(1)  # half clean-correct: the attacks have work to do
+    return x, y
+
+
+class FakeAutoAttack:
+    """Stands in for pyautoattack (its Square attack spends minutes on one surviving image of an
+    untrained model): re-seeded on every call like the real one, so a chunk's result does not
+    depend on the chunks before it; counts its calls."""
+
+    calls = 0
+
+    def __init__(self, model, *, eps, seed, **kw):
+        self.model, self.eps, self.seed = model, eps, seed
+
+    def run_standard_evaluation(self, x, y, batch_size):
+        FakeAutoAttack.calls += 1
+        g = torch.Generator().manual_seed(self.seed)
+        x_adv = (x + self.eps * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
+        with torch.no_grad():
+            return x_adv, self.model(x_adv).argmax(1)
+
+
+@pytest.fixture(autouse=True)
+def fake_autoattack(monkeypatch):
+    import pyautoattack
+
+    monkeypatch.setattr(pyautoattack, "AutoAttack", FakeAutoAttack)
+    FakeAutoAttack.calls = 0
+
+
+def _run(model, x, y, **kw):
+    return evaluate(model, x, y, dataset="synthetic", eps=0.1, attacks=ATTACKS, batch_size=4, aa_n=8,
+                    seed=5, quiet=True, **kw)
+
+
+def _verdicts(report):
+    return {k: (r.accuracy, r.correct) for k, r in report.attacks.items()}, report.robust_accuracy
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_after", [4, 8, 13])  # in FGSM, in PGD-20, in AutoAttack
+def test_an_interrupted_evaluation_resumes_to_identical_numbers(tmp_path, monkeypatch, stop_after):
+    model = _model()
+    x, y = _data(model)
+    reference = _run(model, x, y)  # uninterrupted, nothing on disk
+    state = tmp_path / "state"
+
+    saved, original_save = [], AttackChunks.save
+
+    def save_then_stop(self, k, tensors):
+        original_save(self, k, tensors)
+        saved.append((self.name, k))
+        if len(saved) == stop_after:
+            raise Interrupt
+
+    monkeypatch.setattr(AttackChunks, "save", save_then_stop)
+    with pytest.raises(Interrupt):
+        _run(model, x, y, state_dir=state)
+    monkeypatch.setattr(AttackChunks, "save", original_save)
+    assert len(list(state.glob("*.safetensors"))) == stop_after
+
+    attacked, FakeAutoAttack.calls = [], 0
+    original_pgd = evaluate_module.pgd
+    monkeypatch.setattr(evaluate_module, "pgd", lambda *a, **k: attacked.append(1) or original_pgd(*a, **k))
+    resumed = _run(model, x, y, state_dir=state)
+    assert _verdicts(resumed) == _verdicts(reference)
+    # the finished batches were read back, not attacked again (3 batches of 12 per PGD-engine attack)
+    done_pgd_batches = sum(1 for name, _ in saved if name in ("fgsm", "pgd20", "cw30"))
+    assert len(attacked) == 9 - done_pgd_batches
+    assert FakeAutoAttack.calls == 2 - sum(1 for name, _ in saved if name == "aa")
+    assert not state.exists()  # removed once the report is complete
+
+
+def test_kept_adversarial_inputs_survive_the_resume(tmp_path, monkeypatch):
+    model = _model()
+    x, y = _data(model)
+    reference = _run(model, x, y, keep_adversarial=True)
+    original_save = AttackChunks.save
+    calls = []
+
+    def save_then_stop(self, k, tensors):
+        original_save(self, k, tensors)
+        calls.append(k)
+        if len(calls) == 7:
+            raise Interrupt
+
+    monkeypatch.setattr(AttackChunks, "save", save_then_stop)
+    with pytest.raises(Interrupt):
+        _run(model, x, y, keep_adversarial=True, state_dir=tmp_path / "s")
+    monkeypatch.setattr(AttackChunks, "save", original_save)
+    resumed = _run(model, x, y, keep_adversarial=True, state_dir=tmp_path / "s")
+    assert torch.equal(resumed.adversarial["x_adv"], reference.adversarial["x_adv"])
+    assert torch.equal(resumed.adversarial["attack"], reference.adversarial["attack"])
+
+
+def test_chunks_of_another_evaluation_are_discarded(tmp_path):
+    model = _model()
+    x, y = _data(model)
+    key = {"weights": "a", "eps": 0.1}
+    store = ChunkStore.open(tmp_path / "s", key)
+    store.attack("pgd20").save(0, {"predicted": torch.zeros(4, dtype=torch.long)})
+    assert ChunkStore.open(tmp_path / "s", key).attack("pgd20").load(0) is not None  # same evaluation: kept
+    assert ChunkStore.open(tmp_path / "s", {**key, "eps": 0.2}).attack("pgd20").load(0) is None
+    # and end to end: a state written for other weights does not leak into this model's report
+    other = _model()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    _run(other, x, y, state_dir=tmp_path / "t")
+    assert _verdicts(_run(model, x, y, state_dir=tmp_path / "t")) == _verdicts(_run(model, x, y))
+
+
+def test_evaluation_turns_tf32_off_inside_and_restores_it():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _model()
+
+        def forward(self, x):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return self.inner(x)
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
+        evaluate(Probe(), x, y, dataset="synthetic", eps=0.1, attacks=("clean", "fgsm"), quiet=True)
+        assert seen and set(seen) == {(False, False)}
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
