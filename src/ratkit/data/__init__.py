@@ -1,23 +1,24 @@
-"""Datasets (standard on-disk formats, loaded strictly into memory) and batched augmentation."""
+"""Datasets (one registry entry each, standard on-disk formats loaded strictly into memory) and batched augmentation.
 
-from .datasets import (
-    DATASETS,
-    DatasetInfo,
-    TensorData,
-    dataset_info,
-    default_data_dir,
-    iterate_batches,
-    load_dataset,
-    split_train_val,
-    synthetic_data,
-)
+``datasets.py`` holds the registry (:data:`DATASETS`) and loading by name; ``formats/`` the
+file parsers, one module per format; ``tensordata.py`` the in-memory container and batching;
+``synthetic.py`` the generated toy dataset; ``transforms.py`` augmentation.
+"""
+
+from .datasets import DATASETS, DatasetFiles, DatasetInfo, dataset_info, default_data_dir, load_dataset
 from .errors import DataError
+from .formats import FORMATS, FileFormat
+from .synthetic import synthetic_data
+from .tensordata import TensorData, iterate_batches, split_train_val
 from .transforms import augment, random_crop, random_hflip
 
 __all__ = [
     "DATASETS",
+    "FORMATS",
     "DataError",
+    "DatasetFiles",
     "DatasetInfo",
+    "FileFormat",
     "TensorData",
     "augment",
     "dataset_info",
