@@ -55,7 +55,7 @@ def test_complete_runs_are_skipped_without_training(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a complete run was trained again")
 
-    monkeypatch.setattr(study, "run_one", no_training)
+    monkeypatch.setattr(study.runner, "run_one", no_training)
     messages = []
     run_study(grid, tmp_path / "runs", tmp_path / "results", log=messages.append)
     assert messages == ["trades-seed0: complete, skipped", "rat-trades-seed0: complete, skipped"]
@@ -93,7 +93,7 @@ def test_a_measurement_added_to_the_grid_later_is_added_to_complete_runs_without
     def no_training(*args, **kwargs):
         raise AssertionError("a complete run was trained or evaluated again")
 
-    monkeypatch.setattr(study, "run_one", no_training)
+    monkeypatch.setattr(study.runner, "run_one", no_training)
     later = _grid(tmp_path, seeds=[0], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None,
                   landscape=landscape, outputs={"n": 16})
     messages = []
@@ -294,8 +294,8 @@ def test_a_record_without_last_gets_it_from_the_run_directory_without_retraining
     def no_training(*args, **kwargs):
         raise AssertionError("a complete run was trained or its best checkpoint evaluated again")
 
-    monkeypatch.setattr(study, "run_one", no_training)
-    monkeypatch.setattr(study, "record_run", no_training)
+    monkeypatch.setattr(study.runner, "run_one", no_training)
+    monkeypatch.setattr(study.runner, "record_run", no_training)
     later = _grid(tmp_path, checkpoints=["best", "last"], **ONE_RUN)
     messages = []
     run_study(later, tmp_path / "runs", tmp_path / "results", log=messages.append, aggregate_after=False)
@@ -405,7 +405,7 @@ def test_an_attack_only_later_seeds_have_is_aggregated_over_those_seeds(tmp_path
 def test_the_regime_pilot_grid_evaluates_best_and_last_and_the_checkpoints_option_is_checked(tmp_path):
     pilot = load_grid(STUDIES / "regime-pilot.yaml")
     assert pilot.checkpoints == ["best", "last"] and set(pilot.runs) == {"trades", "at"} and pilot.seeds == [0]
-    assert pilot.hessian is None and pilot.landscape is None and pilot.outputs == {"n": 1000}
+    assert pilot.hessian is None and pilot.landscape is None and pilot.outputs == study.OutputsSpec(n=1000)
     cfg = run_config(pilot, "at", 0)
     assert cfg.method.name == "at" and not cfg.method.rat and cfg.optim.name == "sgd"
     assert cfg.optim.schedule == "multistep" and cfg.optim.milestones[0] < cfg.train.epochs
