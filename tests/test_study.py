@@ -412,3 +412,50 @@ def test_the_regime_pilot_grid_evaluates_best_and_last_and_the_checkpoints_optio
     assert cfg.data.val_size == 5000 and cfg.data.train_subset is not None
     with pytest.raises(StudyError, match="checkpoints"):
         _grid(tmp_path, checkpoints=["last"])
+
+
+# ----------------------------------------------------------------------------- the package's seams
+
+
+def test_measurement_blocks_are_typed_specs_with_their_defaults_and_unknown_keys_are_refused(tmp_path):
+    grid = _grid(tmp_path, landscape={"n": 16}, outputs={"n": 32})
+    assert grid.landscape == study.LandscapeSpec(n=16, points=21, span=1.0, adversarial="regenerated")
+    assert grid.hessian == study.HessianSpec(n=8, top_k=1, probes=2, max_iter=3)
+    assert grid.eval == study.EvalSpec(attacks="clean,pgd20", n=64, aa_n=None)
+    assert load_grid(STUDIES / "budget.yaml").hessian is None
+    with pytest.raises(StudyError, match=r"hessian: unknown keys \['prob'\]"):
+        _grid(tmp_path, hessian={"n": 8, "prob": 2})
+    with pytest.raises(StudyError, match="landscape: points must be odd"):
+        _grid(tmp_path, landscape={"points": 4})
+    with pytest.raises(StudyError, match="outputs.n"):
+        _grid(tmp_path, outputs={"n": 0})
+
+
+def test_each_result_file_is_handed_to_on_result_with_its_message(tmp_path, monkeypatch):
+    grid = _grid(tmp_path, seeds=[0], hessian=None)
+    monkeypatch.setattr(study.runner, "run_one", lambda grid, name, seed, out, **kw: {"config": name, "seed": seed})
+    calls = []
+    run_study(grid, tmp_path / "runs", tmp_path / "results", on_result=lambda paths, msg: calls.append((paths, msg)),
+              log=lambda m: None, aggregate_after=False)
+    results = tmp_path / "results"
+    assert calls == [([results / "trades-seed0.json"], "study tiny: result of trades-seed0"),
+                     ([results / "rat-trades-seed0.json"], "study tiny: result of rat-trades-seed0")]
+    assert json.loads((results / "trades-seed0.json").read_text()) == {"config": "trades", "seed": 0}
+
+
+def test_the_command_lines_git_commit_commits_only_the_given_files(tmp_path, monkeypatch):
+    import subprocess
+
+    from ratkit.cli import git_commit
+
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    (tmp_path / "a.json").write_text("{}\n")
+    (tmp_path / "b.json").write_text("{}\n")
+    assert git_commit([Path("a.json")], "study tiny: result of a")
+    log = subprocess.run(["git", "log", "--format=%s", "--name-only"], capture_output=True, text=True).stdout
+    assert log.split() == ["study", "tiny:", "result", "of", "a", "a.json"]
+    assert not git_commit([Path("missing.json")], "nothing")
