@@ -423,6 +423,10 @@ def test_measurement_blocks_are_typed_specs_with_their_defaults_and_unknown_keys
     assert grid.hessian == study.HessianSpec(n=8, top_k=1, probes=2, max_iter=3)
     assert grid.eval == study.EvalSpec(attacks="clean,pgd20", n=64, aa_n=None)
     assert load_grid(STUDIES / "budget.yaml").hessian is None
+    empty = _grid(tmp_path, eval={}, hessian={})  # as with the untyped blocks: nothing asked, the preset's eval
+    assert empty.hessian is None and empty.eval == study.EvalSpec(attacks=None, n=None, aa_n=None)
+    cfg = run_config(empty, "trades", 0)
+    assert empty.eval.apply(cfg).eval == replace(cfg.eval, n=None, aa_n=None)
     with pytest.raises(StudyError, match=r"hessian: unknown keys \['prob'\]"):
         _grid(tmp_path, hessian={"n": 8, "prob": 2})
     with pytest.raises(StudyError, match="landscape: points must be odd"):

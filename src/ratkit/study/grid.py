@@ -109,9 +109,11 @@ def _known_keys(path: Path, where: str, raw: dict, cls: type) -> None:
 
 
 def _spec(path: Path, key: str, raw):
-    """The typed spec of one block; an empty or absent block asks for nothing (None)."""
-    if not raw:
+    """The typed spec of one block. An empty measurement block asks for nothing (None); an empty
+    ``eval`` block is the preset's attacks on every test image."""
+    if not raw and key != "eval":
         return None
+    raw = raw or {}
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: {key}: expected a mapping of settings, got {raw!r}")
     _known_keys(path, f"{key}: ", raw, SPECS[key])
