@@ -55,7 +55,7 @@ def test_complete_runs_are_skipped_without_training(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a complete run was trained again")
 
-    monkeypatch.setattr(study, "run_one", no_training)
+    monkeypatch.setattr(study.runner, "run_one", no_training)
     messages = []
     run_study(grid, tmp_path / "runs", tmp_path / "results", log=messages.append)
     assert messages == ["trades-seed0: complete, skipped", "rat-trades-seed0: complete, skipped"]
@@ -93,7 +93,7 @@ def test_a_measurement_added_to_the_grid_later_is_added_to_complete_runs_without
     def no_training(*args, **kwargs):
         raise AssertionError("a complete run was trained or evaluated again")
 
-    monkeypatch.setattr(study, "run_one", no_training)
+    monkeypatch.setattr(study.runner, "run_one", no_training)
     later = _grid(tmp_path, seeds=[0], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None,
                   landscape=landscape, outputs={"n": 16})
     messages = []
@@ -294,8 +294,8 @@ def test_a_record_without_last_gets_it_from_the_run_directory_without_retraining
     def no_training(*args, **kwargs):
         raise AssertionError("a complete run was trained or its best checkpoint evaluated again")
 
-    monkeypatch.setattr(study, "run_one", no_training)
-    monkeypatch.setattr(study, "record_run", no_training)
+    monkeypatch.setattr(study.runner, "run_one", no_training)
+    monkeypatch.setattr(study.runner, "record_run", no_training)
     later = _grid(tmp_path, checkpoints=["best", "last"], **ONE_RUN)
     messages = []
     run_study(later, tmp_path / "runs", tmp_path / "results", log=messages.append, aggregate_after=False)
@@ -405,10 +405,61 @@ def test_an_attack_only_later_seeds_have_is_aggregated_over_those_seeds(tmp_path
 def test_the_regime_pilot_grid_evaluates_best_and_last_and_the_checkpoints_option_is_checked(tmp_path):
     pilot = load_grid(STUDIES / "regime-pilot.yaml")
     assert pilot.checkpoints == ["best", "last"] and set(pilot.runs) == {"trades", "at"} and pilot.seeds == [0]
-    assert pilot.hessian is None and pilot.landscape is None and pilot.outputs == {"n": 1000}
+    assert pilot.hessian is None and pilot.landscape is None and pilot.outputs == study.OutputsSpec(n=1000)
     cfg = run_config(pilot, "at", 0)
     assert cfg.method.name == "at" and not cfg.method.rat and cfg.optim.name == "sgd"
     assert cfg.optim.schedule == "multistep" and cfg.optim.milestones[0] < cfg.train.epochs
     assert cfg.data.val_size == 5000 and cfg.data.train_subset is not None
     with pytest.raises(StudyError, match="checkpoints"):
         _grid(tmp_path, checkpoints=["last"])
+
+
+# ----------------------------------------------------------------------------- the package's seams
+
+
+def test_measurement_blocks_are_typed_specs_with_their_defaults_and_unknown_keys_are_refused(tmp_path):
+    grid = _grid(tmp_path, landscape={"n": 16}, outputs={"n": 32})
+    assert grid.landscape == study.LandscapeSpec(n=16, points=21, span=1.0, adversarial="regenerated")
+    assert grid.hessian == study.HessianSpec(n=8, top_k=1, probes=2, max_iter=3)
+    assert grid.eval == study.EvalSpec(attacks="clean,pgd20", n=64, aa_n=None)
+    assert load_grid(STUDIES / "budget.yaml").hessian is None
+    empty = _grid(tmp_path, eval={}, hessian={})  # as with the untyped blocks: nothing asked, the preset's eval
+    assert empty.hessian is None and empty.eval == study.EvalSpec(attacks=None, n=None, aa_n=None)
+    cfg = run_config(empty, "trades", 0)
+    assert empty.eval.apply(cfg).eval == replace(cfg.eval, n=None, aa_n=None)
+    with pytest.raises(StudyError, match=r"hessian: unknown keys \['prob'\]"):
+        _grid(tmp_path, hessian={"n": 8, "prob": 2})
+    with pytest.raises(StudyError, match="landscape: points must be odd"):
+        _grid(tmp_path, landscape={"points": 4})
+    with pytest.raises(StudyError, match="outputs.n"):
+        _grid(tmp_path, outputs={"n": 0})
+
+
+def test_each_result_file_is_handed_to_on_result_with_its_message(tmp_path, monkeypatch):
+    grid = _grid(tmp_path, seeds=[0], hessian=None)
+    monkeypatch.setattr(study.runner, "run_one", lambda grid, name, seed, out, **kw: {"config": name, "seed": seed})
+    calls = []
+    run_study(grid, tmp_path / "runs", tmp_path / "results", on_result=lambda paths, msg: calls.append((paths, msg)),
+              log=lambda m: None, aggregate_after=False)
+    results = tmp_path / "results"
+    assert calls == [([results / "trades-seed0.json"], "study tiny: result of trades-seed0"),
+                     ([results / "rat-trades-seed0.json"], "study tiny: result of rat-trades-seed0")]
+    assert json.loads((results / "trades-seed0.json").read_text()) == {"config": "trades", "seed": 0}
+
+
+def test_the_command_lines_git_commit_commits_only_the_given_files(tmp_path, monkeypatch):
+    import subprocess
+
+    from ratkit.cli import git_commit
+
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    (tmp_path / "a.json").write_text("{}\n")
+    (tmp_path / "b.json").write_text("{}\n")
+    assert git_commit([Path("a.json")], "study tiny: result of a")
+    log = subprocess.run(["git", "log", "--format=%s", "--name-only"], capture_output=True, text=True).stdout
+    assert log.split() == ["study", "tiny:", "result", "of", "a", "a.json"]
+    assert not git_commit([Path("missing.json")], "nothing")

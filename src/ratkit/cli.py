@@ -263,9 +263,36 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_study(args) -> int:
+def git_commit(paths: list[Path], message: str, *, attempts: int = 5) -> bool:
+    """Commit ``paths`` (and nothing else); retried while another git process holds the lock."""
+    import subprocess
+
+    for attempt in range(attempts):
+        add = subprocess.run(["git", "add", "--", *map(str, paths)], capture_output=True, text=True)
+        commit = subprocess.run(["git", "commit", "-q", "-m", message, "--", *map(str, paths)],
+                                capture_output=True, text=True) if add.returncode == 0 else add
+        if commit.returncode == 0:
+            return True
+        if "index.lock" not in commit.stderr:
+            return False
+        time.sleep(2 + 3 * attempt)
+    return False
+
+
+def _commit_results(log):
+    """``rat study --commit``: the runner's on_result, committing each result file as it is written."""
+
+    def commit(paths: list[Path], message: str) -> None:
+        if not git_commit(paths, message):
+            log(f"{paths[0].stem}: could not commit {', '.join(map(str, paths))}")
+
+    return commit
+
+
+def _study_grid(args):
+    """The grid file (a path, or a name in configs/studies/), the grid and the seeds asked for."""
     from .config import preset_dir
-    from .study import StudyError, load_grid, run_study, run_study_parallel, write_aggregate
+    from .study import StudyError, load_grid
 
     grid_path = Path(args.grid)
     if not grid_path.exists() and not grid_path.suffix:
@@ -275,9 +302,17 @@ def cmd_study(args) -> int:
         seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
     except (StudyError, ValueError) as exc:
         raise UserError(f"--grid/--seeds: {exc}") from None
+    return grid_path, grid, seeds
+
+
+def cmd_study(args) -> int:
+    from .study import StudyError, run_study, run_study_parallel, write_aggregate
+
+    grid_path, grid, seeds = _study_grid(args)
     results = Path(args.results or Path("docs") / "results" / grid.name)
     out = Path(args.out or Path("runs") / f"study-{grid.name}")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
+    common = dict(seeds=seeds, log=log, aggregate_after=not args.no_aggregate, evaluate_only=args.evaluate_only)
     try:
         only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
         if args.jobs < 1:
@@ -285,13 +320,11 @@ def cmd_study(args) -> int:
         if args.aggregate_only:
             result = write_aggregate(grid, results)
         elif args.jobs > 1:
-            result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, seeds=seeds, only=only,
-                                        commit=args.commit, log=log, aggregate_after=not args.no_aggregate,
-                                        evaluate_only=args.evaluate_only)
+            result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, only=only,
+                                        child_args=["--commit"] if args.commit else [], **common)
         else:
-            result = run_study(grid, out, results, seeds=seeds, only=only, commit=args.commit, log=log,
-                               quiet=args.quiet, aggregate_after=not args.no_aggregate,
-                               evaluate_only=args.evaluate_only)
+            result = run_study(grid, out, results, only=only, quiet=args.quiet,
+                               on_result=_commit_results(log) if args.commit else None, **common)
     except StudyError as exc:
         raise UserError(str(exc)) from None
     if args.no_aggregate:

@@ -1,0 +1,36 @@
+"""Result files: one small JSON record per run (``RESULTS/<config>-seed<s>.json``), every number
+and no per-example strings, so that they can be committed and aggregated on any machine."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# the accuracies a record holds, in the order the tables show them ("robust": the worst case per image)
+ACCURACY_KEYS = ("clean", "fgsm", "pgd20", "cw30", "aa", "robust")
+
+
+def report_accuracy(report: dict) -> dict:
+    """The accuracies of an ``evaluate_run`` report as a record stores them (no per-example data)."""
+    accuracy = {k: {"accuracy": a["accuracy"], "n": a["n"], "seconds": a["seconds"]}
+                for k, a in report["attacks"].items()}
+    if report["robust_n"]:
+        accuracy["robust"] = {"accuracy": report["robust_accuracy"], "n": report["robust_n"]}
+    return accuracy
+
+
+def read_results(results_dir: str | os.PathLike) -> list[dict]:
+    """Every run's record in ``results_dir``, by file name.
+
+    >>> records = read_results("docs/results/core")
+    """
+    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*-seed*.json"))]
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write through a temporary file, so that a stopped study never leaves half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
