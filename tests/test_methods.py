@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ratkit.methods import (AT, AWP, MART, RAT, TRADES, NonFiniteLossError, forward_outputs, head_gradient_sums,
-                            head_gradient_sums_autograd, soft_target_table, train_attack, trades_attack)
+from ratkit.attacks import kl_to_target
+from ratkit.methods import (AT, AWP, MART, RAT, TRADES, NonFiniteLossError, Outputs, forward_outputs,
+                            head_gradient_sums, head_gradient_sums_autograd, soft_target_table, train_attack,
+                            trades_attack)
 from ratkit.models import build_model
 
 EPS = 0.1
@@ -288,3 +290,83 @@ def test_every_composition_lowers_its_loss_on_a_fixed_batch(name):
     g = torch.Generator().manual_seed(0)
     losses = [method.step(model, opt, x, y, generator=g).loss.item() for _ in range(25)]
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+# --------------------------------------------------------------------------- the one KL helper
+# The four formulas ratkit had before kl_to_target was the only KL, transcribed as they were;
+# the helper must give the same bits, values and gradients alike.
+
+
+def _former_rat_kl(targets, logits):
+    return (torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def _former_attack_kl(logits, target_probs):
+    log_p = F.log_softmax(logits, dim=1)
+    return (torch.xlogy(target_probs, target_probs) - target_probs * log_p).sum(dim=1)
+
+
+def _former_trades_terms(out):
+    kl = F.kl_div(F.log_softmax(out.logits_adv, dim=1), F.softmax(out.logits_clean, dim=1), reduction="batchmean")
+    return {"natural": F.cross_entropy(out.logits_clean, out.y), "robust": 6.0 * kl}
+
+
+def _former_mart_terms(out):
+    y = out.y
+    adv_probs = F.softmax(out.logits_adv, dim=1)
+    top2 = adv_probs.argsort(dim=1)[:, -2:]
+    runner_up = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    bce = F.cross_entropy(out.logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), runner_up)
+    nat_probs = F.softmax(out.logits_clean, dim=1)
+    true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
+    kl = (torch.xlogy(nat_probs, nat_probs) - nat_probs * torch.log(adv_probs + 1e-12)).sum(dim=1)
+    robust = (kl * (1.0000001 - true_probs)).mean()
+    return {"adv_bce": bce, "robust": 6.0 * robust}
+
+
+def _random_logits(seed, n=64, classes=10):
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(n, 1, generator=g) * 8  # from nearly uniform to nearly one-hot predictions
+    adv = (torch.randn(n, classes, generator=g) * scale).requires_grad_()
+    clean = (torch.randn(n, classes, generator=g) * scale).requires_grad_()
+    return adv, clean, torch.randint(0, classes, (n,), generator=g)
+
+
+def _same_bits(a, b, inputs):
+    """Equal values and equal gradients with respect to every input, bit for bit."""
+    assert torch.equal(a, b)
+    grads_a = torch.autograd.grad(a.sum(), inputs, retain_graph=True, allow_unused=True)
+    grads_b = torch.autograd.grad(b.sum(), inputs, retain_graph=True, allow_unused=True)
+    for ga, gb in zip(grads_a, grads_b):
+        assert (ga is None and gb is None) or torch.equal(ga, gb)
+    assert any(g is not None for g in grads_a)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_kl_helper_gives_the_former_rat_and_attack_kl_to_the_bit(seed):
+    adv, clean, y = _random_logits(seed)
+    soft = soft_target_table(torch.randn(10, generator=torch.Generator().manual_seed(seed)))[y]
+    one_hot = F.one_hot(y, 10).to(adv.dtype)  # zeros in the target: 0 log 0 = 0
+    for target in (soft, one_hot, torch.softmax(clean, 1).detach()):
+        _same_bits(kl_to_target(adv, target, "mean"), _former_rat_kl(target, adv), [adv])
+        _same_bits(kl_to_target(adv, target), _former_attack_kl(adv, target), [adv])
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("base,former", [("trades", _former_trades_terms), ("mart", _former_mart_terms)])
+def test_trades_and_mart_losses_through_the_kl_helper_are_the_former_code_to_the_bit(seed, base, former):
+    adv, clean, y = _random_logits(seed)
+    out = Outputs(y=y, feats_adv=adv, logits_adv=adv, feats_clean=clean, logits_clean=clean)
+    ours, theirs = {"trades": TRADES, "mart": MART}[base]().terms(out), former(out)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        _same_bits(ours[name], theirs[name], [adv, clean])
+    _same_bits(sum(ours.values()), sum(theirs.values()), [adv, clean])
+
+
+def test_the_kl_helper_refuses_unknown_reductions_and_probs_without_log_eps():
+    adv, clean, _ = _random_logits(0, n=4)
+    with pytest.raises(ValueError, match="batchmean"):
+        kl_to_target(adv, torch.softmax(clean, 1), "sum")
+    with pytest.raises(ValueError, match="log_eps"):
+        kl_to_target(adv, torch.softmax(clean, 1), probs=torch.softmax(adv, 1))

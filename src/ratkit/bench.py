@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import dataset_info
-from .methods import AT, AWP, MART, RAT, TRADES, Method, train_attack, trades_attack
+from .methods import BASE_METHODS, Method, compose_method
 from .models import build_model, model_kwargs_for
 
 BENCHMARKS_DIR_ENV = "RAT_BENCHMARKS_DIR"
@@ -124,24 +124,16 @@ def bench_model(settings: BenchSettings, seed: int | None = None) -> nn.Module:
 
 
 def bench_method(name: str, eps: float, attack_steps: int, precision: str = "float32") -> Method:
-    """A library method by its benchmark name, with the paper's hyperparameters."""
-    step_size = eps / 4
+    """A library method by its benchmark name, with the paper's hyperparameters.
+
+    Example: ``bench_method("awp-rat-trades", 8 / 255, 10)`` is AWP(RAT(TRADES)), attack steps of eps / 4."""
     base_name = name.replace("awp-", "").replace("rat-", "").replace("exact-", "")
-    if base_name == "at":
-        method = AT(attack=train_attack(eps, attack_steps, step_size, loss="ce", random_start="uniform",
-                                        precision=precision))
-    elif base_name == "trades":
-        method = TRADES(attack=trades_attack(eps, attack_steps, step_size, precision=precision), beta=6.0)
-    elif base_name == "mart":
-        method = MART(attack=train_attack(eps, attack_steps, step_size, loss="ce", random_start="normal",
-                                          precision=precision), beta=6.0)
-    else:
+    if base_name not in BASE_METHODS:
         raise ValueError(f"unknown benchmark configuration {name!r}; expected one of {', '.join(CONFIGS)}")
-    if "rat-" in name:
-        method = RAT(method, alpha=0.2, sigma=1e-4, taylor="exact-head" if "-exact-" in name else "analytic")
-    if name.startswith("awp-"):
-        method = AWP(method, gamma=5e-3)
-    return method
+    rat = {"alpha": 0.2, "sigma": 1e-4, "taylor": "exact-head" if "-exact-" in name else "analytic"}
+    awp = {"gamma": 5e-3}
+    return compose_method(base_name, eps, steps=attack_steps, step_size=eps / 4, precision=precision, beta=6.0,
+                          rat=rat if "rat-" in name else None, awp=awp if name.startswith("awp-") else None)
 
 
 StepFn = Callable[[nn.Module, torch.optim.Optimizer, Tensor, Tensor, torch.Generator], object]

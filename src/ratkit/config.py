@@ -24,15 +24,14 @@ from typing import Any
 
 import yaml
 
-# choices are declared once, next to the code that implements them
+# choices are declared once, next to the code that implements them; the method's own settings
+# (RAT's, AWP's) are checked by building it (validate)
 from .attacks.pgd import NORMS, PRECISIONS
-from .methods.rat import CLEAN_TERMS, PAIRINGS, TAYLOR_MODES
-from .models.registry import NOISE_TARGETS as NOISE_LAYERS
+from .methods import BASE_METHODS, InvalidSetting, compose_method
 
 DEFAULT_PRESET = "fmnist-cpu"
 CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
 
-METHODS = ("at", "trades", "mart")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -78,7 +77,7 @@ class AttackConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "trades"
+    name: str = "trades"  # a base method: a key of ratkit.methods.BASE_METHODS
     beta: float = 6.0
     rat: bool = True
     alpha: float = 0.2
@@ -332,32 +331,14 @@ def validate(cfg: Config) -> None:
     _choice("attack.norm", a.norm, NORMS)
     _choice("attack.precision", a.precision, PRECISIONS)
 
-    _choice("method.name", me.name, METHODS)
+    _choice("method.name", me.name, tuple(BASE_METHODS))
     _check(me.beta >= 0, "method.beta", "must be >= 0", me.beta)
-    _check(0 <= me.alpha <= 1, "method.alpha", "must be in [0, 1]", me.alpha)
-    _check(me.sigma >= 0, "method.sigma", "must be >= 0", me.sigma)
-    _check(
-        len(me.order) > 0 and set(me.order) <= {1, 2} and len(set(me.order)) == len(me.order),
-        "method.order", "must be a non-empty list of distinct values from {1, 2}", me.order,
-    )
-    _choice("method.pairing", me.pairing, PAIRINGS)
-    _choice("method.clean_terms", me.clean_terms, CLEAN_TERMS)
-    _choice("method.noise_layers", me.noise_layers, NOISE_LAYERS)
-    _choice("method.taylor", me.taylor, TAYLOR_MODES)
-    _check(me.taylor_sigma is None or me.taylor_sigma > 0, "method.taylor_sigma", "must be > 0 or null",
-           me.taylor_sigma)
-    if me.taylor == "exact-head":
-        _check(me.clean_terms == "auto", "method.clean_terms",
-               "applies to the soft-target modes (taylor analytic, autograd); exact-head has gap terms, no targets on "
-               "an output: leave it auto", me.clean_terms)
-        _check(me.pairing == "fixed", "method.pairing",
-               "applies to the soft-target modes (taylor analytic, autograd); exact-head has no soft targets",
-               me.pairing)
-    else:
-        _check(me.taylor_sigma is None, "method.taylor_sigma", "applies only to method.taylor=exact-head",
-               me.taylor_sigma)
-    _check(me.awp_gamma >= 0, "method.awp_gamma", "must be >= 0", me.awp_gamma)
-    _check(me.awp_warmup >= 0, "method.awp_warmup", "must be >= 0", me.awp_warmup)
+    try:  # the constructors check RAT's and AWP's settings (all of them, even a wrapper's that is off)
+        compose_method(**method_settings(cfg, every_wrapper=True))
+    except InvalidSetting as exc:
+        raise ConfigError(f"{_METHOD_FIELD_PREFIX.get(exc.method, 'method.')}{exc.setting}: {exc.rule}") from None
+    except ValueError as exc:
+        raise ConfigError(f"method: {exc}") from None
 
     _choice("optim.name", o.name, OPTIMIZERS)
     _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)
@@ -592,6 +573,24 @@ def resolved_attack(cfg: Config) -> tuple[float, float]:
     return float(eps), float(step)
 
 
+# where a method's settings live in MethodConfig: RAT.alpha is method.alpha, AWP.gamma is method.awp_gamma
+_METHOD_FIELD_PREFIX = {"AWP": "method.awp_"}
+
+
+def method_settings(cfg: Config, every_wrapper: bool = False) -> dict:
+    """The configured method as ``compose_method``'s arguments: ``compose_method(**method_settings(cfg))``.
+
+    ``every_wrapper``: RAT's and AWP's settings even where method.rat or method.awp is off (so
+    that :func:`validate` checks them all, and switching a wrapper on cannot fail later)."""
+    m, a = cfg.method, cfg.attack
+    eps, step_size = resolved_attack(cfg)
+    rat = dict(alpha=m.alpha, sigma=m.sigma, order=tuple(m.order), pairing=m.pairing, noise_layers=m.noise_layers,
+               taylor=m.taylor, taylor_sigma=m.taylor_sigma, clean_terms=m.clean_terms)
+    awp = dict(gamma=m.awp_gamma, warmup=m.awp_warmup)
+    return dict(name=m.name, eps=eps, steps=a.steps, step_size=step_size, norm=a.norm, precision=a.precision,
+                beta=m.beta, rat=rat if m.rat or every_wrapper else None, awp=awp if m.awp or every_wrapper else None)
+
+
 def method_label(cfg: Config) -> str:
     """Short name of the training method, e.g. ``awp-rat-trades``; used in run directory names."""
     parts = []
@@ -619,6 +618,7 @@ __all__ = [
     "list_presets",
     "load_config",
     "method_label",
+    "method_settings",
     "preset_description",
     "preset_dir",
     "resolved_attack",

@@ -34,10 +34,10 @@ from . import distributed
 from .attacks import BatchShard
 from .checkpoint import CheckpointError, _atomic_write_bytes, checkpoint_path, load_model, read_checkpoint, save_model
 from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, method_label,
-                     resolved_attack, save_config)
+                     method_settings, resolved_attack, save_config)
 from .data import augment, dataset_info, iterate_batches, load_dataset, split_train_val
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
-from .methods import AT, AWP, MART, RAT, TRADES, Method, NonFiniteLossError, train_attack, trades_attack
+from .methods import Method, NonFiniteLossError, compose_method
 from .models import build_from_spec, model_kwargs_for, model_spec
 
 
@@ -66,24 +66,10 @@ class TrainingPreempted(TrainingInterrupted):
 
 
 def build_method(cfg: Config) -> Method:
-    """Base method from the config, wrapped in RAT and/or AWP as asked: AWP(RAT(base))."""
-    m, a = cfg.method, cfg.attack
-    eps, step_size = resolved_attack(cfg)
-    if m.name == "at":
-        method = AT(attack=train_attack(eps, a.steps, step_size, a.norm, loss="ce", random_start="uniform",
-                                        precision=a.precision))
-    elif m.name == "trades":
-        method = TRADES(attack=trades_attack(eps, a.steps, step_size, a.norm, precision=a.precision), beta=m.beta)
-    else:
-        method = MART(attack=train_attack(eps, a.steps, step_size, a.norm, loss="ce", random_start="normal",
-                                          precision=a.precision), beta=m.beta)
-    if m.rat:
-        method = RAT(method, alpha=m.alpha, sigma=m.sigma, order=tuple(m.order), pairing=m.pairing,
-                     noise_layers=m.noise_layers, taylor=m.taylor, taylor_sigma=m.taylor_sigma,
-                     clean_terms=m.clean_terms)
-    if m.awp:
-        method = AWP(method, gamma=m.awp_gamma, warmup=m.awp_warmup)
-    return method
+    """Base method from the config, wrapped in RAT and/or AWP as asked: AWP(RAT(base)).
+
+    Example: ``build_method(load_config("fmnist-cpu"))`` is RAT(TRADES) with the preset's settings."""
+    return compose_method(**method_settings(cfg))
 
 
 def model_spec_from_config(cfg: Config, info) -> dict:

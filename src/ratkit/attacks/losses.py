@@ -1,4 +1,7 @@
-"""Per-example attack objectives (higher = stronger attack); reduction is left to the caller."""
+"""Per-example attack objectives (higher = stronger attack); reduction is left to the caller.
+
+Also home of the one KL divergence (``kl_to_target``) that the training losses share, since
+attacks cannot import methods."""
 
 from __future__ import annotations
 
@@ -25,10 +28,36 @@ def cw_margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     return others.amax(dim=1) - true
 
 
-def kl_to_target(logits: Tensor, target_probs: Tensor) -> Tensor:
-    """KL(target || softmax(logits)) per example, summed over classes (TRADES' attack loss)."""
-    log_p = F.log_softmax(logits, dim=1)
-    return (torch.xlogy(target_probs, target_probs) - target_probs * log_p).sum(dim=1)
+KL_REDUCTIONS = ("none", "mean", "batchmean")
+
+
+def kl_to_target(logits: Tensor, target_probs: Tensor, reduction: str = "none", *, log_eps: float | None = None,
+                 probs: Tensor | None = None) -> Tensor:
+    """KL(target || q), q = softmax(logits): the one KL of ratkit (TRADES' attack and loss, MART, RAT).
+
+    ``reduction``: "none" gives the sum over classes per example; "mean" its batch mean (RAT's
+    soft-target terms); "batchmean" the sum over everything divided by the batch size, computed
+    by ``F.kl_div`` as in TRADES' authors' code. The same value, but not the same bits: F.kl_div
+    builds its terms in another order, so its gradient differs from the others' in the last
+    bits, and TRADES' loss stays the authors' to the bit only this way.
+    ``log_eps``: log q is taken as ``log(q + log_eps)`` instead of ``log_softmax(logits)``
+    (MART's authors' code, 1e-12); ``probs`` then passes q where the caller has it already, so
+    that the loss's graph shares it (MART).
+
+    Example: ``kl_to_target(model(x_adv), torch.softmax(model(x), 1), "batchmean")``
+    """
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"unknown KL reduction {reduction!r}; expected one of {KL_REDUCTIONS}")
+    if probs is not None and log_eps is None:
+        raise ValueError("kl_to_target: probs goes with log_eps (without it, log q is log_softmax(logits))")
+    if log_eps is None:
+        log_q = F.log_softmax(logits, dim=1)
+    else:
+        log_q = torch.log((F.softmax(logits, dim=1) if probs is None else probs) + log_eps)
+    if reduction == "batchmean":
+        return F.kl_div(log_q, target_probs, reduction="batchmean")
+    per_example = (torch.xlogy(target_probs, target_probs) - target_probs * log_q).sum(dim=1)
+    return per_example.mean() if reduction == "mean" else per_example
 
 
 def attack_loss(name: str, logits: Tensor, y: Tensor, target_probs: Tensor | None = None,

@@ -1,18 +1,21 @@
 """Training methods: base methods (AT, TRADES, MART) and the wrappers RAT and AWP.
 
-``AWP(RAT(TRADES()))`` reads as what it is.
+``AWP(RAT(TRADES()))`` reads as what it is; ``BASE_METHODS`` names the base methods and
+``compose_method`` builds any composition from settings (what the config and the benchmark use).
 """
 
 from .at import AT
 from .awp import AWP
-from .base import BaseMethod, LossOutput, Method, NonFiniteLossError, Outputs, forward_outputs, train_attack
+from .base import (BaseMethod, InvalidSetting, LossOutput, Method, NonFiniteLossError, Outputs, forward_outputs,
+                   train_attack)
 from .mart import MART
-from .rat import (RAT, head_gradient_sums, head_gradient_sums_autograd, head_taylor_statistics, kl_from_targets,
-                  soft_target_table)
+from .rat import RAT, head_gradient_sums, head_gradient_sums_autograd, head_taylor_statistics, soft_target_table
+from .registry import BASE_METHODS, compose_method
 from .trades import TRADES, trades_attack
 
 __all__ = [
-    "AT", "TRADES", "MART", "RAT", "AWP", "Method", "BaseMethod", "LossOutput", "Outputs", "NonFiniteLossError",
+    "AT", "TRADES", "MART", "RAT", "AWP", "BASE_METHODS", "compose_method", "Method", "BaseMethod", "LossOutput",
+    "Outputs", "NonFiniteLossError", "InvalidSetting",
     "forward_outputs", "train_attack", "trades_attack", "head_gradient_sums", "head_gradient_sums_autograd",
-    "head_taylor_statistics", "soft_target_table", "kl_from_targets",
+    "head_taylor_statistics", "soft_target_table",
 ]

@@ -8,16 +8,24 @@ from typing import ClassVar
 import torch.nn.functional as F
 
 from ..attacks import PGDConfig
-from .base import BaseMethod, Outputs, train_attack
+from .base import BaseMethod, Outputs
 
 
 @dataclass
 class AT(BaseMethod):
-    """PGD-AT: uniform random start, cross-entropy attack, loss CE(f(x_adv), y)."""
+    """PGD-AT: uniform random start, cross-entropy attack, loss CE(f(x_adv), y).
 
-    attack: PGDConfig = field(default_factory=lambda: train_attack(8 / 255, loss="ce", random_start="uniform"))
+    Example::
+
+        method = AT(attack=AT.training_attack(8 / 255, steps=10))  # or AT.from_settings(8 / 255)
+        method.step(model, optimizer, x, y)
+    """
+
+    attack: PGDConfig = field(default_factory=lambda: AT.training_attack(8 / 255))
     needs_clean: ClassVar[bool] = False
     primary_term: ClassVar[str] = "adv_ce"
+    attack_objective: ClassVar[str] = "ce"
+    attack_start: ClassVar[str] = "uniform"
 
     def terms(self, out: Outputs):
         return {"adv_ce": F.cross_entropy(out.logits_adv, out.y)}

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import any_rank, average, unwrap
-from .base import LossOutput, Method, NonFiniteLossError
+from .base import InvalidSetting, LossOutput, Method, NonFiniteLossError
 
 _EPS = 1e-20
 
@@ -45,6 +45,15 @@ def perturbed_weights(model: nn.Module) -> list[nn.Parameter]:
 
 @dataclass
 class AWP(Method):
+    """AWP around ``method`` (any method, RAT included): ``gamma`` is the perturbation's size
+    relative to each weight's norm; no perturbation in the first ``warmup`` epochs.
+
+    Example::
+
+        method = AWP(RAT(TRADES()), gamma=5e-3)
+        method.step(model, optimizer, x, y, epoch=epoch)
+    """
+
     method: Method = field(default=None)  # type: ignore[assignment]
     gamma: float = 5e-3
     warmup: int = 0
@@ -52,8 +61,10 @@ class AWP(Method):
     def __post_init__(self) -> None:
         if not isinstance(self.method, Method):
             raise TypeError(f"AWP wraps a method, got {type(self.method).__name__}")
-        if self.gamma < 0 or self.warmup < 0:
-            raise ValueError(f"AWP needs gamma >= 0 and warmup >= 0, got {self.gamma}, {self.warmup}")
+        if self.gamma < 0:
+            raise InvalidSetting("AWP", "gamma", f"must be >= 0, got {self.gamma}")
+        if self.warmup < 0:
+            raise InvalidSetting("AWP", "warmup", f"must be >= 0 (epochs), got {self.warmup}")
 
     def craft(self, model, x, y, *, generator=None, shard=None):
         return self.method.craft(model, x, y, generator=generator, shard=shard)

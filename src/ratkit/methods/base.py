@@ -8,6 +8,7 @@ the trainer calls and AWP overrides.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
 
@@ -21,6 +22,15 @@ from ..modes import model_mode
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the step was not applied."""
+
+
+class InvalidSetting(ValueError):
+    """A method refused one of its settings; ``method`` and ``setting`` name it (``"RAT"``,
+    ``"alpha"``) and ``rule`` says why, so that the config can name its own field."""
+
+    def __init__(self, method: str, setting: str, rule: str) -> None:
+        super().__init__(f"{method}.{setting} {rule}")
+        self.method, self.setting, self.rule = method, setting, rule
 
 
 @dataclass
@@ -104,12 +114,35 @@ class BaseMethod(Method):
     ``needs_clean`` says whether the terms use the clean logits; ``labels_clean`` whether a
     term fits the clean output to the labels (TRADES' clean cross-entropy), which decides
     whether RAT's clean-output terms are safe (``RAT.clean_terms="auto"``).
+    ``attack_objective`` and ``attack_start`` are the recipe of the method's training attack
+    (its paper's attack loss and random start), which ``training_attack`` and ``from_settings``
+    apply to any threat model.
     """
 
     attack: PGDConfig = field(default_factory=lambda: train_attack(8 / 255))
     needs_clean: ClassVar[bool] = True
     labels_clean: ClassVar[bool] = False
     primary_term: ClassVar[str] = ""
+    attack_objective: ClassVar[str] = "ce"
+    attack_start: ClassVar[str] = "uniform"
+
+    @classmethod
+    def training_attack(cls, eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
+                        precision: str = "float32") -> PGDConfig:
+        """This method's training attack for a threat model: ``MART.training_attack(8 / 255)``."""
+        return train_attack(eps, steps, step_size, norm, loss=cls.attack_objective, random_start=cls.attack_start,
+                            precision=precision)
+
+    @classmethod
+    def from_settings(cls, eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
+                      precision: str = "float32", **hyperparameters) -> BaseMethod:
+        """The method with its training attack and those ``hyperparameters`` it has as fields (the
+        others are left out: a config's ``beta`` means nothing to AT).
+
+        Example: ``TRADES.from_settings(8 / 255, steps=10, beta=6.0)``"""
+        own = {f.name for f in dataclasses.fields(cls)} - {"attack"}
+        return cls(attack=cls.training_attack(eps, steps, step_size, norm, precision),
+                   **{k: v for k, v in hyperparameters.items() if k in own})
 
     def craft(self, model, x, y, *, generator=None, shard=None, params: Mapping[str, Tensor] | None = None):
         return pgd(unwrap(model), x, y, self.attack, params=params, generator=generator, shard=shard)

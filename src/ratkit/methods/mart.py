@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..attacks import PGDConfig
-from .base import BaseMethod, Outputs, train_attack
+from ..attacks import PGDConfig, kl_to_target
+from .base import BaseMethod, Outputs
 
 
 @dataclass
@@ -18,12 +18,19 @@ class MART(BaseMethod):
 
     MART has no clean cross-entropy term; under RAT its adversarial classification term
     ("adv_bce") takes the (1 - alpha) weight, as PGD-AT's adversarial CE does.
+
+    Example::
+
+        method = MART(attack=MART.training_attack(8 / 255, steps=10), beta=6.0)
+        method.step(model, optimizer, x, y)
     """
 
-    attack: PGDConfig = field(default_factory=lambda: train_attack(8 / 255, loss="ce", random_start="normal"))
+    attack: PGDConfig = field(default_factory=lambda: MART.training_attack(8 / 255))
     beta: float = 6.0
     needs_clean: ClassVar[bool] = True
     primary_term: ClassVar[str] = "adv_bce"
+    attack_objective: ClassVar[str] = "ce"
+    attack_start: ClassVar[str] = "normal"
 
     def terms(self, out: Outputs):
         y = out.y
@@ -33,6 +40,6 @@ class MART(BaseMethod):
         bce = F.cross_entropy(out.logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), runner_up)
         nat_probs = F.softmax(out.logits_clean, dim=1)
         true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
-        kl = (torch.xlogy(nat_probs, nat_probs) - nat_probs * torch.log(adv_probs + 1e-12)).sum(dim=1)
+        kl = kl_to_target(out.logits_adv, nat_probs, log_eps=1e-12, probs=adv_probs)
         robust = (kl * (1.0000001 - true_probs)).mean()
         return {"adv_bce": bce, "robust": self.beta * robust}

@@ -35,10 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attacks import kl_to_target
 from ..distributed import active, average, unwrap
 from ..models import noise_target_names
+from ..models.registry import NOISE_TARGETS
 from ..weights import gaussian_noisy_params
-from .base import BaseMethod, LossOutput, Method, Outputs, forward_outputs
+from .base import BaseMethod, InvalidSetting, LossOutput, Method, Outputs, forward_outputs
 
 PAIRINGS = ("fixed", "reference")
 TAYLOR_MODES = ("analytic", "autograd", "exact-head")
@@ -102,18 +104,19 @@ def soft_target_table(gap: Tensor, keep: float | None = None) -> Tensor:
     return keep * eye + (1 - keep) * spread
 
 
-def kl_from_targets(targets: Tensor, logits: Tensor) -> Tensor:
-    """KL(targets || softmax(logits)), summed over classes, averaged over the batch."""
-    return (torch.xlogy(targets, targets) - targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
 @dataclass
 class RAT(Method):
     """Randomized Adversarial Training around ``base`` (AT, TRADES or MART).
 
     ``taylor``: "analytic" (default) and "autograd" are the authors' soft-target terms (the head
     statistics by closed form or by autograd, the same numbers); "exact-head" the last layer's
-    Taylor terms themselves (``exact_head_terms``)."""
+    Taylor terms themselves (``exact_head_terms``).
+
+    Example::
+
+        method = RAT(TRADES(attack=trades_attack(8 / 255)), alpha=0.2, sigma=1e-4)
+        method.step(model, optimizer, x, y)
+    """
 
     base: BaseMethod = field(default=None)  # type: ignore[assignment]
     alpha: float = 0.2
@@ -135,32 +138,39 @@ class RAT(Method):
     def __post_init__(self) -> None:
         if not isinstance(self.base, BaseMethod):
             raise TypeError(f"RAT wraps a base method (AT, TRADES, MART), got {type(self.base).__name__}")
+
+        def refuse(setting: str, rule: str) -> InvalidSetting:
+            return InvalidSetting("RAT", setting, rule)
+
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"RAT.alpha must be in [0, 1], got {self.alpha}")
+            raise refuse("alpha", f"must be in [0, 1], got {self.alpha}")
         if self.sigma < 0:
-            raise ValueError(f"RAT.sigma must be >= 0, got {self.sigma}")
+            raise refuse("sigma", f"must be >= 0, got {self.sigma}")
         self.order = tuple(self.order)
         if not self.order or not set(self.order) <= {1, 2} or len(set(self.order)) != len(self.order):
-            raise ValueError(f"RAT.order must be a non-empty subset of (1, 2), got {self.order}")
+            raise refuse("order", f"must be a non-empty subset of (1, 2) without repeats, got {self.order}")
         if self.pairing not in PAIRINGS:
-            raise ValueError(f"RAT.pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+            raise refuse("pairing", f"must be one of {PAIRINGS}, got {self.pairing!r}")
+        if self.noise_layers not in NOISE_TARGETS:
+            raise refuse("noise_layers", f"must be one of {NOISE_TARGETS}, got {self.noise_layers!r}")
         if self.taylor not in TAYLOR_MODES:
-            raise ValueError(f"RAT.taylor must be one of {TAYLOR_MODES}, got {self.taylor!r}")
+            raise refuse("taylor", f"must be one of {TAYLOR_MODES}, got {self.taylor!r}")
         if self.clean_terms not in CLEAN_TERMS:
-            raise ValueError(f"RAT.clean_terms must be one of {CLEAN_TERMS}, got {self.clean_terms!r}")
+            raise refuse("clean_terms", f"must be one of {CLEAN_TERMS}, got {self.clean_terms!r}")
         if self.taylor_sigma is not None and not self.taylor_sigma > 0:
-            raise ValueError(f"RAT.taylor_sigma must be > 0 or None, got {self.taylor_sigma}")
+            raise refuse("taylor_sigma", f"must be > 0 or None, got {self.taylor_sigma}")
         if self.taylor == "exact-head":
             # settings of the soft targets have no meaning here: refuse them rather than ignore them
             if self.clean_terms != "auto":
-                raise ValueError(f"RAT.clean_terms applies to the soft-target modes {SOFT_TARGET_MODES}; "
-                                 f"taylor='exact-head' has gap terms, no targets on an output: leave it 'auto', "
-                                 f"got {self.clean_terms!r}")
+                raise refuse("clean_terms", f"applies to the soft-target modes {SOFT_TARGET_MODES}; "
+                                            f"taylor='exact-head' has gap terms, no targets on an output: "
+                                            f"leave it 'auto', got {self.clean_terms!r}")
             if self.pairing != "fixed":
-                raise ValueError(f"RAT.pairing applies to the soft-target modes {SOFT_TARGET_MODES}; "
-                                 f"taylor='exact-head' has no soft targets, got {self.pairing!r}")
+                raise refuse("pairing", f"applies to the soft-target modes {SOFT_TARGET_MODES}; "
+                                        f"taylor='exact-head' has no soft targets, got {self.pairing!r}")
         elif self.taylor_sigma is not None:
-            raise ValueError(f"RAT.taylor_sigma applies only to taylor='exact-head', got taylor={self.taylor!r}")
+            raise refuse("taylor_sigma", f"applies only to taylor='exact-head', got {self.taylor_sigma} "
+                                         f"with taylor={self.taylor!r}")
 
     @property
     def uses_clean_terms(self) -> bool:
@@ -203,8 +213,8 @@ class RAT(Method):
         y, terms, clean = out.y, {}, self.uses_clean_terms
 
         def pair(to_adv: Tensor, to_clean: Tensor) -> Tensor:
-            term = kl_from_targets(to_adv, out.logits_adv)
-            return term + kl_from_targets(to_clean, out.logits_clean) if clean else term
+            term = kl_to_target(out.logits_adv, to_adv, "mean")
+            return term + kl_to_target(out.logits_clean, to_clean, "mean") if clean else term
 
         if 1 in self.order:
             t1_nat, t1_adv = s_nat.abs(), s_adv.abs()

@@ -7,27 +7,35 @@ from typing import ClassVar
 
 import torch.nn.functional as F
 
-from ..attacks import PGDConfig
-from .base import BaseMethod, Outputs, train_attack
+from ..attacks import PGDConfig, kl_to_target
+from .base import BaseMethod, Outputs
 
 
 def trades_attack(eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
                   precision: str = "float32") -> PGDConfig:
-    """TRADES' attack: KL to the clean prediction, start x + 0.001 N(0, 1), eval mode."""
-    return train_attack(eps, steps, step_size, norm, loss="kl", random_start="normal", precision=precision)
+    """TRADES' attack: KL to the clean prediction, start x + 0.001 N(0, 1), eval mode
+    (``TRADES.training_attack``, kept as a function for scripts: ``trades_attack(8 / 255)``)."""
+    return TRADES.training_attack(eps, steps, step_size, norm, precision)
 
 
 @dataclass
 class TRADES(BaseMethod):
-    """The clean logits are computed once and reused by both terms (the original recomputes them)."""
+    """The clean logits are computed once and reused by both terms (the original recomputes them).
 
-    attack: PGDConfig = field(default_factory=lambda: trades_attack(8 / 255))
+    Example::
+
+        method = TRADES(attack=trades_attack(8 / 255, steps=10), beta=6.0)
+        method.step(model, optimizer, x, y)
+    """
+
+    attack: PGDConfig = field(default_factory=lambda: TRADES.training_attack(8 / 255))
     beta: float = 6.0
     needs_clean: ClassVar[bool] = True
     labels_clean: ClassVar[bool] = True
     primary_term: ClassVar[str] = "natural"
+    attack_objective: ClassVar[str] = "kl"
+    attack_start: ClassVar[str] = "normal"
 
     def terms(self, out: Outputs):
-        kl = F.kl_div(F.log_softmax(out.logits_adv, dim=1), F.softmax(out.logits_clean, dim=1),
-                      reduction="batchmean")
+        kl = kl_to_target(out.logits_adv, F.softmax(out.logits_clean, dim=1), "batchmean")
         return {"natural": F.cross_entropy(out.logits_clean, out.y), "robust": self.beta * kl}
