@@ -24,7 +24,7 @@ class UserError(Exception):
 
 
 def resolve_device(name: str) -> torch.device:
-    from .train import resolve_device as resolve
+    from .device import resolve_device as resolve
 
     try:
         return resolve(name)

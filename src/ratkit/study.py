@@ -162,7 +162,8 @@ def record_run(grid: StudyGrid, name: str, seed: int, run_dir: Path, *, quiet: b
     another machine without its ``last`` checkpoint (the record says where the evaluation ran);
     a grid's ``last`` is then left out, and added later when the checkpoint is there."""
     from .bench import environment
-    from .train import evaluate_run, resolve_device
+    from .device import resolve_device
+    from .train import evaluate_run
 
     cfg = run_config(grid, name, seed)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
@@ -217,7 +218,8 @@ def add_measurement(grid: StudyGrid, record: dict, kind: str, run_dir: Path, *, 
                     log: Callable[[str], None] = print) -> None:
     """Measure ``kind`` (one of MEASUREMENTS) on its checkpoint (``measurement_checkpoint``) into ``record``."""
     from .analysis import load_checkpoint_examples, output_statistics, run_hessian, run_landscape
-    from .train import evaluate_run, resolve_device
+    from .device import resolve_device
+    from .train import evaluate_run
 
     cfg = run_config(grid, record["config"], record["seed"])
     device, seed = str(resolve_device(cfg.train.device)), record["seed"]
