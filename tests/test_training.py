@@ -63,7 +63,7 @@ def test_stop_conditions_raise_the_request_at_the_step_boundary(tmp_path):
     stops.interrupt.request = StepBoundaryInterrupt.CTRL_C
     with pytest.raises(KeyboardInterrupt) as caught:
         stops.honour_requests()
-    assert type(caught.value) is KeyboardInterrupt  # Ctrl-C: not resumable-by-scheduler
+    assert type(caught.value) is KeyboardInterrupt  # Ctrl-C, not a preemption
     assert not stops.budget_reached(Progress(train_seconds=9.0))
     assert stops.budget_reached(Progress(train_seconds=10.0))
     assert not stops.budget_reached(Progress(train_seconds=10.0, step_in_epoch=3))  # an epoch is finished first
