@@ -25,7 +25,7 @@ class UserError(Exception):
 
 
 def resolve_device(name: str) -> torch.device:
-    from .train import resolve_device as resolve
+    from .device import resolve_device as resolve
 
     try:
         return resolve(name)
@@ -412,8 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
                               f"130 Ctrl-C (progress saved the same way).")
     p.add_argument("--config", default=None, help="preset name in configs/ or a YAML file (default: fmnist-cpu)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config field, e.g. --set optim.lr=0.05 (repeatable)")
-    p.add_argument("--method", choices=("at", "trades", "mart"), default=None)
+                   help="override any config field, e.g. --set optim.lr=0.05 (repeatable); VALUE is parsed as "
+                        "YAML (null, true, [1, 2], quoted strings), unlike the other flags, which are typed")
+    from .methods import BASE_METHODS
+
+    p.add_argument("--method", choices=tuple(BASE_METHODS), default=None, help="the base method")
     p.add_argument("--rat", dest="rat", action="store_true", default=None, help="wrap the method in RAT")
     p.add_argument("--no-rat", dest="rat", action="store_false", help="train the base method alone")
     p.add_argument("--awp", dest="awp", action="store_true", default=None, help="wrap in AWP")

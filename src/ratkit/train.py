@@ -1,4 +1,8 @@
-"""The trainer: epoch loop, validation-based checkpoint selection, exact resume, logging.
+"""The trainer: the epoch loop (:class:`Trainer`) and :func:`train`, which starts or resumes a run.
+
+The loop hands over at step and epoch boundaries to its observers in :mod:`ratkit.training`:
+the run log (console, metrics.jsonl, TensorBoard, curves.png), the ``last`` and ``best``
+checkpoints, and the stop conditions (time budget, non-finite loss, Ctrl-C, preemption).
 
 Every run directory holds ``config.yaml``, ``metrics.jsonl``, ``best.*`` (by validation
 robust accuracy, never the test set), ``last.*`` (everything needed to resume), ``eval.json``
@@ -17,49 +21,33 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .attacks import BatchShard
-from .checkpoint import CheckpointError, _atomic_write_bytes, checkpoint_path, load_model, read_checkpoint, save_model
+from .checkpoint import CheckpointError, _atomic_write_bytes, checkpoint_path, load_model, read_checkpoint
 from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, method_label,
                      method_settings, resolved_attack, save_config)
 from .data import augment, dataset_info, iterate_batches, load_dataset, split_train_val
+from .device import resolve_device
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
 from .methods import Method, NonFiniteLossError, compose_method
 from .models import build_from_spec, model_kwargs_for, model_spec
 
-
-class TrainingStopped(Exception):
-    """Training stopped early (non-finite loss); the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training; the progress so far is saved in ``run_dir/last``."""
-
-    def __init__(self, run_dir: Path):
-        super().__init__(str(run_dir))
-        self.run_dir = run_dir
-
-
-class TrainingPreempted(TrainingInterrupted):
-    """SIGTERM or SIGUSR1 (a scheduler's notice) during training: ``last`` is saved at a step
-    boundary and the run is resumable; ``rat train`` exits 75 so a job script can requeue it."""
-
-    def __init__(self, run_dir: Path, signal_name: str):
-        super().__init__(run_dir)
-        self.signal_name = signal_name
+# the trainer's observers and state (ratkit.training); imported here, also for the callers of ratkit.train
+from .training.checkpoints import BestCheckpoint, LastCheckpoint
+from .training.collapse import robust_collapse
+from .training.run_log import RunLog, plot_curves
+from .training.state import EpochSums, Progress
+from .training.stopping import (StepBoundaryInterrupt, StopConditions, TrainingInterrupted, TrainingPreempted,
+                                TrainingStopped)
 
 
 # ----------------------------------------------------------------------------- building
@@ -135,131 +123,12 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     return lr
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when available; asking for CUDA without it is a ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but torch.cuda.is_available() is False")
-    return device
-
-
-def robust_collapse(history: list[dict], margin: float | None, epochs: int) -> str | None:
-    """A warning when validation PGD-20 has stayed more than ``margin`` points below its best for
-    the last ``epochs`` epochs (None otherwise): a model whose robustness collapses while its
-    clean accuracy rises is usually masking gradients (docs/method.md, RAT on bases without a
-    clean term), and the best checkpoint then comes from an early epoch.
-
-    Example: ``robust_collapse(trainer.progress.history, margin=5.0, epochs=2)``.
-    """
-    rows = [r for r in history if "val_pgd20" in r]
-    if margin is None or len(rows) <= epochs:
-        return None
-    best = max(rows, key=lambda r: r["val_pgd20"])
-    recent = rows[-epochs:]
-    if any(best is r for r in recent) or any(100 * (best["val_pgd20"] - r["val_pgd20"]) <= margin for r in recent):
-        return None
-    last = rows[-1]
-    return (f"validation PGD-20 {100 * last['val_pgd20']:.2f}% at epoch {last['epoch']} has been more than "
-            f"{margin:g} points below its best ({100 * best['val_pgd20']:.2f}% at epoch {best['epoch']}) "
-            f"for {epochs} epochs: robust accuracy is collapsing")
-
-
 def epoch_order_generator(seed: int, epoch: int) -> torch.Generator:
     """The data order of an epoch depends only on (seed, epoch)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-# ----------------------------------------------------------------------------- state I/O
-
-
-def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, entry in state["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"optim/{idx}/{key}"] = value
-            else:
-                scalars[f"{idx}/{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim/"):
-            _, idx, key = name.split("/", 2)
-            state.setdefault(int(idx), {})[key] = value
-    for name, value in meta["scalars"].items():
-        idx, key = name.split("/", 1)
-        state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved with ``last`` so a resume continues exactly here."""
-
-    epoch: int = 0            # the epoch in progress (or the next one, if step_in_epoch == 0)
-    step_in_epoch: int = 0
-    global_step: int = 0
-    best_val_robust: float = -1.0
-    best_epoch: int = -1
-    train_seconds: float = 0.0  # seconds of training steps over the whole run, resumes included
-    partial: dict | None = None  # running sums of the interrupted epoch
-    history: list | None = None
-
-
 # ----------------------------------------------------------------------------- the loop
-
-
-class StepBoundaryInterrupt:
-    """Turn Ctrl-C, SIGTERM and SIGUSR1 into a request honoured after the current training step,
-    so the saved progress is always a consistent step boundary.
-
-    Ctrl-C asks to stop (``request == CTRL_C``); a second Ctrl-C interrupts at once. SIGTERM,
-    and SIGUSR1 that a scheduler can be told to send ahead of its time limit (SLURM
-    ``--signal=USR1@120``), ask for a resumable stop (``PREEMPT``). Repeats of those are ignored:
-    a scheduler may send the notice and then SIGTERM, and the step must still finish."""
-
-    NONE, CTRL_C, PREEMPT = 0, 1, 2
-    SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
-
-    def __init__(self) -> None:
-        self.request = self.NONE
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.request != self.NONE
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT:
-            if self.requested:
-                raise KeyboardInterrupt
-            self.request, self.signal_name = self.CTRL_C, "SIGINT"
-        else:
-            self.request, self.signal_name = self.PREEMPT, signal.Signals(signum).name
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                if hasattr(signal, name):  # no SIGUSR1 on Windows
-                    self._previous[name] = signal.signal(getattr(signal, name), self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for name, previous in self._previous.items():
-            signal.signal(getattr(signal, name), previous)
-        self._previous = {}
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -268,99 +137,93 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.data.dataset}-{method_label(cfg)}-seed{cfg.train.seed}-{stamp}"
 
 
+def run_meta(cfg: Config) -> dict:
+    """The metadata every checkpoint of a run carries besides its model: dataset, config, method."""
+    return {"dataset": cfg.data.dataset, "config": config_to_dict(cfg), "method": method_label(cfg)}
+
+
+def _rank_and_device(cfg: Config) -> tuple[distributed.Rank, torch.device]:
+    """This process's rank (joining torchrun's process group) and its device; the batch must
+    divide among the ranks."""
+    device = resolve_device(cfg.train.device)
+    rank = distributed.init_from_environment(device.type)
+    if cfg.train.batch_size % rank.world_size:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not divide among {rank.world_size} ranks")
+    return rank, distributed.rank_device(device, rank)
+
+
+def _training_data(cfg: Config):
+    """The run's training and validation splits (the training split cut to ``data.train_subset``)
+    and the dataset's info."""
+    full = load_dataset(cfg.data.dataset, "train", data_dir=cfg.data.data_dir)
+    train_data, val_data = split_train_val(full, cfg.data.val_size, cfg.train.seed)
+    if cfg.data.train_subset is not None:
+        train_data = train_data.first(cfg.data.train_subset)
+    return train_data, val_data, full.info
+
+
+def _placed_model(cfg: Config, info, device: torch.device, rank: distributed.Rank) -> tuple[nn.Module, dict, nn.Module]:
+    """The run's model on ``device``, its spec, and the model the method trains: under torchrun
+    DistributedDataParallel, which averages the gradients over the ranks' shards."""
+    model, spec = build_model_from_config(cfg, info)
+    if rank.distributed and cfg.train.sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA (DistributedDataParallel refuses it on CPU)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if not rank.distributed:
+        return model, spec, model
+    return model, spec, DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def step_sums(out, ys: Tensor, seconds: float) -> EpochSums:
+    """The sums of one step (``out``, the method's LossOutput on labels ``ys``) over the examples
+    of every rank; ``seconds`` is how long the step took."""
+    names = list(out.terms)
+    local = torch.stack([t.double() for t in (
+        out.loss.detach() * len(ys), (out.outputs.logits_adv.argmax(1) == ys).sum(),
+        torch.tensor(float(len(ys)), device=ys.device), *[out.terms[k].detach() * len(ys) for k in names])])
+    loss_sum, correct, seen, *term_sums = distributed.all_reduce_sum(local).tolist()
+    return EpochSums(loss_sum, int(correct), int(seen), seconds, dict(zip(names, term_sums)))
+
+
 class Trainer:
-    """Owns one run: data, model, method, optimizer, generators, run directory."""
+    """Owns one run: data, model, method, optimizer, generators, run directory. The loop trains;
+    at step and epoch boundaries it hands over to ``log`` (:class:`RunLog`), ``last`` and
+    ``best`` (:class:`LastCheckpoint`, :class:`BestCheckpoint`) and ``stops`` (:class:`StopConditions`).
+
+    Example: ``Trainer(cfg, run_dir).fit()`` (:func:`train` adds resuming and signals).
+    """
 
     def __init__(self, cfg: Config, run_dir: Path, *, quiet: bool = False,
                  on_step: Callable[[Progress], None] | None = None):
         self.cfg, self.run_dir, self.quiet, self.on_step = cfg, Path(run_dir), quiet, on_step
-        self.device = resolve_device(cfg.train.device)
-        self.rank = distributed.init_from_environment(self.device.type)
-        self.device = distributed.rank_device(self.device, self.rank)
-        if cfg.train.batch_size % self.rank.world_size:
-            raise ConfigError(f"train.batch_size: {cfg.train.batch_size} does not divide among "
-                              f"{self.rank.world_size} ranks")
+        self.rank, self.device = _rank_and_device(cfg)
         seed = cfg.train.seed
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        full = load_dataset(cfg.data.dataset, "train", data_dir=cfg.data.data_dir)
-        self.train_data, self.val_data = split_train_val(full, cfg.data.val_size, seed)
-        if cfg.data.train_subset is not None:
-            self.train_data = self.train_data.first(cfg.data.train_subset)
-        self.info = full.info
-        self.model, self.spec = build_model_from_config(cfg, self.info)
-        if self.rank.distributed and cfg.train.sync_bn:
-            if self.device.type != "cuda":
-                raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA (DistributedDataParallel refuses it on CPU)")
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
-        if cfg.train.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        # the model the method trains: DDP averages the gradients over the ranks' shards
-        self.train_model = self.model
-        if self.rank.distributed:
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.train_data, self.val_data, self.info = _training_data(cfg)
+        self.model, self.spec, self.train_model = _placed_model(cfg, self.info, self.device, self.rank)
         self.method = build_method(cfg)
         self.optimizer = build_optimizer(cfg, self.model)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
-        self.x = self.train_data.x.to(self.device)
-        self.y = self.train_data.y.to(self.device)
         self.steps_per_epoch = max(1, len(self.train_data) // cfg.train.batch_size)
         self.progress = Progress(history=[])
-        self.tb = _tensorboard_writer(self.run_dir) if self.rank.is_main else None
-        self.interrupt: StepBoundaryInterrupt | None = None
-        self.saved_at_s = 0.0  # progress.train_seconds when `last` was last written
-
-    # -- checkpoints ---------------------------------------------------------------------
-
-    def _meta(self) -> dict:
-        return {"dataset": self.cfg.data.dataset, "config": config_to_dict(self.cfg),
-                "method": method_label(self.cfg)}
-
-    def save_last(self) -> None:
-        tensors, optim_meta = _optimizer_to_tensors(self.optimizer)
-        tensors["rng/torch"] = torch.get_rng_state()
-        tensors["rng/generator"] = self.generator.get_state()
-        if self.device.type == "cuda":
-            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {**self._meta(), "progress": vars(self.progress), "optimizer": optim_meta}
-        save_model(self.run_dir / "last", self.model, self.spec, meta, tensors)
-        self.saved_at_s = self.progress.train_seconds
+        main, meta = self.rank.is_main, run_meta(cfg)  # one writer: checkpoints, logs and prints come from rank 0
+        self.log = RunLog(self.run_dir, epochs=cfg.train.epochs, quiet=quiet, main=main)
+        self.last = LastCheckpoint(self.run_dir, self.model, self.spec, self.optimizer, self.generator, self.device,
+                                   meta, main=main, every_s=cfg.train.checkpoint_every_s)
+        self.best = BestCheckpoint(self.run_dir, self.model, self.spec, meta, validated=len(self.val_data) > 0,
+                                   main=main)
+        self.stops = StopConditions(self.run_dir, self.device, time_budget_s=cfg.train.time_budget_s)
 
     def restore_last(self) -> None:
-        tensors, meta = read_checkpoint(self.run_dir / "last", self.device)
-        state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        self.model.load_state_dict(state)
-        _optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
-        torch.set_rng_state(tensors["rng/torch"].cpu())
-        self.generator.set_state(tensors["rng/generator"].cpu())
-        if "rng/cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
-        self.progress = Progress(**meta["progress"])
-        self.saved_at_s = self.progress.train_seconds
-        # metrics.jsonl may hold an epoch logged after the last checkpoint (kill -9): rewrite it
-        if self.rank.is_main:
-            self._write_metrics_file()
-
-    def _write_metrics_file(self) -> None:
-        with open(self.run_dir / "metrics.jsonl", "w") as f:
-            for row in self.progress.history:
-                f.write(json.dumps(row) + "\n")
-
-    def honour_stop_request(self) -> None:
-        """Stop every rank at this step boundary if any rank was asked to (the strongest request
-        wins): Ctrl-C raises KeyboardInterrupt, SIGTERM/SIGUSR1 :class:`TrainingPreempted`."""
-        local = self.interrupt.request if self.interrupt is not None else StepBoundaryInterrupt.NONE
-        request = distributed.max_over_ranks(local, self.device)
-        if request == StepBoundaryInterrupt.PREEMPT:
-            name = self.interrupt.signal_name if local == request else "a signal on another rank"
-            raise TrainingPreempted(self.run_dir, name)
-        if request != StepBoundaryInterrupt.NONE:
-            raise KeyboardInterrupt
-
-    # -- one epoch -----------------------------------------------------------------------
+        """Continue from ``run_dir/last``; metrics.jsonl is rewritten from the history saved there."""
+        self.progress = self.last.restore()
+        self.log.rewrite(self.progress.history)
 
     def _validate(self) -> dict:
         if len(self.val_data) == 0:
@@ -372,162 +235,93 @@ class Trainer:
                           split="val", seed=self.cfg.train.seed, quiet=True)
         return {"val_clean": report.attacks["clean"].accuracy, "val_pgd20": report.attacks["pgd20"].accuracy}
 
-    def run_epoch(self, epoch: int) -> dict:
-        from .progress import progress
+    # -- one epoch -----------------------------------------------------------------------
 
+    def run_epoch(self, epoch: int) -> dict:
+        """Train ``epoch`` (0-based; its rest, when resumed mid-epoch); the training part of its metrics row."""
         cfg, p = self.cfg, self.progress
-        sums = p.partial or {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "terms": {}}
-        order = epoch_order_generator(cfg.train.seed, epoch)
-        batches = iterate_batches(self.train_data, cfg.train.batch_size, shuffle=True, generator=order,
-                                  drop_last=True)
+        sums = p.partial or EpochSums()
+        batches = iterate_batches(self.train_data, cfg.train.batch_size, shuffle=True,
+                                  generator=epoch_order_generator(cfg.train.seed, epoch), drop_last=True)
         lr = self.optimizer.param_groups[0]["lr"]
-        bar = progress(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.train.epochs}", "step", quiet=self.quiet,
-                       main=self.rank.is_main, initial=p.step_in_epoch)
+        bar = self.log.epoch_bar(epoch, self.steps_per_epoch, initial=p.step_in_epoch)
         try:
             for i, (xb, yb) in enumerate(batches):
                 if i < p.step_in_epoch:
                     continue  # resumed mid-epoch: this batch was already trained on
-                started = time.perf_counter()
-                xb, yb = xb.to(self.device), yb.to(self.device)
-                if cfg.data.augment:
-                    xb = augment(xb, self.info, generator=self.generator)
-                if cfg.train.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                lr = learning_rate(cfg, p.global_step, self.steps_per_epoch)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                # every rank has the global batch (same order, augmentation and random draws) and
-                # trains on its slice of it
-                part, shard = slice(None), None
-                if self.rank.distributed:
-                    part = distributed.shard(len(yb), self.rank)
-                    shard = BatchShard(part.start, part.stop, len(yb))
-                xs, ys = xb[part], yb[part]
-                out = self.method.step(self.train_model, self.optimizer, xs, ys, generator=self.generator,
-                                       epoch=epoch, shard=shard)
-                elapsed = time.perf_counter() - started
-                names = list(out.terms)
-                local = torch.stack([t.double() for t in (
-                    out.loss.detach() * len(ys), (out.outputs.logits_adv.argmax(1) == ys).sum(),
-                    torch.tensor(float(len(ys)), device=ys.device), *[out.terms[k].detach() * len(ys) for k in names])])
-                loss_sum, correct, seen, *term_sums = distributed.all_reduce_sum(local).tolist()
-                sums["loss"] += loss_sum
-                sums["correct"] += int(correct)
-                sums["seen"] += int(seen)
-                sums["seconds"] += elapsed
-                for k, v in zip(names, term_sums):
-                    sums["terms"][k] = sums["terms"].get(k, 0.0) + v
+                lr, step = self._train_step(xb, yb, epoch)
+                sums.add(step)
                 p.step_in_epoch, p.global_step = i + 1, p.global_step + 1
-                p.train_seconds += elapsed
+                p.train_seconds += step.seconds
                 p.partial = sums
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
-                                adv_acc=f"{sums['correct'] / sums['seen']:.3f}",
-                                img_s=f"{sums['seen'] / max(sums['seconds'], 1e-9):.0f}")
+                bar.set_postfix(**sums.postfix())
                 if self.on_step is not None:
                     self.on_step(p)
-                self.honour_stop_request()
-                every = cfg.train.checkpoint_every_s
-                if (every is not None and self.rank.is_main and p.step_in_epoch < self.steps_per_epoch
-                        and p.train_seconds - self.saved_at_s >= every):
-                    self.save_last()  # mid-epoch: a kill -9 loses at most `every` seconds of steps
+                self.stops.honour_requests()
+                self.last.save_if_due(p, self.steps_per_epoch)
         finally:
             bar.close()
-        seen = max(sums["seen"], 1)
-        return {"epoch": epoch + 1, "lr": lr, "train_loss": sums["loss"] / seen,
-                "train_adv_acc": sums["correct"] / seen,
-                **{f"train_{k}": v / seen for k, v in sums["terms"].items()},
-                "train_seconds": sums["seconds"], "images_per_s": sums["seen"] / max(sums["seconds"], 1e-9)}
+        return sums.row(epoch + 1, lr)
+
+    def _train_step(self, xb: Tensor, yb: Tensor, epoch: int) -> tuple[float, EpochSums]:
+        """One optimizer step on a global batch; its learning rate and sums. Every rank has the
+        global batch (same order, augmentation and random draws) and trains on its slice of it."""
+        cfg, started = self.cfg, time.perf_counter()
+        xb, yb = xb.to(self.device), yb.to(self.device)
+        if cfg.data.augment:
+            xb = augment(xb, self.info, generator=self.generator)
+        if cfg.train.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        lr = learning_rate(cfg, self.progress.global_step, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        part, shard = slice(None), None
+        if self.rank.distributed:
+            part = distributed.shard(len(yb), self.rank)
+            shard = BatchShard(part.start, part.stop, len(yb))
+        xs, ys = xb[part], yb[part]
+        out = self.method.step(self.train_model, self.optimizer, xs, ys, generator=self.generator, epoch=epoch,
+                               shard=shard)
+        return lr, step_sums(out, ys, time.perf_counter() - started)
 
     # -- the whole run -------------------------------------------------------------------
 
     def fit(self) -> None:
-        cfg, p = self.cfg, self.progress
-        budget = cfg.train.time_budget_s
-        while p.epoch < cfg.train.epochs:
-            # the budget counts training steps over the whole run, resumes included; it is checked
-            # between epochs, so a resumed partial epoch is finished as the uninterrupted run would
-            over = budget is not None and p.step_in_epoch == 0 and p.train_seconds >= budget
-            if distributed.any_rank(over, self.device):
-                if self.rank.is_main:
-                    print(f"time budget of {budget:.0f} s of training reached after epoch {p.epoch} "
-                          f"({p.train_seconds:.0f} s); stopping", flush=True)
+        """Train until ``train.epochs`` or a stop condition; ``last`` is saved after every epoch."""
+        p = self.progress
+        while p.epoch < self.cfg.train.epochs:
+            if self.stops.budget_reached(p):
+                self.log.budget_reached(self.cfg.train.time_budget_s, p)
                 break
             epoch = p.epoch
-            try:
-                row = self.run_epoch(epoch)
-            except KeyboardInterrupt:
-                if self.rank.is_main:
-                    self.save_last()
-                raise
-            except NonFiniteLossError as exc:
-                raise TrainingStopped(f"epoch {epoch + 1}, step {p.step_in_epoch + 1}: {exc}; "
-                                      f"the last good checkpoint is {self.run_dir / 'last.safetensors'}") from None
+            row = self._run_epoch_or_stop(epoch)
             row.update(self._validate())
-            p.epoch, p.step_in_epoch, p.partial = epoch + 1, 0, None
-            robust = row.get("val_pgd20", -1.0)
-            main = self.rank.is_main  # one writer: checkpoints, logs and prints come from rank 0
-            if robust > p.best_val_robust or len(self.val_data) == 0:
-                p.best_val_robust, p.best_epoch = robust, epoch + 1
-                if main:
-                    save_model(self.run_dir / "best", self.model, self.spec,
-                               {**self._meta(), "epoch": epoch + 1,
-                                "val": {k: v for k, v in row.items() if k.startswith("val_")}})
-            row["best_epoch"] = p.best_epoch
-            warning = robust_collapse([*p.history, row], cfg.train.collapse_margin, cfg.train.collapse_epochs)
-            if warning is not None:
-                row["warning"] = warning
-            p.history.append(row)
-            if main:
-                self.save_last()
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            if self.tb is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)):
-                        self.tb.add_scalar(k, v, epoch + 1)
-            if not self.quiet and main:
-                val = (f", val clean {100 * row['val_clean']:.2f}%, val PGD-20 {100 * row['val_pgd20']:.2f}%"
-                       if "val_clean" in row else "")
-                print(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.4f}, "
-                      f"train adv acc {100 * row['train_adv_acc']:.2f}%{val}, {row['train_seconds']:.0f} s "
-                      f"({row['images_per_s']:.0f} img/s)", flush=True)
-            if warning is not None and main:  # printed even when quiet: the user must see it
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
-            self.honour_stop_request()  # a signal during validation: stop here, `last` is saved
-        if self.rank.is_main:
-            plot_curves(p.history, self.run_dir / "curves.png")
+            self._end_epoch(epoch + 1, row)
+            self.stops.honour_requests()  # a signal during validation: stop here, `last` is saved
+        self.log.finish(p.history)
 
+    def _run_epoch_or_stop(self, epoch: int) -> dict:
+        try:
+            return self.run_epoch(epoch)
+        except KeyboardInterrupt:  # Ctrl-C or a preemption signal, at a step boundary
+            self.last.save(self.progress)
+            raise
+        except NonFiniteLossError as exc:
+            raise self.stops.non_finite_loss(epoch, self.progress, exc) from None
 
-def _tensorboard_writer(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss and accuracies per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [r["train_loss"] for r in history], marker="o")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
-    for key, label in [("train_adv_acc", "train (adversarial)"), ("val_clean", "val clean"), ("val_pgd20", "val PGD-20")]:
-        if key in history[0]:
-            ax2.plot(epochs, [100 * r[key] for r in history], marker="o", label=label)
-    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    def _end_epoch(self, epoch: int, row: dict) -> None:
+        """Record the validated ``epoch`` (1-based, its metrics ``row``): best, collapse warning,
+        history, ``last``, logs."""
+        p, t = self.progress, self.cfg.train
+        p.epoch, p.step_in_epoch, p.partial = epoch, 0, None
+        self.best.consider(p, epoch, row)
+        warning = robust_collapse([*p.history, row], t.collapse_margin, t.collapse_epochs)
+        if warning is not None:
+            row["warning"] = warning
+        p.history.append(row)
+        self.last.save(p)
+        self.log.epoch_done(row)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -602,6 +396,46 @@ def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple])
     _atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
 
 
+def _resumed_run_dir(cfg: Config, run_dir: str | Path, rank: distributed.Rank, quiet: bool) -> Path:
+    """The run directory of a resume, after checking and recording the config's changes."""
+    run_dir = Path(run_dir)
+    changes = config_changes(load_run_config(run_dir), cfg)
+    check_resume_changes(changes)
+    if rank.is_main:
+        if changes:
+            record_config_changes(run_dir, cfg, changes)
+            if not quiet:
+                print("resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+                      flush=True)
+        (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
+    return run_dir
+
+
+def _new_run_dir(cfg: Config, run_dir: str | Path | None, rank: distributed.Rank) -> Path:
+    """Rank 0 prepares the run directory; every rank then uses that one."""
+    run_dir = [prepare_run(cfg, run_dir) if rank.is_main else None]
+    if rank.distributed:
+        torch.distributed.broadcast_object_list(run_dir, src=0)
+    return Path(run_dir[0])
+
+
+def _fit_until_stopped(trainer: Trainer) -> None:
+    """``trainer.fit()`` with Ctrl-C, SIGTERM and SIGUSR1 honoured at step boundaries."""
+    try:
+        with StepBoundaryInterrupt() as trainer.stops.interrupt:
+            trainer.fit()
+    except TrainingPreempted as exc:
+        if trainer.rank.is_main:  # for a job script under torchrun, whose exit code is not the workers'
+            (trainer.run_dir / PREEMPTED_FILE).write_text(
+                f"{exc.signal_name} at global step {trainer.progress.global_step}; "
+                f"continue with: rat train --resume {trainer.run_dir}\n")
+        raise
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(trainer.run_dir) from None
+
+
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
           on_step: Callable[[Progress], None] | None = None) -> Path:
     """Train (or resume) a run; returns its directory. ``on_step`` is called after every step.
@@ -617,24 +451,11 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     rank = distributed.init_from_environment(resolve_device(cfg.train.device).type)
     initial = None
     if resume:
-        run_dir = Path(run_dir)
-        changes = config_changes(load_run_config(run_dir), cfg)
-        check_resume_changes(changes)
-        if rank.is_main:
-            if changes:
-                record_config_changes(run_dir, cfg, changes)
-                if not quiet:
-                    print("resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()),
-                          flush=True)
-            (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
+        run_dir = _resumed_run_dir(cfg, run_dir, rank, quiet)
     else:
         if cfg.train.init_from is not None:
             initial = initial_weights(cfg)  # checked before the run directory is made
-        run_dir = [prepare_run(cfg, run_dir) if rank.is_main else None]
-        if rank.distributed:
-            torch.distributed.broadcast_object_list(run_dir, src=0)
-        run_dir = run_dir[0]
-    run_dir = Path(run_dir)
+        run_dir = _new_run_dir(cfg, run_dir, rank)
     trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step)
     if resume:
         trainer.restore_last()
@@ -642,18 +463,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         trainer.model.load_state_dict(initial)  # every rank: the same weights; the optimizer stays fresh
     if not quiet:
         print(f"run directory: {run_dir}", flush=True)
-    try:
-        with StepBoundaryInterrupt() as trainer.interrupt:
-            trainer.fit()
-    except TrainingPreempted as exc:
-        if rank.is_main:  # for a job script under torchrun, whose exit code is not the workers'
-            (run_dir / PREEMPTED_FILE).write_text(f"{exc.signal_name} at global step {trainer.progress.global_step}; "
-                                                  f"continue with: rat train --resume {run_dir}\n")
-        raise
-    except TrainingInterrupted:
-        raise
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(run_dir) from None
+    _fit_until_stopped(trainer)
     return run_dir
 
 

@@ -124,7 +124,7 @@ def add_measurement(grid: StudyGrid, record: dict, kind: str, run_dir: Path, *, 
     >>> for kind in missing_measurements(grid, record):
     ...     add_measurement(grid, record, kind, run_dir)
     """
-    from ..train import resolve_device
+    from ..device import resolve_device
 
     if kind not in MEASUREMENTS:
         raise StudyError(f"unknown measurement {kind!r}; expected one of {tuple(MEASUREMENTS)}")

@@ -84,7 +84,8 @@ def record_run(grid: StudyGrid, name: str, seed: int, run_dir: Path, *, quiet: b
     another machine without its ``last`` checkpoint (the record says where the evaluation ran);
     a grid's ``last`` is then left out, and added later when the checkpoint is there."""
     from ..bench import environment
-    from ..train import evaluate_run, resolve_device
+    from ..device import resolve_device
+    from ..train import evaluate_run
 
     cfg = run_config(grid, name, seed)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
