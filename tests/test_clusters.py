@@ -334,3 +334,61 @@ def test_under_torchrun_only_rank_0_prints_the_time_budget_message(tmp_path):
     assert result.stdout.count("time budget of 0 s of training reached after epoch 1") == 1
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1
+
+
+# ----------------------------------------------------------------------------- a dying rank
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_resumes_on_one_process(run: Path) -> None:
+    """The run goes on from `last` with one process and completes its epochs."""
+    result = _rat1("train", "--resume", str(run), "--no-eval", "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, meta = read_checkpoint(run / "last")
+    assert meta["progress"]["epoch"] == 6 and meta["progress"]["step_in_epoch"] == 0
+
+
+def test_a_killed_rank_makes_the_other_exit_non_zero_without_hanging_and_the_run_resumes(tmp_path):
+    # two ranks started the way a cluster launcher without torchrun starts them (srun, mpirun):
+    # nothing supervises them, so the survivor itself must notice its dead peer
+    run = tmp_path / "run"
+    args = _train_args(run, "--epochs", "6")
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, "-m", "ratkit", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**_env(), **rendezvous, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
+    try:
+        _wait_for(run / "last.safetensors", ranks[0])  # epoch 1 is done: both ranks are in epoch 2
+        ranks[1].kill()  # SIGKILL: no handler, no goodbye
+        started = time.time()
+        _, err = ranks[0].communicate(timeout=120)  # a hang fails here
+        assert ranks[0].returncode != 0, err[-2000:]
+        assert time.time() - started < 120
+    finally:
+        for p in ranks:
+            p.kill()
+            p.wait()
+    _assert_resumes_on_one_process(run)
+
+
+def test_under_torchrun_a_killed_rank_ends_the_job_non_zero_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "ratkit", *_train_args(run, "--epochs", "6")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        _wait_for(run / "last.safetensors", proc)
+        os.kill(_worker_pid(proc.pid, rank=1), signal.SIGKILL)
+        proc.communicate(timeout=120)
+        assert proc.returncode != 0
+    finally:
+        proc.kill()
+        proc.wait()
+    _assert_resumes_on_one_process(run)
