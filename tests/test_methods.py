@@ -267,16 +267,34 @@ def test_awp_restores_the_weights_when_the_loss_is_not_finite():
         assert torch.equal(v, before[k]), k
 
 
-def test_awp_during_warmup_is_the_plain_step():
+def _awp_step_equals_plain_step(warmup: int, epoch: int) -> bool:
     model, twin = _model(), _model()
     x, y = _batch()
     for m, wrap in ((model, True), (twin, False)):
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
         method = TRADES(attack=trades_attack(EPS, steps=1))
-        (AWP(method, gamma=0.1, warmup=2) if wrap else method).step(
-            m, opt, x, y, generator=torch.Generator().manual_seed(0), epoch=1)
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
+        (AWP(method, gamma=0.1, warmup=warmup) if wrap else method).step(
+            m, opt, x, y, generator=torch.Generator().manual_seed(0), epoch=epoch)
+    return all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+def test_awp_during_warmup_is_the_plain_step():
+    assert _awp_step_equals_plain_step(warmup=2, epoch=0)
+
+
+def test_awp_warmup_counts_epochs_from_one_like_the_authors_scripts():
+    # their loop: for epoch in range(1, epochs + 1): ... if epoch >= awp_warmup: perturb. So warmup 10
+    # perturbs from the 10th epoch on, which is the trainer's 0-based epoch 9
+    assert _awp_step_equals_plain_step(warmup=10, epoch=8)
+    assert not _awp_step_equals_plain_step(warmup=10, epoch=9)
+    assert not _awp_step_equals_plain_step(warmup=1, epoch=0) and not _awp_step_equals_plain_step(warmup=0, epoch=0)
+
+
+def test_awp_gamma_follows_the_base_method_unless_given():
+    # AWP's authors: 5e-3 with TRADES, 1e-2 with PGD-AT; MART follows TRADES (a KL-regularised loss)
+    assert AWP(RAT(TRADES())).gamma == 5e-3 and AWP(AT()).gamma == 1e-2 and AWP(RAT(AT())).gamma == 1e-2
+    assert AWP(MART()).gamma == 5e-3
+    assert AWP(AT(), gamma=3e-3).gamma == 3e-3
 
 
 @pytest.mark.parametrize("name", ["at", "trades", "mart", "rat-at", "rat-trades", "rat-mart", "awp-trades", "awp-rat-trades"])

@@ -112,6 +112,25 @@ def test_run_directory_holds_everything_a_user_needs(tmp_path):
     assert report["attacks"]["clean"]["n"] == 64
 
 
+def test_validation_and_final_evaluation_use_the_protocol_eps_unless_eval_eps_is_set(tmp_path, monkeypatch, capsys):
+    import ratkit.train as train_module
+    from ratkit.config import evaluation_eps
+    from ratkit.data import dataset_info
+
+    protocol = dataset_info("synthetic").linf_eps
+    wider = _synthetic("train.epochs=1", f"attack.eps={2 * protocol}")
+    assert evaluation_eps(wider) == protocol  # what rat eval uses on the same checkpoint
+    assert evaluation_eps(_synthetic(f"attack.eps={2 * protocol}", "eval.eps=0.05")) == 0.05
+    seen = []
+    real = train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: seen.append(k["eps"]) or real(*a, **k))
+    run = train(wider, tmp_path / "r")
+    evaluate_run(run, wider, quiet=True)
+    assert seen == [protocol]  # validation
+    assert json.loads((run / "eval.json").read_text())["eps"] == protocol
+    assert f"validation and evaluation at Linf eps={protocol:.4g}" in capsys.readouterr().out
+
+
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     from ratkit.checkpoint import CheckpointError
 
@@ -126,7 +145,9 @@ def test_learning_rate_schedules():
     assert cosine[0] == pytest.approx(0.1) and cosine[1] == pytest.approx(0.05) and cosine[2] < 1e-4
     multi = load_config("fmnist-cpu", ["train.epochs=10", "optim.lr=0.05", "optim.schedule=multistep",
                                        "optim.milestones=[5,8]"])
-    assert [learning_rate(multi, s, 10) for s in (49, 50, 80)] == pytest.approx([0.05, 0.005, 0.0005])
+    # milestones count epochs from 1, as the authors' scripts: with 10 steps per epoch the 5th epoch
+    # (steps 40-49) is the first at the decayed rate, the 8th (steps 70-79) the first at the second
+    assert [learning_rate(multi, s, 10) for s in (39, 40, 69, 70)] == pytest.approx([0.05, 0.005, 0.005, 0.0005])
     warm = load_config("fmnist-cpu", ["optim.lr=0.05", "optim.schedule=constant", "optim.warmup_epochs=1"])
     assert learning_rate(warm, 0, 10) == pytest.approx(0.005) and learning_rate(warm, 10, 10) == pytest.approx(0.05)
     one = load_config("fmnist-cpu", ["train.epochs=10", "optim.lr=0.05", "optim.schedule=onecycle"])

@@ -89,8 +89,8 @@ class MethodConfig:
     taylor: str = "analytic"  # the authors' soft targets (analytic | autograd), or exact-head (docs/method.md)
     taylor_sigma: float | None = None  # exact-head only: null = relative terms; a float = absolute sigma on the head
     awp: bool = False
-    awp_gamma: float = 5e-3
-    awp_warmup: int = 0
+    awp_gamma: float | None = None  # null: the AWP authors' value for the base, 5e-3 TRADES/MART, 1e-2 AT
+    awp_warmup: int = 0  # AWP from this epoch on, counted from 1 as in the authors' scripts (0 and 1: from the first)
 
 
 @dataclass
@@ -101,6 +101,8 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4
     schedule: str = "multistep"
+    # multistep: lr x lr_decay from each milestone epoch on, epochs counted from 1 as in the authors'
+    # scripts ([100, 150] of 200: the 100th and 150th epochs already run at the decayed rates)
     milestones: list[int] = field(default_factory=lambda: [100, 150])
     lr_decay: float = 0.1
     warmup_epochs: float = 0.0
@@ -139,6 +141,7 @@ class EvalConfig:
     n: int | None = None
     aa_n: int | None = 500
     batch_size: int = 256
+    eps: float | None = None  # validation and final evaluation; null: the dataset's protocol eps, as rat eval
 
 
 @dataclass
@@ -571,6 +574,18 @@ def resolved_attack(cfg: Config) -> tuple[float, float]:
         eps = info.l2_eps if cfg.attack.norm == "L2" else info.linf_eps
     step = cfg.attack.step_size if cfg.attack.step_size is not None else eps / 4
     return float(eps), float(step)
+
+
+def evaluation_eps(cfg: Config) -> float:
+    """The eps of validation and of the final evaluation: ``eval.eps`` if set, else the dataset's
+    protocol eps for the norm, which ``rat eval`` uses too, so both report the same number for the
+    same checkpoint; a training ``attack.eps`` (say, training at a larger eps) does not move it."""
+    from .data import dataset_info
+
+    if cfg.eval.eps is not None:
+        return float(cfg.eval.eps)
+    info = dataset_info(cfg.data.dataset)
+    return float(info.l2_eps if cfg.attack.norm == "L2" else info.linf_eps)
 
 
 # where a method's settings live in MethodConfig: RAT.alpha is method.alpha, AWP.gamma is method.awp_gamma

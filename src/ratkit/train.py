@@ -34,7 +34,7 @@ from . import distributed
 from .attacks import BatchShard
 from .checkpoint import CheckpointError, _atomic_write_bytes, checkpoint_path, load_model, read_checkpoint
 from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, method_label,
-                     method_settings, resolved_attack, save_config)
+                     evaluation_eps, method_settings, resolved_attack, save_config)
 from .data import augment, dataset_info, iterate_batches, load_dataset, split_train_val
 from .device import resolve_device
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
@@ -112,7 +112,9 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     if o.schedule == "constant":
         lr = o.lr
     elif o.schedule == "multistep":
-        lr = o.lr * o.lr_decay ** sum(epoch >= m for m in o.milestones)
+        # milestones count epochs from 1, as the authors' scripts do (range(1, epochs + 1), decay
+        # once epoch >= m): the m-th epoch, 0-based index m - 1, already runs at the decayed rate
+        lr = o.lr * o.lr_decay ** sum(epoch >= m - 1 for m in o.milestones)
     elif o.schedule == "cosine":
         lr = 0.5 * o.lr * (1 + math.cos(math.pi * min(epoch / total, 1.0)))
     else:  # onecycle: linear up to lr at 40% of training, linear down to 0 at the end
@@ -229,7 +231,7 @@ class Trainer:
         if len(self.val_data) == 0:
             return {}
         val = self.val_data if self.cfg.train.val_n is None else self.val_data.first(self.cfg.train.val_n)
-        eps, _ = resolved_attack(self.cfg)
+        eps = evaluation_eps(self.cfg)
         report = evaluate(self.model, val.x, val.y, dataset=self.cfg.data.dataset, eps=eps,
                           norm=self.cfg.attack.norm, attacks=("clean", "pgd20"), batch_size=256,
                           split="val", seed=self.cfg.train.seed, quiet=True)
@@ -463,8 +465,17 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         trainer.model.load_state_dict(initial)  # every rank: the same weights; the optimizer stays fresh
     if not quiet:
         print(f"run directory: {run_dir}", flush=True)
+        print(eps_line(cfg), flush=True)
     _fit_until_stopped(trainer)
     return run_dir
+
+
+def eps_line(cfg: Config) -> str:
+    """Which eps validation and the final evaluation use, beside the training attack's when it differs."""
+    evaluated, trained = evaluation_eps(cfg), resolved_attack(cfg)[0]
+    source = "eval.eps" if cfg.eval.eps is not None else "the protocol's, as rat eval"
+    differs = f"; the training attack's is {trained:.4g}" if abs(trained - evaluated) > 1e-12 else ""
+    return f"validation and evaluation at {cfg.attack.norm} eps={evaluated:.4g} ({source}{differs})"
 
 
 def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet: bool = False,
@@ -483,7 +494,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)  # AutoAttack ~1.45x faster on CPU, same results
     n, aa_n = (None, None) if full else (cfg.eval.n, cfg.eval.aa_n)
-    eps, _ = resolved_attack(cfg)
+    eps = evaluation_eps(cfg)
     report = evaluate_test_set(model, cfg.data.dataset, data_dir=cfg.data.data_dir, n=n, eps=eps,
                                norm=cfg.attack.norm, attacks=parse_attacks(cfg.eval.attacks),
                                batch_size=cfg.eval.batch_size, aa_n=aa_n, seed=cfg.train.seed, quiet=quiet,

@@ -26,6 +26,7 @@ class AT(BaseMethod):
     primary_term: ClassVar[str] = "adv_ce"
     attack_objective: ClassVar[str] = "ce"
     attack_start: ClassVar[str] = "uniform"
+    awp_gamma: ClassVar[float] = 1e-2  # AWP's authors' AT-AWP setting (5e-3 is their TRADES-AWP one)
 
     def terms(self, out: Outputs):
         return {"adv_ce": F.cross_entropy(out.logits_adv, out.y)}

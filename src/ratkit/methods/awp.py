@@ -43,24 +43,41 @@ def perturbed_weights(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.dim() > 1 and p.requires_grad]
 
 
+def innermost(method: Method) -> Method:
+    """The base method inside wrappers: ``innermost(AWP(RAT(AT())))`` is the ``AT()``."""
+    while True:
+        inner = getattr(method, "method", None) or getattr(method, "base", None)
+        if not isinstance(inner, Method):
+            return method
+        method = inner
+
+
 @dataclass
 class AWP(Method):
     """AWP around ``method`` (any method, RAT included): ``gamma`` is the perturbation's size
-    relative to each weight's norm; no perturbation in the first ``warmup`` epochs.
+    relative to each weight's norm, by default the one AWP's authors use with the base method
+    inside (``BaseMethod.awp_gamma``: 5e-3 TRADES and MART, 1e-2 PGD-AT).
+
+    ``warmup`` counts epochs from 1, as the authors' scripts do (``for epoch in range(1, epochs
+    + 1)``, AWP from ``epoch >= awp_warmup``): AWP perturbs from the ``warmup``-th epoch on, so
+    warmup 10 leaves the first 9 epochs unperturbed, and 0 or 1 perturbs from the first.
+    ``step``'s ``epoch`` is the trainer's 0-based index.
 
     Example::
 
-        method = AWP(RAT(TRADES()), gamma=5e-3)
+        method = AWP(RAT(TRADES()))  # gamma 5e-3; AWP(AT()) takes 1e-2
         method.step(model, optimizer, x, y, epoch=epoch)
     """
 
     method: Method = field(default=None)  # type: ignore[assignment]
-    gamma: float = 5e-3
+    gamma: float | None = None
     warmup: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, Method):
             raise TypeError(f"AWP wraps a method, got {type(self.method).__name__}")
+        if self.gamma is None:
+            self.gamma = getattr(innermost(self.method), "awp_gamma", 5e-3)
         if self.gamma < 0:
             raise InvalidSetting("AWP", "gamma", f"must be >= 0, got {self.gamma}")
         if self.warmup < 0:
@@ -94,7 +111,7 @@ class AWP(Method):
 
     def step(self, model, optimizer, x, y, *, generator=None, epoch: int = 0, shard=None) -> LossOutput:
         x_adv = self.craft(model, x, y, generator=generator, shard=shard)
-        if epoch < self.warmup or self.gamma == 0:
+        if epoch + 1 < self.warmup or self.gamma == 0:  # epoch + 1: the authors' epoch, counted from 1
             return self.method.update(model, optimizer, x, x_adv, y)
         weights = perturbed_weights(model)
         diffs = self.perturbation(model, x, x_adv, y)

@@ -116,7 +116,8 @@ class BaseMethod(Method):
     whether RAT's clean-output terms are safe (``RAT.clean_terms="auto"``).
     ``attack_objective`` and ``attack_start`` are the recipe of the method's training attack
     (its paper's attack loss and random start), which ``training_attack`` and ``from_settings``
-    apply to any threat model.
+    apply to any threat model. ``awp_gamma`` is the AWP perturbation size the AWP authors
+    use with this base, the default of ``AWP(gamma=None)`` around it.
     """
 
     attack: PGDConfig = field(default_factory=lambda: train_attack(8 / 255))
@@ -125,6 +126,7 @@ class BaseMethod(Method):
     primary_term: ClassVar[str] = ""
     attack_objective: ClassVar[str] = "ce"
     attack_start: ClassVar[str] = "uniform"
+    awp_gamma: ClassVar[float] = 5e-3  # AWP's default gamma on this base (AWP's authors: 5e-3 TRADES, 1e-2 PGD-AT)
 
     @classmethod
     def training_attack(cls, eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
