@@ -132,7 +132,13 @@ def save_model(
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from its spec and load its weights; returns (model in eval mode, meta)."""
+    """Rebuild the model from its spec and load its weights; returns (model in eval mode, meta).
+
+    Example::
+
+        model, meta = load_model("runs/my-run")  # its best.safetensors; or a .safetensors file
+        print(meta["dataset"], meta["model"]["name"])
+    """
     from .models import build_from_spec
 
     tensors, meta = read_checkpoint(path, device)

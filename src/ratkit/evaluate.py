@@ -275,7 +275,9 @@ def worst_case_examples(outcomes: dict[str, Tensor], inputs: dict[str, Tensor], 
 def evaluate_test_set(model: nn.Module, dataset: str, *, data_dir=None, n: int | None = None,
                       **protocol) -> EvalReport:
     """Load ``dataset``'s test split and run :func:`evaluate` on its first ``n`` images (all if None);
-    the report records the full test-set size so the table can say "first n"."""
+    the report records the full test-set size so the table can say "first n".
+
+    Example: ``print(format_report(evaluate_test_set(model, "fashion-mnist", n=1000, eps=0.1, aa_n=500)))``"""
     from .data import load_dataset
 
     test = load_dataset(dataset, "test", data_dir=data_dir)

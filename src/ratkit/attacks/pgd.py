@@ -163,6 +163,11 @@ def pgd(
     The model's train/eval mode and gradient flags are set for the attack and restored afterwards.
     For the "kl" loss the clean probabilities are computed once (not in every step),
     unless the caller passes them as ``target_probs``. Returns a detached tensor.
+
+    Example::
+
+        cfg = PGDConfig(eps=8 / 255, step_size=2 / 255, steps=20)  # Linf, CE, uniform start
+        x_adv = pgd(model, x, y, cfg, generator=torch.Generator().manual_seed(0))
     """
     network = forward_with(model, params)
     autocast = cfg.precision == "bfloat16"

@@ -67,7 +67,13 @@ def model_kwargs_for(name: str, info: Any, **overrides: Any) -> dict[str, Any]:
 
 
 def build_model(name: str, **kwargs: Any) -> RobustModel:
-    """Build a model by registry name (case-insensitive) or "wrn-D-W"."""
+    """Build a model by registry name (case-insensitive) or "wrn-D-W".
+
+    Example::
+
+        model = build_model("wrn-34-10", num_classes=10)  # CIFAR normalisation inside the model
+        model = build_model("smallcnn", **model_kwargs_for("smallcnn", dataset_info("fashion-mnist")))
+    """
     cls, full_kwargs = _resolve(name, kwargs)
     return cls(**full_kwargs)
 
