@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, TypedDict
 
 import torch
 
@@ -19,7 +19,44 @@ from .common import load_checkpoint_examples
 from .hessian import HessianResult, hessian_spectrum
 from .landscape import LandscapeResult, check_landscape_settings, loss_landscape
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack only from Python 3.11
+
 HESSIAN_LOSSES = ("clean", "adversarial", "both")
+
+
+class AnalysisInputs(TypedDict, total=False):
+    """The keywords both jobs take (each optional; :data:`ANALYSIS_DEFAULTS` fills the rest).
+
+    ``seed``: seeds the random directions / probes; ``batch_size``: examples per forward pass;
+    ``dataset``: the test set to use (default: the checkpoint's); ``data_dir``: where its files are;
+    ``device``: where to compute; ``quiet``: no progress output.
+    """
+
+    seed: int
+    batch_size: int
+    dataset: str | None
+    data_dir: str | os.PathLike | None
+    device: str | torch.device
+    quiet: bool
+
+
+ANALYSIS_DEFAULTS: AnalysisInputs = {
+    "seed": 0, "batch_size": 256, "dataset": None, "data_dir": None, "device": "cpu", "quiet": False,
+}
+
+
+def _with_defaults(job: str, inputs: AnalysisInputs) -> AnalysisInputs:
+    """``inputs`` over :data:`ANALYSIS_DEFAULTS`; an unknown keyword is a TypeError, as in a plain signature."""
+    unknown = sorted(set(inputs) - set(ANALYSIS_DEFAULTS))
+    if unknown:
+        raise TypeError(f"{job}() got unexpected keyword argument(s): {', '.join(unknown)}")
+    return {**ANALYSIS_DEFAULTS, **inputs}
+
+
+def _load(checkpoint: str | os.PathLike, n: int, opts: AnalysisInputs):
+    return load_checkpoint_examples(checkpoint, n, dataset=opts["dataset"], data_dir=opts["data_dir"],
+                                    device=opts["device"])
 
 
 @dataclass
@@ -55,24 +92,23 @@ def run_landscape(
     n: int = 256,
     points: int = 21,
     span: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 256,
-    dataset: str | None = None,
-    data_dir: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    quiet: bool = False,
+    **inputs: Unpack[AnalysisInputs],
 ) -> JobOutput:
     """Landscapes of one or more checkpoints on the first ``n`` test images of their (common) dataset.
 
     Writes ``landscape.json`` (all results) and ``landscape_1d.png`` (all curves overlaid) or one
     ``landscape_2d_<k>_<label>.png`` contour per checkpoint. eps is the dataset's Linf eps.
+    ``inputs``: seed, batch_size, dataset, data_dir, device, quiet (see :class:`AnalysisInputs`).
+
+    Example: ``run_landscape(["runs/at/best.safetensors"], out="plots", dim=1, seed=1, device="cuda")``
     """
     from .plots import plot_landscape_1d, plot_landscape_2d
 
+    opts = _with_defaults("run_landscape", inputs)
     if not checkpoints:
         raise ValueError("no checkpoints given")
-    check_landscape_settings(dim, points, span, adversarial, batch_size=batch_size)
-    loaded = [load_checkpoint_examples(c, n, dataset=dataset, data_dir=data_dir, device=device) for c in checkpoints]
+    check_landscape_settings(dim, points, span, adversarial, batch_size=opts["batch_size"])
+    loaded = [_load(c, n, opts) for c in checkpoints]
     datasets = sorted({item.dataset for item in loaded})
     if len(datasets) > 1:
         raise ValueError(f"checkpoints come from different datasets ({', '.join(datasets)}); "
@@ -82,7 +118,8 @@ def run_landscape(
     for item in loaded:
         job.results.append(loss_landscape(
             item.model, item.x, item.y, dim=dim, points=points, span=span, adversarial=adversarial,
-            eps=item.eps, seed=seed, batch_size=batch_size, label=checkpoint_label(item.path), quiet=quiet))
+            eps=item.eps, seed=opts["seed"], batch_size=opts["batch_size"], label=checkpoint_label(item.path),
+            quiet=opts["quiet"]))
     payload = {"dataset": datasets[0], "landscapes": [r.to_json() for r in job.results]}
     job.files.append(_write_json(out_dir / "landscape.json", payload))
     if dim == 1:
@@ -104,26 +141,26 @@ def run_hessian(
     max_iter: int = 100,
     tol: float = 1e-4,
     params: str = "all",
-    seed: int = 0,
-    batch_size: int = 256,
-    dataset: str | None = None,
-    data_dir: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    quiet: bool = False,
+    **inputs: Unpack[AnalysisInputs],
 ) -> JobOutput:
     """Hessian spectrum of one checkpoint on the first ``n`` test images; writes ``hessian.json``.
 
     ``loss="both"`` measures the clean and then the adversarial loss (PGD-10 at the dataset's eps).
+    ``inputs``: seed, batch_size, dataset, data_dir, device, quiet (see :class:`AnalysisInputs`).
+
+    Example: ``run_hessian("runs/at/best.safetensors", out="hessian", top_k=3, loss="clean", device="cuda")``
     """
+    opts = _with_defaults("run_hessian", inputs)
     if loss not in HESSIAN_LOSSES:
         raise ValueError(f"loss: {loss!r} is not one of {HESSIAN_LOSSES}")
-    loaded = load_checkpoint_examples(checkpoint, n, dataset=dataset, data_dir=data_dir, device=device)
+    loaded = _load(checkpoint, n, opts)
     label = checkpoint_label(loaded.path)
     job = JobOutput()
     for kind in (("clean", "adversarial") if loss == "both" else (loss,)):
         job.results.append(hessian_spectrum(
             loaded.model, loaded.x, loaded.y, loss=kind, eps=loaded.eps, top_k=top_k, max_iter=max_iter, tol=tol,
-            probes=probes, params=params, batch_size=batch_size, seed=seed, label=label, quiet=quiet))
+            probes=probes, params=params, batch_size=opts["batch_size"], seed=opts["seed"], label=label,
+            quiet=opts["quiet"]))
     payload = {"dataset": loaded.dataset, "eps": loaded.eps, "hessian": [r.to_json() for r in job.results]}
     job.files.append(_write_json(Path(out) / "hessian.json", payload))
     return job

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import CIFAR10_MEAN, CIFAR10_STD, RobustModel
-from .resnet import resnet18_stages
+from .resnet import ResNet18Family
 
 
 class PreActBlock(nn.Module):
@@ -34,22 +31,11 @@ class PreActBlock(nn.Module):
         return out + residual
 
 
-class PreActResNet18(RobustModel):
+class PreActResNet18(ResNet18Family):
     """[2, 2, 2, 2] PreActBlocks, widths 64-128-256-512, final BN-ReLU, global avg-pool, head."""
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        mean: Sequence[float] = CIFAR10_MEAN,
-        std: Sequence[float] = CIFAR10_STD,
-    ) -> None:
-        super().__init__(mean, std)
-        self._check_channels(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        self.layer1, self.layer2, self.layer3, self.layer4 = resnet18_stages(PreActBlock)
-        self.bn = nn.BatchNorm2d(512)
-        self.head = nn.Linear(512, num_classes)
+    block = PreActBlock
+    pre_activation = True
 
     def body(self, z: Tensor) -> Tensor:
         out = self.conv1(z)

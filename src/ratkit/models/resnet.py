@@ -42,8 +42,17 @@ def resnet18_stages(block) -> list[nn.Sequential]:
     return stages
 
 
-class ResNet18(RobustModel):
-    """[2, 2, 2, 2] basic blocks, widths 64-128-256-512, global avg-pool, head."""
+class ResNet18Family(RobustModel):
+    """What both CIFAR ResNet-18s share: 3x3 stem conv, four stages of ``block``, 512 -> classes head.
+
+    Subclasses set ``block`` and ``pre_activation`` and implement :meth:`body`.  The one BatchNorm
+    outside the blocks sits where the block type needs it: after the stem (post-activation, ``bn1``)
+    or after the last stage (pre-activation, ``bn``).  Layers are created in forward order, so the
+    initial weights for a seed and the parameter order do not depend on this split.
+    """
+
+    block: type[nn.Module]
+    pre_activation: bool
 
     def __init__(
         self,
@@ -55,9 +64,19 @@ class ResNet18(RobustModel):
         super().__init__(mean, std)
         self._check_channels(in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.layer1, self.layer2, self.layer3, self.layer4 = resnet18_stages(ResNetBlock)
+        if not self.pre_activation:
+            self.bn1 = nn.BatchNorm2d(64)
+        self.layer1, self.layer2, self.layer3, self.layer4 = resnet18_stages(self.block)
+        if self.pre_activation:
+            self.bn = nn.BatchNorm2d(512)
         self.head = nn.Linear(512, num_classes)
+
+
+class ResNet18(ResNet18Family):
+    """[2, 2, 2, 2] basic blocks, widths 64-128-256-512, global avg-pool, head."""
+
+    block = ResNetBlock
+    pre_activation = False
 
     def body(self, z: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(z)))
