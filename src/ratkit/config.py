@@ -27,7 +27,7 @@ import yaml
 # choices are declared once, next to the code that implements them; the method's own settings
 # (RAT's, AWP's) are checked by building it (validate)
 from .attacks.pgd import NORMS, PRECISIONS
-from .methods import BASE_METHODS, InvalidSetting, compose_method
+from .methods import BASE_METHODS, STEP_PRECISIONS, InvalidSetting, compose_method
 
 DEFAULT_PRESET = "fmnist-cpu"
 CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
@@ -126,6 +126,9 @@ class TrainConfig:
     # .safetensors file) with a fresh optimizer; the model spec must match this run's
     init_from: str | None = None
     channels_last: bool = True  # NHWC memory layout for conv models (faster on CPU; docs/performance.md)
+    # the whole training step (attack, loss, backward) under autocast: float32 (none), bfloat16, or
+    # float16 with a gradient scaler; loss terms and RAT's statistics stay float32, evaluation is float32
+    precision: str = "float32"
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     # robust-accuracy collapse warning: validation PGD-20 more than `collapse_margin` points
     # below its best for `collapse_epochs` epochs in a row (null margin: no check)
@@ -359,6 +362,7 @@ def validate(cfg: Config) -> None:
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     _check(0 <= t.seed < 2**32, "train.seed", "must be in [0, 2**32)", t.seed)
     _check(bool(_DEVICE.match(t.device)), "train.device", "must be auto, cpu, cuda or cuda:N", t.device)
+    _choice("train.precision", t.precision, STEP_PRECISIONS)
     _check(t.out is None or t.out.strip() != "", "train.out", "must be a non-empty path or null", t.out)
     _check(t.val_n is None or t.val_n > 0, "train.val_n", "must be > 0 or null", t.val_n)
     _check(t.time_budget_s is None or t.time_budget_s > 0, "train.time_budget_s", "must be > 0 or null",

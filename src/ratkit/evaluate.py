@@ -155,13 +155,17 @@ def _predictions_under(model: nn.Module, x: Tensor, y: Tensor, cfg: PGDConfig | 
 @contextmanager
 def strict_float32():
     """Float32 that is float32 on GPUs too: TF32 off for matmuls and cuDNN convolutions (PyTorch
-    enables it for cuDNN by default), the previous settings restored afterwards."""
+    enables it for cuDNN by default), and cuDNN's autotuning off (training turns it on; the
+    algorithms it picks may differ from run to run), the previous settings restored afterwards."""
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    benchmark = torch.backends.cudnn.benchmark
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def evaluate(

@@ -10,6 +10,12 @@ and ``curves.png``. On CPU, a run and the same run interrupted and resumed end b
 the data order of an epoch is a pure function of (seed, epoch), and the states of the random
 generators, the optimizer and the step counters are saved with ``last``.
 
+The step is the method's (``Method.step``, shared with ``rat bench``), in ``train.precision``
+(:class:`~ratkit.methods.StepPrecision`: autocast and, for float16, a gradient scaler). The
+training and validation data are moved to the run's device once and batched and augmented
+there, so no host-to-device copy or loader sits in the step; on CUDA, cuDNN autotunes its
+convolutions for the whole of training (evaluation turns that off again).
+
 For clusters: SIGTERM and SIGUSR1 stop the run at a step boundary with ``last`` saved
 (:class:`TrainingPreempted`, a ``preempted`` file in the run directory); ``train.checkpoint_every_s``
 saves ``last`` mid-epoch; a resume may change the fields of :data:`RESUME_CHANGEABLE` (recorded in
@@ -22,6 +28,7 @@ import json
 import math
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +45,7 @@ from .config import (Config, ConfigError, apply_override, config_from_dict, conf
 from .data import augment, dataset_info, iterate_batches, load_dataset, split_train_val
 from .device import resolve_device
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
-from .methods import Method, NonFiniteLossError, compose_method
+from .methods import Method, NonFiniteLossError, StepPrecision, compose_method
 from .models import build_from_spec, model_kwargs_for, model_spec
 
 # the trainer's observers and state (ratkit.training); imported here, also for the callers of ratkit.train
@@ -154,14 +161,32 @@ def _rank_and_device(cfg: Config) -> tuple[distributed.Rank, torch.device]:
     return rank, distributed.rank_device(device, rank)
 
 
-def _training_data(cfg: Config):
+def _training_data(cfg: Config, device: torch.device):
     """The run's training and validation splits (the training split cut to ``data.train_subset``)
-    and the dataset's info."""
+    on ``device``, and the dataset's info. The datasets are small enough to hold there: a step
+    then indexes (and augments) its batch on the device, with no copy from the host."""
     full = load_dataset(cfg.data.dataset, "train", data_dir=cfg.data.data_dir)
     train_data, val_data = split_train_val(full, cfg.data.val_size, cfg.train.seed)
     if cfg.data.train_subset is not None:
         train_data = train_data.first(cfg.data.train_subset)
-    return train_data, val_data, full.info
+    return train_data.to(device), val_data.to(device), full.info
+
+
+@contextmanager
+def cudnn_autotuned(device: torch.device):
+    """On CUDA, cuDNN times its convolution algorithms for each new input shape and keeps the
+    fastest (``cudnn.benchmark``): a run's training shapes are fixed, so that pays from the
+    second step. Restored afterwards; evaluation, validation included, turns it off
+    (``evaluate.strict_float32``). Nothing changes on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def _placed_model(cfg: Config, info, device: torch.device, rank: distributed.Rank) -> tuple[nn.Module, dict, nn.Module]:
@@ -207,9 +232,10 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.train_data, self.val_data, self.info = _training_data(cfg)
+        self.train_data, self.val_data, self.info = _training_data(cfg, self.device)
         self.model, self.spec, self.train_model = _placed_model(cfg, self.info, self.device, self.rank)
         self.method = build_method(cfg)
+        self.precision = StepPrecision(cfg.train.precision, self.device.type)
         self.optimizer = build_optimizer(cfg, self.model)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.steps_per_epoch = max(1, len(self.train_data) // cfg.train.batch_size)
@@ -217,7 +243,7 @@ class Trainer:
         main, meta = self.rank.is_main, run_meta(cfg)  # one writer: checkpoints, logs and prints come from rank 0
         self.log = RunLog(self.run_dir, epochs=cfg.train.epochs, quiet=quiet, main=main)
         self.last = LastCheckpoint(self.run_dir, self.model, self.spec, self.optimizer, self.generator, self.device,
-                                   meta, main=main, every_s=cfg.train.checkpoint_every_s)
+                                   meta, main=main, every_s=cfg.train.checkpoint_every_s, precision=self.precision)
         self.best = BestCheckpoint(self.run_dir, self.model, self.spec, meta, validated=len(self.val_data) > 0,
                                    main=main)
         self.stops = StopConditions(self.run_dir, self.device, time_budget_s=cfg.train.time_budget_s)
@@ -270,7 +296,6 @@ class Trainer:
         """One optimizer step on a global batch; its learning rate and sums. Every rank has the
         global batch (same order, augmentation and random draws) and trains on its slice of it."""
         cfg, started = self.cfg, time.perf_counter()
-        xb, yb = xb.to(self.device), yb.to(self.device)
         if cfg.data.augment:
             xb = augment(xb, self.info, generator=self.generator)
         if cfg.train.channels_last:
@@ -284,7 +309,7 @@ class Trainer:
             shard = BatchShard(part.start, part.stop, len(yb))
         xs, ys = xb[part], yb[part]
         out = self.method.step(self.train_model, self.optimizer, xs, ys, generator=self.generator, epoch=epoch,
-                               shard=shard)
+                               shard=shard, precision=self.precision)
         return lr, step_sums(out, ys, time.perf_counter() - started)
 
     # -- the whole run -------------------------------------------------------------------
@@ -292,15 +317,16 @@ class Trainer:
     def fit(self) -> None:
         """Train until ``train.epochs`` or a stop condition; ``last`` is saved after every epoch."""
         p = self.progress
-        while p.epoch < self.cfg.train.epochs:
-            if self.stops.budget_reached(p):
-                self.log.budget_reached(self.cfg.train.time_budget_s, p)
-                break
-            epoch = p.epoch
-            row = self._run_epoch_or_stop(epoch)
-            row.update(self._validate())
-            self._end_epoch(epoch + 1, row)
-            self.stops.honour_requests()  # a signal during validation: stop here, `last` is saved
+        with cudnn_autotuned(self.device):
+            while p.epoch < self.cfg.train.epochs:
+                if self.stops.budget_reached(p):
+                    self.log.budget_reached(self.cfg.train.time_budget_s, p)
+                    break
+                epoch = p.epoch
+                row = self._run_epoch_or_stop(epoch)
+                row.update(self._validate())
+                self._end_epoch(epoch + 1, row)
+                self.stops.honour_requests()  # a signal during validation: stop here, `last` is saved
         self.log.finish(p.history)
 
     def _run_epoch_or_stop(self, epoch: int) -> dict:
@@ -350,7 +376,8 @@ def load_run_config(run_dir: str | Path) -> Config:
 
 # What a resume may change: how long the run goes on, how often it saves, how it is validated,
 # evaluated and where its data lie; never what a training step computes (model, method, data,
-# seed, batch, optimizer, attack), since the saved state would then continue a different run.
+# seed, batch, optimizer, attack, precision), since the saved state would then continue a
+# different run.
 RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_n",
                      "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
 HISTORY_FILE = "config-history.yaml"

@@ -7,6 +7,7 @@ separate small functions (as in MadryLab's ``robustness``); the loop is here and
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -37,6 +38,8 @@ class PGDConfig:
     precision: "bfloat16" runs the attack's forward and backward under bf16 autocast (a
     training-time speed option, about 2x on CPUs with AVX512-BF16; measured in
     docs/performance.md); the loss and the iterates stay float32. Evaluation is always float32.
+    "float32" runs the attack in the caller's precision: a training step under a lower
+    ``train.precision`` (``methods.StepPrecision``) crafts in that precision.
     """
 
     eps: float
@@ -170,10 +173,11 @@ def pgd(
         x_adv = pgd(model, x, y, cfg, generator=torch.Generator().manual_seed(0))
     """
     network = forward_with(model, params)
-    autocast = cfg.precision == "bfloat16"
+    bf16 = cfg.precision == "bfloat16"
 
     def forward(z: Tensor) -> Tensor:
-        with torch.autocast(device_type=z.device.type, dtype=torch.bfloat16, enabled=autocast):
+        # "float32" leaves the caller's autocast as it is: off in evaluation, a training step's precision
+        with torch.autocast(device_type=z.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
             logits = network(z)
         return logits.float()
 

@@ -6,8 +6,8 @@
 
 from .at import AT
 from .awp import AWP
-from .base import (BaseMethod, InvalidSetting, LossOutput, Method, NonFiniteLossError, Outputs, forward_outputs,
-                   train_attack)
+from .base import (STEP_PRECISIONS, BaseMethod, InvalidSetting, LossOutput, Method, NonFiniteLossError, Outputs,
+                   StepPrecision, forward_outputs, train_attack)
 from .mart import MART
 from .rat import RAT, head_gradient_sums, head_gradient_sums_autograd, head_taylor_statistics, soft_target_table
 from .registry import BASE_METHODS, compose_method
@@ -15,7 +15,7 @@ from .trades import TRADES, trades_attack
 
 __all__ = [
     "AT", "TRADES", "MART", "RAT", "AWP", "BASE_METHODS", "compose_method", "Method", "BaseMethod", "LossOutput",
-    "Outputs", "NonFiniteLossError", "InvalidSetting",
+    "Outputs", "NonFiniteLossError", "InvalidSetting", "StepPrecision", "STEP_PRECISIONS",
     "forward_outputs", "train_attack", "trades_attack", "head_gradient_sums", "head_gradient_sums_autograd",
     "head_taylor_statistics", "soft_target_table",
 ]

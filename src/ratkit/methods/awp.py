@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import any_rank, average, unwrap
-from .base import InvalidSetting, LossOutput, Method, NonFiniteLossError
+from .base import InvalidSetting, LossOutput, Method, NonFiniteLossError, StepPrecision
 
 _EPS = 1e-20
 
@@ -109,17 +109,21 @@ class AWP(Method):
                 self.gamma * w.detach().norm() / (g.norm() + _EPS) * g
                 for w, g in zip(weights, grads)]
 
-    def step(self, model, optimizer, x, y, *, generator=None, epoch: int = 0, shard=None) -> LossOutput:
-        x_adv = self.craft(model, x, y, generator=generator, shard=shard)
+    def step(self, model, optimizer, x, y, *, generator=None, epoch: int = 0, shard=None,
+             precision: StepPrecision | None = None) -> LossOutput:
+        precision = precision or StepPrecision()
+        with precision.autocast(x.device.type):
+            x_adv = self.craft(model, x, y, generator=generator, shard=shard)
         if epoch + 1 < self.warmup or self.gamma == 0:  # epoch + 1: the authors' epoch, counted from 1
-            return self.method.update(model, optimizer, x, x_adv, y)
+            return self.method.update(model, optimizer, x, x_adv, y, precision)
         weights = perturbed_weights(model)
-        diffs = self.perturbation(model, x, x_adv, y)
+        with precision.autocast(x.device.type):  # float16 too without a scaler: only the gradient's direction is used
+            diffs = self.perturbation(model, x, x_adv, y)
         with torch.no_grad():
             for w, v in zip(weights, diffs):
                 w.add_(v)
         try:
-            return self.method.update(model, optimizer, x, x_adv, y)
+            return self.method.update(model, optimizer, x, x_adv, y, precision)
         finally:
             with torch.no_grad():
                 for w, v in zip(weights, diffs):

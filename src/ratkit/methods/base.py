@@ -3,12 +3,18 @@
 A base method (AT, TRADES, MART) answers both questions in a few lines. Wrappers compose:
 ``RAT(TRADES())`` changes the attack model and adds loss terms, ``AWP(method)`` changes the
 weights around the update. Every method also has ``step``, one optimisation step, which
-the trainer calls and AWP overrides.
+the trainer and ``rat bench`` call and AWP overrides.
+
+The step owns its precision (:class:`StepPrecision`, ``train.precision``): the attack's and the
+loss's forward passes run under autocast, the backward and the optimizer step outside it (with a
+gradient scaler in float16), and every loss term from float32 logits. So the trainer and the
+benchmark run one and the same step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar, Mapping
 
@@ -18,6 +24,10 @@ from torch import Tensor, nn
 from ..attacks import BatchShard, PGDConfig, pgd
 from ..distributed import any_rank, unwrap
 from ..modes import model_mode
+
+
+# the precisions of a whole training step (train.precision); the attack alone: attacks.pgd.PRECISIONS
+STEP_PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,8 +44,78 @@ class InvalidSetting(ValueError):
 
 
 @dataclass
+class StepPrecision:
+    """The precision of a whole training step: attack, loss and backward.
+
+    "float32" (default) is no autocast and no scaler: the step is exactly the step without a
+    StepPrecision. "bfloat16" and "float16" run the forward passes of the attack and of the loss
+    under ``torch.autocast(device_type, dtype)`` (an attack whose ``PGDConfig.precision`` is
+    "bfloat16" stays in bf16); the loss terms see float32 logits (:func:`forward_outputs`) and
+    RAT's statistics run with autocast off. float16's narrow exponent range would flush small
+    gradients to zero, so its backward is scaled (``torch.amp.GradScaler``): a step whose scaled
+    gradients overflow is skipped and the scale lowered, which is not an error (the non-finite
+    check looks at the unscaled loss). The scaler's state is part of a run's ``last`` checkpoint.
+
+    Example::
+
+        precision = StepPrecision("bfloat16", "cuda")
+        method.step(model, optimizer, x, y, precision=precision)
+    """
+
+    name: str = "float32"
+    device_type: str = "cpu"
+    scaler: torch.amp.GradScaler | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.name not in STEP_PRECISIONS:
+            raise ValueError(f"step precision {self.name!r} is not one of {STEP_PRECISIONS}")
+        if self.name == "float16":
+            self.scaler = torch.amp.GradScaler(self.device_type)
+
+    def autocast(self, device_type: str):
+        """The context of a step's forward passes on ``device_type`` (the batch's; nothing in float32)."""
+        if self.name == "float32":
+            return nullcontext()
+        if device_type != self.device_type:  # autocast on another device type would silently do nothing
+            raise ValueError(f"a {self.name} StepPrecision for {self.device_type} got a batch on {device_type}")
+        return torch.autocast(device_type, dtype=getattr(torch, self.name))
+
+    def backward_and_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward and optimizer step; in float16 through the scaler, which skips a step whose
+        gradients overflowed."""
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        """The scaler's state (JSON-able numbers; empty without a scaler), saved with ``last``."""
+        return {} if self.scaler is None else self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 if autocast made it float16 or bfloat16, else ``t`` itself."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def float32_terms(device_type: str):
+    """Autocast off: loss terms and statistics computed in float32 under any step precision."""
+    if device_type == "meta":  # shape-only tensors: autocast knows no such device
+        return nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
+@dataclass
 class Outputs:
-    """Train-mode forward results, computed once per step and shared by every loss term."""
+    """Train-mode forward results, computed once per step and shared by every loss term; float32
+    whatever the step's precision."""
 
     y: Tensor
     feats_adv: Tensor
@@ -58,13 +138,14 @@ def forward_outputs(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, with_
     """Clean (if needed) then adversarial forward in train mode, features and logits from one
     pass each (through ``forward``, so a DistributedDataParallel wrapper sees both passes).
     ``clean_grad=False``: no loss term differentiates the clean pass (RAT-AT's statistics), so
-    it runs without a graph: the same values, less memory, no backward through it."""
+    it runs without a graph: the same values, less memory, no backward through it.
+    Under autocast the results are cast to float32 (otherwise they are returned as they are)."""
     with model_mode(model, True):
         feats_clean = logits_clean = None
         if with_clean:
             with torch.set_grad_enabled(clean_grad and torch.is_grad_enabled()):
-                feats_clean, logits_clean = model(x, with_features=True)
-        feats_adv, logits_adv = model(x_adv, with_features=True)
+                feats_clean, logits_clean = map(full_precision, model(x, with_features=True))
+        feats_adv, logits_adv = map(full_precision, model(x_adv, with_features=True))
     return Outputs(y=y, feats_adv=feats_adv, logits_adv=logits_adv,
                    feats_clean=feats_clean, logits_clean=logits_clean)
 
@@ -85,21 +166,26 @@ class Method:
         return self.loss(model, x, x_adv, y).loss
 
     def update(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, x_adv: Tensor,
-               y: Tensor) -> LossOutput:
-        """Loss, backward and optimizer step on a crafted batch; a non-finite loss is never applied."""
+               y: Tensor, precision: StepPrecision | None = None) -> LossOutput:
+        """Loss (its forward in ``precision``), backward and optimizer step on a crafted batch; a
+        non-finite loss is never applied."""
+        precision = precision or StepPrecision()
         optimizer.zero_grad(set_to_none=True)
-        out = self.loss(model, x, x_adv, y)
+        with precision.autocast(x.device.type):
+            out = self.loss(model, x, x_adv, y)
         if any_rank(not torch.isfinite(out.loss).item(), out.loss.device):  # every rank stops, or none
             raise NonFiniteLossError(f"non-finite loss {out.loss.item()} ({describe_terms(out.terms)})")
-        out.loss.backward()
-        optimizer.step()
+        precision.backward_and_step(out.loss, optimizer)
         return out
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, *,
-             generator: torch.Generator | None = None, epoch: int = 0, shard: BatchShard | None = None) -> LossOutput:
-        """One training step: craft, then update."""
-        x_adv = self.craft(model, x, y, generator=generator, shard=shard)
-        return self.update(model, optimizer, x, x_adv, y)
+             generator: torch.Generator | None = None, epoch: int = 0, shard: BatchShard | None = None,
+             precision: StepPrecision | None = None) -> LossOutput:
+        """One training step: craft, then update, in ``precision`` (default float32)."""
+        precision = precision or StepPrecision()
+        with precision.autocast(x.device.type):
+            x_adv = self.craft(model, x, y, generator=generator, shard=shard)
+        return self.update(model, optimizer, x, x_adv, y, precision)
 
 
 def describe_terms(terms: Mapping[str, Tensor]) -> str:
@@ -154,7 +240,8 @@ class BaseMethod(Method):
 
     def loss(self, model, x, x_adv, y) -> LossOutput:
         out = forward_outputs(model, x, x_adv, y, with_clean=self.needs_clean)
-        terms = self.terms(out)
+        with float32_terms(y.device.type):
+            terms = self.terms(out)
         return LossOutput(loss=sum(terms.values()), terms=terms, outputs=out)
 
 

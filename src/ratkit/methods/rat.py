@@ -40,7 +40,7 @@ from ..distributed import active, average, unwrap
 from ..models import noise_target_names
 from ..models.registry import NOISE_TARGETS
 from ..weights import gaussian_noisy_params
-from .base import BaseMethod, InvalidSetting, LossOutput, Method, Outputs, forward_outputs
+from .base import BaseMethod, InvalidSetting, LossOutput, Method, Outputs, float32_terms, forward_outputs
 
 PAIRINGS = ("fixed", "reference")
 TAYLOR_MODES = ("analytic", "autograd", "exact-head")
@@ -257,13 +257,16 @@ class RAT(Method):
         # soft targets, or the exact-head gaps); RAT-AT's soft targets use it for statistics alone
         clean_grad = self.base.needs_clean or self.uses_clean_terms or self.taylor == "exact-head"
         out = forward_outputs(model, x, x_adv, y, with_clean=True, clean_grad=clean_grad)
-        terms = self.base.terms(out)
-        primary = self.base.primary_term
-        terms[primary] = (1 - self.alpha) * terms[primary]
-        if self.taylor == "exact-head":
-            terms.update(self.exact_head_terms(out))
-        else:
-            terms.update(self.taylor_terms(*self.statistics(model, out), out))
+        # float32 outputs, autocast off: head statistics, soft-target tables and exact-head terms
+        # are float32 under any step precision (StepPrecision)
+        with float32_terms(y.device.type):
+            terms = self.base.terms(out)
+            primary = self.base.primary_term
+            terms[primary] = (1 - self.alpha) * terms[primary]
+            if self.taylor == "exact-head":
+                terms.update(self.exact_head_terms(out))
+            else:
+                terms.update(self.taylor_terms(*self.statistics(model, out), out))
         return LossOutput(loss=sum(terms.values()), terms=terms, outputs=out)
 
     def objective(self, model, x, x_adv, y):

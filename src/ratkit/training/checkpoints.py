@@ -1,7 +1,8 @@
 """The two checkpoints of a run directory, written by rank 0 only.
 
 ``last`` holds everything a resume needs: weights, optimizer state, the states of the random
-generators and the :class:`~ratkit.training.state.Progress` (as the ``progress`` metadata); it
+generators, float16's gradient scaler (as the ``grad_scaler`` metadata) and the
+:class:`~ratkit.training.state.Progress` (as the ``progress`` metadata); it
 is written after every epoch, on a stop, and mid-epoch every ``train.checkpoint_every_s``
 seconds of training. ``best`` holds the weights of the epoch with the highest validation
 PGD-20 accuracy (never the test set), with the epoch and its validation numbers.
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import read_checkpoint, save_model
+from ..methods import StepPrecision
 from .state import Progress
 
 
@@ -46,16 +48,18 @@ class LastCheckpoint:
     """``run_dir/last``: the model, optimizer and random states of a run and its progress.
 
     ``meta`` is the run's metadata (dataset, config, method); ``main`` is False on the ranks
-    that do not write; ``every_s`` is ``train.checkpoint_every_s`` (None: after epochs only).
+    that do not write; ``every_s`` is ``train.checkpoint_every_s`` (None: after epochs only);
+    ``precision`` the step's, whose gradient scaler (float16) is saved and restored.
 
     Example: ``last.save(progress)``; on a resume ``progress = last.restore()``.
     """
 
     def __init__(self, run_dir: Path, model: nn.Module, spec: dict, optimizer: torch.optim.Optimizer,
                  generator: torch.Generator, device: torch.device, meta: dict, *, main: bool,
-                 every_s: float | None):
+                 every_s: float | None, precision: StepPrecision | None = None):
         self.path, self.model, self.spec, self.optimizer = run_dir / "last", model, spec, optimizer
         self.generator, self.device, self.meta, self.main, self.every_s = generator, device, meta, main, every_s
+        self.precision = precision or StepPrecision()
         self.saved_at_s = 0.0  # progress.train_seconds when `last` was last written
 
     def save(self, progress: Progress) -> None:
@@ -66,7 +70,8 @@ class LastCheckpoint:
         tensors["rng/generator"] = self.generator.get_state()
         if self.device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {**self.meta, "progress": progress.to_dict(), "optimizer": optim_meta}
+        meta = {**self.meta, "progress": progress.to_dict(), "optimizer": optim_meta,
+                "grad_scaler": self.precision.state_dict()}
         save_model(self.path, self.model, self.spec, meta, tensors)
         self.saved_at_s = progress.train_seconds
 
@@ -82,6 +87,7 @@ class LastCheckpoint:
         tensors, meta = read_checkpoint(self.path, self.device)
         self.model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
         _optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        self.precision.load_state_dict(meta.get("grad_scaler") or {})
         torch.set_rng_state(tensors["rng/torch"].cpu())
         self.generator.set_state(tensors["rng/generator"].cpu())
         if "rng/cuda" in tensors and self.device.type == "cuda":
