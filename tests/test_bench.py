@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import run_rat
 
-from ratkit.bench import (CONFIGS, TARGETS, TIME_RATIOS, BenchSettings, bench_method, bench_model, measure_memory,
-                          naive_module, run_bench, width_kwargs)
+from ratkit.bench import (CONFIGS, TARGETS, TIME_RATIOS, BenchSettings, bench_method, bench_model, format_bench,
+                          measure_memory, naive_module, ratio_ci, run_bench, width_kwargs)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import naive_trades  # noqa: E402
@@ -141,3 +141,62 @@ def test_rat_bench_refuses_bad_flags_with_one_line(args, needle):
 
 def test_the_naive_baseline_is_found_in_the_source_tree():
     assert naive_module() is not None
+
+
+def test_the_ratio_interval_collapses_to_one_when_both_configurations_ran_alike():
+    rounds = [[0.30, 0.41], [0.52, 0.33], [0.29, 0.35], [0.61, 0.31]]
+    assert ratio_ci(rounds, [list(r) for r in rounds]) == (1.0, 1.0)
+
+
+def test_the_ratio_interval_of_a_constant_paired_ratio_is_that_ratio_however_noisy_the_rounds():
+    # every round of the numerator is 1.25x the same round of the denominator, while the rounds
+    # themselves differ 3x: pairing by round cancels the machine's slow spells
+    den = [[0.2, 0.25], [0.6, 0.55], [0.3, 0.31], [0.4, 0.22], [0.2, 0.5]]
+    num = [[1.25 * t for t in r] for r in den]
+    low, high = ratio_ci(num, den)
+    assert low == pytest.approx(1.25, abs=1e-12) and high == pytest.approx(1.25, abs=1e-12)
+
+
+def test_the_ratio_interval_holds_the_point_and_narrows_with_more_rounds():
+    g = torch.Generator().manual_seed(3)
+
+    def noisy(rounds, scale):
+        return (scale * (1 + 0.1 * torch.rand(rounds, 2, generator=g))).tolist()
+
+    widths = []
+    for rounds in (8, 128):
+        num, den = noisy(rounds, 1.1), noisy(rounds, 1.0)
+        point = (torch.tensor(num).flatten().median() / torch.tensor(den).flatten().median()).item()
+        low, high = ratio_ci(num, den)
+        assert low < 1.1 < high and low <= point * 1.001 and point <= high * 1.001
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2
+    assert ratio_ci(num, den, seed=1) != ratio_ci(num, den, seed=2)
+    assert ratio_ci(num, den, seed=1) == ratio_ci(num, den, seed=1)
+
+
+def test_bench_reports_a_ci_for_every_time_ratio_and_the_flop_rate_of_every_configuration():
+    configs = ("at", "rat-at", "trades", "rat-trades", "naive-trades")
+    settings = BenchSettings(**{**TINY, "rounds": 3, "configs": configs, "attack_precision": "bfloat16"})
+    result = run_bench(settings, with_scaling=False)
+    time_ratios = [k for k in TIME_RATIOS if k in result["ratios"]]
+    assert set(time_ratios) == {"rat_at_over_at", "rat_trades_over_trades", "trades_over_naive_trades"}
+    assert set(result["ratio_ci"]) == {f"{k}_ci" for k in time_ratios}
+    for key in time_ratios:
+        low, high = result["ratio_ci"][f"{key}_ci"]
+        assert low <= result["ratios"][key] <= high
+    # the float32 GEMM for the naive baseline, the attack's bfloat16 for the library
+    assert set(result["gemm_gflops"]) == {"float32", "bfloat16"} and min(result["gemm_gflops"].values()) > 0
+    for name, entry in result["configs"].items():
+        assert entry["flops_per_step"] > 0 and len(entry["rounds_s"]) == 3
+        assert entry["gflops_per_s"] == pytest.approx(entry["flops_per_step"] / entry["median_s_per_step"] / 1e9)
+        assert entry["gemm_precision"] == ("float32" if name == "naive-trades" else "bfloat16")
+        assert entry["percent_of_gemm"] == pytest.approx(
+            100 * entry["gflops_per_s"] / result["gemm_gflops"][entry["gemm_precision"]])
+    # RAT around PGD-AT pays one more clean forward; the FLOP count shows it
+    assert result["configs"]["rat-at"]["flops_per_step"] > result["configs"]["at"]["flops_per_step"]
+    table = format_bench(result)
+    assert "GFLOP/s" in table and "% of GEMM" in table and "bfloat16" in table
+    low, high = result["ratio_ci"]["rat_trades_over_trades_ci"]
+    assert f"{result['ratios']['rat_trades_over_trades']:.3f} [{low:.3f}, {high:.3f}]" in table
+    json.dumps(result)

@@ -5,7 +5,15 @@ the reference-style naive TRADES and RAT-TRADES of ``benchmarks/naive_trades.py`
 own model (same initialisation) and optimizer in this one process. After a warm-up, rounds
 run the configurations in an order reshuffled every round, a few full training steps each
 (attack + loss + backward + optimizer step), so slow drifts of the machine hit every
-configuration alike; the figure per configuration is the median seconds per step.
+configuration alike; the figure per configuration is the median seconds per step. A ratio of two
+configurations is the quotient of their medians, with a 95% confidence interval from a paired
+bootstrap over rounds (:func:`ratio_ci`): the run-to-run spread of a ratio is several percent on
+a busy machine, as large as the targets are about, and the interval shows it.
+
+FLOPs: one extra, untimed step of each configuration under PyTorch's ``FlopCounterMode``
+(matmuls and convolutions, forward and backward) gives its FLOPs per step, and with the median
+time its achieved FLOP rate; a square matmul at each precision, timed in the same run
+(:func:`gemm_gflops`), gives the machine's dense-matmul rate that the step rates are read against.
 
 Memory: one subprocess per configuration, so one configuration's allocations cannot hide
 another's. On CUDA the figure is ``max_memory_allocated`` during the timed steps minus the
@@ -35,6 +43,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .data import dataset_info
 from .methods import BASE_METHODS, Method, compose_method
@@ -208,8 +217,10 @@ def _sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- timing
 
 
-def time_configs(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict[str, list[float]]:
-    """Seconds of every timed step per configuration, interleaved over shuffled rounds."""
+def time_configs(settings: BenchSettings,
+                 progress: Callable[[str], None] | None = None) -> dict[str, list[list[float]]]:
+    """Seconds of every timed step per configuration and round (``times[name][round]``), the
+    configurations interleaved in an order reshuffled every round."""
     device = torch.device(settings.device)
     batches = _synthetic_batches(settings, device)
     runners = [_runner(name, settings, device, batches) for name in settings.configs]
@@ -218,28 +229,128 @@ def time_configs(settings: BenchSettings, progress: Callable[[str], None] | None
             r.run()
     _sync(device)
     order = random.Random(settings.seed)
-    times: dict[str, list[float]] = {r.name: [] for r in runners}
+    times: dict[str, list[list[float]]] = {r.name: [] for r in runners}
     for round_index in range(settings.rounds):
         order.shuffle(runners)
         for r in runners:
+            times[r.name].append([])
             for _ in range(settings.steps_per_round):
                 start = time.perf_counter()
                 r.run()
                 _sync(device)
-                times[r.name].append(time.perf_counter() - start)
+                times[r.name][-1].append(time.perf_counter() - start)
         if progress:
             progress(f"round {round_index + 1}/{settings.rounds}")
     return times
 
 
-def summarise_times(times: dict[str, list[float]], batch_size: int) -> dict[str, dict]:
+def summarise_times(times: dict[str, list[list[float]]], batch_size: int) -> dict[str, dict]:
+    """Median, interquartile range and throughput per configuration; the per-round seconds stay in
+    ``rounds_s`` so that any ratio's interval can be recomputed from the JSON."""
     out = {}
-    for name, values in times.items():
+    for name, rounds in times.items():
+        values = [t for round_times in rounds for t in round_times]
         median = statistics.median(values)
         q = statistics.quantiles(values, n=4) if len(values) >= 2 else [median, median, median]
         out[name] = {"median_s_per_step": median, "iqr_s": q[2] - q[0], "images_per_s": batch_size / median,
-                     "timed_steps": len(values)}
+                     "timed_steps": len(values), "rounds_s": rounds}
     return out
+
+
+def ratio_ci(numerator: list[list[float]], denominator: list[list[float]], *, resamples: int = 2000,
+             level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of median(numerator) / median(denominator), paired by round.
+
+    Each resample draws round indices with replacement and takes the same rounds of both
+    configurations, so a slow spell of the machine, which hits both alike within a round, stays
+    paired. ``numerator[r]`` is the list of step seconds of round ``r``.
+
+        >>> ratio_ci([[1.0], [1.1], [0.9]], [[2.0], [2.2], [1.8]])
+        (0.5, 0.5)
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError("numerator and denominator need the same, non-zero number of rounds")
+    num = torch.tensor(numerator, dtype=torch.float64)
+    den = torch.tensor(denominator, dtype=torch.float64)
+    picks = torch.randint(len(numerator), (resamples, len(numerator)),
+                          generator=torch.Generator().manual_seed(seed))
+    boot = _median_of_rows(num[picks].flatten(1)) / _median_of_rows(den[picks].flatten(1))
+    low, high = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return low.item(), high.item()
+
+
+def _median_of_rows(values: Tensor) -> Tensor:
+    """statistics.median of each row, to the bit: the mean of the two middle values of an even count."""
+    ordered = values.sort(dim=1).values
+    n = ordered.shape[1]
+    return (ordered[:, (n - 1) // 2] + ordered[:, n // 2]) / 2
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+class _NoModuleTracking:
+    """Stands in for FlopCounterMode's module tracker, whose hooks break ``torch.autograd.grad`` on a
+    leaf input (pytorch/pytorch#131753; the naive baselines' attack does exactly that). We only
+    need the total, not the per-module table."""
+
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def step_flops(settings: BenchSettings) -> dict[str, int]:
+    """FLOPs of one full training step of each configuration, counted by ``FlopCounterMode``
+    (matmuls and convolutions, forward and backward; elementwise work is not counted).
+
+    Each configuration gets its own fresh model, as in :func:`time_configs`; the counted step is
+    not timed (the counter slows it down)."""
+    device = torch.device(settings.device)
+    batches = _synthetic_batches(settings, device, count=1)
+    out = {}
+    for name in settings.configs:
+        runner = _runner(name, settings, device, batches)
+        counter = FlopCounterMode(display=False)
+        counter.mod_tracker = _NoModuleTracking()
+        with counter:
+            runner.run()
+        out[name] = counter.get_total_flops()
+    return out
+
+
+def gemm_gflops(device: str, precisions: tuple[str, ...], repeats: int = 5) -> dict[str, float]:
+    """The machine's dense-matmul rate at each precision, in GFLOP/s: the best of ``repeats``
+    square matmuls (2048 on CPU, 8192 on CUDA), measured in the bench's own run so that the
+    steps' FLOP rates are read against the machine as it was during their timing.
+
+        rates = gemm_gflops("cpu", ("float32", "bfloat16"))  # {"float32": ..., "bfloat16": ...}
+    """
+    dev = torch.device(device)
+    size = 8192 if dev.type == "cuda" else 2048
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for precision in precisions:
+        a, b = (torch.randn(size, size, generator=generator).to(dev, getattr(torch, precision)) for _ in range(2))
+        torch.mm(a, b)  # kernel selection and first-touch allocation
+        _sync(dev)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            _sync(dev)
+            best = min(best, time.perf_counter() - start)
+        out[precision] = 2 * size**3 / best / 1e9
+    return out
+
+
+def gemm_precision(name: str, settings: BenchSettings) -> str:
+    """The GEMM precision a configuration's FLOP rate is read against: the library's attack
+    precision (the attack is most of a step), float32 for the naive baselines."""
+    return "float32" if name in NAIVE else settings.attack_precision
 
 
 # ----------------------------------------------------------------------------- memory
@@ -368,6 +479,24 @@ def ratios(configs: dict[str, dict], memory: dict[str, dict] | None) -> dict[str
     return out
 
 
+def ratio_cis(configs: dict[str, dict], seed: int = 0) -> dict[str, list[float]]:
+    """``{"<ratio>_ci": [low, high]}``: the 95% interval of every time ratio in :func:`ratios`
+    (memory is one measurement per configuration, so its ratios have none)."""
+    return {f"{key}_ci": list(ratio_ci(configs[num]["rounds_s"], configs[den]["rounds_s"], seed=seed))
+            for key, (num, den) in TIME_RATIOS.items() if num in configs and den in configs}
+
+
+def add_flop_rates(summary: dict[str, dict], flops: dict[str, int], gemm: dict[str, float],
+                   settings: BenchSettings) -> None:
+    """FLOPs per step, achieved GFLOP/s at the median time, and that rate as a share of the GEMM
+    rate at the configuration's precision, into each configuration's summary."""
+    for name, entry in summary.items():
+        precision = gemm_precision(name, settings)
+        rate = flops[name] / entry["median_s_per_step"] / 1e9
+        entry.update(flops_per_step=flops[name], gflops_per_s=rate, gemm_precision=precision,
+                     percent_of_gemm=100 * rate / gemm[precision])
+
+
 def run_bench(settings: BenchSettings, *, with_scaling: bool = True,
               progress: Callable[[str], None] | None = None) -> dict:
     """Time, measure memory, compute ratios and (optionally) scaling; one JSON-able dict."""
@@ -377,6 +506,10 @@ def run_bench(settings: BenchSettings, *, with_scaling: bool = True,
     started = time.perf_counter()
     times = time_configs(settings, progress)
     summary = summarise_times(times, settings.batch_size)
+    gemm = gemm_gflops(settings.device, tuple(dict.fromkeys(("float32", settings.attack_precision))))
+    add_flop_rates(summary, step_flops(settings), gemm, settings)
+    if progress:
+        progress("FLOPs and GEMM rate")
     memory = None
     if settings.memory:
         memory = {}
@@ -386,7 +519,8 @@ def run_bench(settings: BenchSettings, *, with_scaling: bool = True,
             if progress:
                 progress(f"memory: {name}")
     result = {"settings": {**asdict(settings), "configs": list(configs)}, "environment": environment(settings.device),
-              "configs": summary, "ratios": ratios(summary, memory),
+              "gemm_gflops": gemm, "configs": summary, "ratios": ratios(summary, memory),
+              "ratio_ci": ratio_cis(summary, settings.seed),
               "memory_measure": next(iter(memory.values()))["measure"] if memory else None,
               "skipped": skipped}
     result["targets"] = {k: {"target_at_most": v, "value": result["ratios"].get(k),
@@ -404,16 +538,26 @@ def format_bench(result: dict) -> str:
              f"{s['attack_steps']} attack steps; library: attack {s['attack_precision']}, "
              f"{'channels_last' if s['channels_last'] else 'NCHW'} (naive: float32, NCHW); "
              f"{env['device']} ({env.get('gpu', env['cpu'])}, {env['threads']} threads), torch {env['torch']}",
-             f"{'configuration':<18}{'s/step':>9}{'IQR':>8}{'img/s':>8}{'peak step MiB':>15}"]
+             "GEMM (square matmul, same run): " + ", ".join(
+                 f"{precision} {rate:.0f} GFLOP/s" for precision, rate in result["gemm_gflops"].items())
+             + "; % of GEMM is against the configuration's attack precision (naive: float32)",
+             f"{'configuration':<18}{'s/step':>9}{'IQR':>8}{'img/s':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}"
+             f"{'% of GEMM':>11}{'peak step MiB':>15}"]
     for name, c in result["configs"].items():
         mem = f"{c['peak_step_bytes'] / 2**20:.1f}" if "peak_step_bytes" in c else "-"
-        lines.append(f"{name:<18}{c['median_s_per_step']:>9.4f}{c['iqr_s']:>8.4f}{c['images_per_s']:>8.0f}{mem:>15}")
-    lines.append("ratios (same run):")
+        lines.append(f"{name:<18}{c['median_s_per_step']:>9.4f}{c['iqr_s']:>8.4f}{c['images_per_s']:>8.0f}"
+                     f"{c['flops_per_step'] / 1e9:>12.2f}{c['gflops_per_s']:>9.1f}{c['percent_of_gemm']:>10.1f}%"
+                     f"{mem:>15}")
+    lines.append("ratios (same run; time ratios with their 95% CI, a paired bootstrap over rounds):")
     for key, value in result["ratios"].items():
+        ci = result["ratio_ci"].get(f"{key}_ci")
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         target = result["targets"].get(key)
         verdict = "" if target is None else f"  target <= {target['target_at_most']}: " + (
             "met" if target["met"] else "NOT met")
-        lines.append(f"  {key:<40}{value:>7.3f}{verdict}")
+        if target is not None and ci and ci[0] <= target["target_at_most"] < ci[1]:
+            verdict += " (the CI reaches across the target)"
+        lines.append(f"  {key:<40}{value:>7.3f}{interval:<17}{verdict}".rstrip())
     if result.get("skipped"):
         lines.append(f"skipped: {', '.join(result['skipped'])} (the naive reference implementations live in the "
                      "source tree's benchmarks/, not in the installed package; set $RAT_BENCHMARKS_DIR to a "
