@@ -3,7 +3,6 @@ the CPU against the CPU with tiny sizes, so that the GPU script cannot rot betwe
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -12,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ratkit.bench import ratio_ci
 from ratkit.device_check import (EXIT_NO_DEVICE, RATIOS, PRESETS, TIMED_CONFIGS, DeviceCheckSettings, Net,
-                                 bootstrap_interval, format_check, preset_estimate, run_device_check)
+                                 median_ci, format_check, preset_estimate, run_device_check)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,12 +86,12 @@ def test_the_estimate_counts_awp_warmup_epochs_at_the_cost_of_the_step_without_a
     assert e["total_h"] == pytest.approx(e["training_h"]["float32"] + e["validation_h"] + e["final_evaluation_h"])
 
 
-def test_the_bootstrap_resamples_whole_rounds():
-    steady = {"a": [[1.0, 1.0]] * 4, "b": [[2.0, 2.0]] * 4}
-    ratio = lambda t: statistics.median(t["a"]) / statistics.median(t["b"])  # noqa: E731
-    assert bootstrap_interval(steady, ratio, resamples=100) == [0.5, 0.5]
-    drifting = {"a": [[1.0], [2.0], [3.0], [4.0]], "b": [[2.0], [4.0], [6.0], [8.0]]}
-    assert bootstrap_interval(drifting, ratio, resamples=100) == [0.5, 0.5]  # a drift shared by a round cancels
+def test_the_intervals_resample_whole_rounds():
+    assert median_ci([[1.0, 1.0]] * 4, resamples=100) == [1.0, 1.0]
+    drifting_a, drifting_b = [[1.0], [2.0], [3.0], [4.0]], [[2.0], [4.0], [6.0], [8.0]]
+    assert list(ratio_ci(drifting_a, drifting_b, resamples=100)) == [0.5, 0.5]  # a drift shared by a round cancels
+    low, high = median_ci(drifting_a, resamples=200)
+    assert 1.0 <= low < high <= 4.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the script would run the check")

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import random
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -43,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import pgd
-from .bench import TARGETS, TIME_RATIOS, BenchSettings, bench_method, environment, ratios, summarise_times, time_configs
+from .bench import (TARGETS, TIME_RATIOS, BenchSettings, bench_method, environment, ratio_ci, ratios, summarise_times,
+                    time_configs)
 from .config import load_config, method_label
 from .data import dataset_info
 from .data.synthetic import synthetic_data
@@ -223,18 +222,12 @@ def compare_pgd20_verdicts(s: DeviceCheckSettings) -> dict:
 # ----------------------------------------------------------------------------- throughput
 
 
-def bootstrap_interval(rounds: dict[str, list[list[float]]], statistic: Callable[[dict[str, list[float]]], float],
-                       resamples: int = 2000, level: float = 0.95, seed: int = 0) -> list[float]:
-    """Percentile interval of ``statistic`` (of each configuration's pooled step times) when whole
-    rounds are resampled with replacement, the same rounds for every configuration: a round's drift
-    hits all configurations alike, so rounds, not steps, are the independent units.
+def median_ci(rounds: list[list[float]], resamples: int = 2000, seed: int = 0) -> list[float]:
+    """95% interval of one configuration's median seconds per step, whole rounds resampled: the
+    bench's paired ratio interval (:func:`ratkit.bench.ratio_ci`) over a constant 1 s.
 
-    Example: ``bootstrap_interval({"a": [[1.0, 1.1], [1.2, 1.0]]}, lambda t: statistics.median(t["a"]))``"""
-    rng = random.Random(seed)
-    count = len(next(iter(rounds.values())))
-    values = sorted(statistic({name: [t for i in picks for t in per_round[i]] for name, per_round in rounds.items()})
-                    for picks in ([rng.randrange(count) for _ in range(count)] for _ in range(resamples)))
-    return [values[int((1 - level) / 2 * (resamples - 1))], values[int((1 + level) / 2 * (resamples - 1))]]
+    Example: ``median_ci([[1.0, 1.1], [1.2, 1.0]])``"""
+    return list(ratio_ci(rounds, [[1.0]] * len(rounds), resamples=resamples, seed=seed))
 
 
 def time_steps(s: DeviceCheckSettings, precision: str) -> dict:
@@ -244,20 +237,15 @@ def time_steps(s: DeviceCheckSettings, precision: str) -> dict:
                           batch_size=s.batch_size, attack_steps=s.attack_steps, rounds=s.rounds,
                           steps_per_round=s.steps_per_round, warmup=s.warmup, configs=TIMED_CONFIGS,
                           device=s.device, seed=s.seed, memory=False, attack_precision=precision)
-    times = time_configs(bench)
-    per_round = {name: [values[i * s.steps_per_round:(i + 1) * s.steps_per_round] for i in range(s.rounds)]
-                 for name, values in times.items()}
+    times = time_configs(bench)  # times[name][round]: that round's step seconds
     configs = summarise_times(times, s.batch_size)
     for name, entry in configs.items():
-        entry["ci95_s_per_step"] = bootstrap_interval({name: per_round[name]}, lambda t: statistics.median(t[name]),
-                                                      s.resamples, seed=s.seed)
+        entry["ci95_s_per_step"] = median_ci(times[name], s.resamples, seed=s.seed)
     values = ratios(configs, None)
     with_intervals = {}
     for key in RATIOS:
         num, den = TIME_RATIOS[key]
-        interval = bootstrap_interval({n: per_round[n] for n in (num, den)},
-                                      lambda t: statistics.median(t[num]) / statistics.median(t[den]),
-                                      s.resamples, seed=s.seed)
+        interval = list(ratio_ci(times[num], times[den], resamples=s.resamples, seed=s.seed))
         with_intervals[key] = {"value": values[key], "ci95": interval, "target_at_most": TARGETS[key],
                                "met": values[key] <= TARGETS[key]}
     return {"attack_precision": precision, "configs": configs, "ratios": with_intervals}
