@@ -9,6 +9,7 @@ import torch
 from helpers import run_rat
 
 from ratkit.bench import (CONFIGS, TARGETS, TIME_RATIOS, BenchSettings, bench_method, bench_model, format_bench,
+                          gemm_precision, make_step,
                           measure_memory, naive_module, ratio_ci, run_bench, width_kwargs)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -200,3 +201,27 @@ def test_bench_reports_a_ci_for_every_time_ratio_and_the_flop_rate_of_every_conf
     low, high = result["ratio_ci"]["rat_trades_over_trades_ci"]
     assert f"{result['ratios']['rat_trades_over_trades']:.3f} [{low:.3f}, {high:.3f}]" in table
     json.dumps(result)
+
+
+@pytest.mark.parametrize("step_precision,expected", [("float32", False), ("bfloat16", True)])
+def test_the_bench_runs_the_library_step_in_its_step_precision(step_precision, expected):
+    """`rat bench --precision` times the step `rat train` runs with that train.precision: every
+    forward pass of the step, the attack's included, under autocast; float32 none."""
+    settings = BenchSettings(**{**TINY, "step_precision": step_precision})
+    model, seen = bench_model(settings), []
+    model.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    x, y = _fixed_batch(8)
+    make_step("trades", settings)(model, torch.optim.SGD(model.parameters(), lr=0.01), x, y, torch.Generator())
+    assert len(seen) == 4 and set(seen) == {expected}  # 1 attack step; TRADES' clean target, clean and adv passes
+    assert gemm_precision("trades", settings) == step_precision and gemm_precision("naive-trades", settings) == "float32"
+
+
+def test_rat_bench_cli_times_a_bfloat16_step_and_says_so(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_rat("bench", "--width", "0.125", "--batch-size", "8", "--steps", "1", "--rounds", "1",
+                     "--attack-steps", "1", "--configs", "trades,rat-trades", "--precision", "bfloat16",
+                     "--no-memory", "--no-scaling", "--quiet", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["settings"]["step_precision"] == "bfloat16" and "bfloat16" in data["gemm_gflops"]
+    assert "step bfloat16" in result.stdout

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import dataset_info
-from .methods import BASE_METHODS, Method, compose_method
+from .methods import BASE_METHODS, Method, StepPrecision, compose_method
 from .models import build_model, model_kwargs_for
 
 BENCHMARKS_DIR_ENV = "RAT_BENCHMARKS_DIR"
@@ -98,8 +98,8 @@ class BenchSettings:
     model_kwargs: dict = field(default_factory=dict)
     batch_size: int = 128
     attack_steps: int = 10
-    rounds: int = 5
-    steps_per_round: int = 4
+    rounds: int = 60  # 60 x 1 step: a 95% CI of +-0.024 on RAT-TRADES/TRADES here (docs/performance.md)
+    steps_per_round: int = 1
     warmup: int = 2
     memory_steps: int = 2
     configs: tuple[str, ...] = CONFIGS
@@ -107,6 +107,7 @@ class BenchSettings:
     seed: int = 0
     memory: bool = True
     attack_precision: str = "float32"  # the library's training attack; the naive baselines stay float32
+    step_precision: str = "float32"  # the library's whole step (train.precision); the naive baselines stay float32
     channels_last: bool = True  # the library's layout (train.channels_last); the naive baselines stay NCHW
 
 
@@ -166,9 +167,10 @@ def make_step(name: str, settings: BenchSettings) -> StepFn:
 
         return naive_step
     method = bench_method(name, eps, settings.attack_steps, settings.attack_precision)
+    precision = StepPrecision(settings.step_precision, torch.device(settings.device).type)
 
     def library_step(model, optimizer, x, y, generator):
-        return method.step(model, optimizer, x, y, generator=generator)
+        return method.step(model, optimizer, x, y, generator=generator, precision=precision)
 
     return library_step
 
@@ -348,9 +350,12 @@ def gemm_gflops(device: str, precisions: tuple[str, ...], repeats: int = 5) -> d
 
 
 def gemm_precision(name: str, settings: BenchSettings) -> str:
-    """The GEMM precision a configuration's FLOP rate is read against: the library's attack
-    precision (the attack is most of a step), float32 for the naive baselines."""
-    return "float32" if name in NAIVE else settings.attack_precision
+    """The GEMM precision a configuration's FLOP rate is read against: the library's step
+    precision when the whole step runs in reduced precision, else its attack precision (the attack
+    is most of a step); float32 for the naive baselines."""
+    if name in NAIVE:
+        return "float32"
+    return settings.step_precision if settings.step_precision != "float32" else settings.attack_precision
 
 
 # ----------------------------------------------------------------------------- memory
@@ -411,8 +416,11 @@ def _memory_worker(payload: str) -> None:
 def scaling(settings: BenchSettings, configs: tuple[str, ...] = ("trades", "rat-trades"),
             batch_sizes: tuple[int, ...] = (32, 64, 128, 256), widths: tuple[float, ...] = (0.5, 1.0, 2.0),
             progress: Callable[[str], None] | None = None) -> dict:
-    """Median seconds per step against batch size, and against model width (at the base batch size)."""
-    quick = replace(settings, rounds=max(2, settings.rounds // 2), steps_per_round=2, warmup=1, configs=configs)
+    """Median seconds per step against batch size, and against model width (at the base batch size).
+
+    Two rounds of two steps per point, whatever ``settings.rounds``: a curve of medians, read for its
+    shape, not for the few percent that the main table's rounds and intervals are for."""
+    quick = replace(settings, rounds=2, steps_per_round=2, warmup=1, configs=configs)
     by_batch = []
     for b in batch_sizes:
         med = summarise_times(time_configs(replace(quick, batch_size=b)), b)
@@ -506,7 +514,8 @@ def run_bench(settings: BenchSettings, *, with_scaling: bool = True,
     started = time.perf_counter()
     times = time_configs(settings, progress)
     summary = summarise_times(times, settings.batch_size)
-    gemm = gemm_gflops(settings.device, tuple(dict.fromkeys(("float32", settings.attack_precision))))
+    gemm = gemm_gflops(settings.device, tuple(dict.fromkeys(("float32", settings.attack_precision,
+                                                              settings.step_precision))))
     add_flop_rates(summary, step_flops(settings), gemm, settings)
     if progress:
         progress("FLOPs and GEMM rate")
@@ -536,11 +545,13 @@ def format_bench(result: dict) -> str:
     s, env = result["settings"], result["environment"]
     lines = [f"rat bench: {s['model']} on {s['dataset']}-shaped synthetic data, batch {s['batch_size']}, "
              f"{s['attack_steps']} attack steps; library: attack {s['attack_precision']}, "
+             f"step {s.get('step_precision', 'float32')}, "
              f"{'channels_last' if s['channels_last'] else 'NCHW'} (naive: float32, NCHW); "
              f"{env['device']} ({env.get('gpu', env['cpu'])}, {env['threads']} threads), torch {env['torch']}",
              "GEMM (square matmul, same run): " + ", ".join(
                  f"{precision} {rate:.0f} GFLOP/s" for precision, rate in result["gemm_gflops"].items())
-             + "; % of GEMM is against the configuration's attack precision (naive: float32)",
+             + "; % of GEMM is against the configuration's step precision, or its attack precision when the "
+             "step is float32 (naive: float32)",
              f"{'configuration':<18}{'s/step':>9}{'IQR':>8}{'img/s':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}"
              f"{'% of GEMM':>11}{'peak step MiB':>15}"]
     for name, c in result["configs"].items():

@@ -34,6 +34,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    from .attacks.pgd import NORMS
     from .evaluate import PROTOCOLS
 
     p.add_argument("--protocol", choices=PROTOCOLS, default="ours",
@@ -48,7 +49,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aa-n", type=int, default=None,
                    help="run AutoAttack on the first N of those only (default: all of them)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--norm", choices=("Linf", "L2"), default="Linf")
+    p.add_argument("--norm", choices=NORMS, default="Linf")
     p.add_argument("--eps", type=float, default=None,
                    help="override the protocol's eps (default: by dataset: Linf 8/255 CIFAR/SVHN, 0.1 "
                         "(Fashion-)MNIST; L2 0.5)")
@@ -233,10 +234,12 @@ def cmd_bench(args) -> int:
     device = resolve_device(args.device)
     precision = args.attack_precision or load_config(None).attack.precision
     settings = BenchSettings(dataset=args.dataset, model=model, model_kwargs=model_kwargs,
-                             batch_size=args.batch_size, attack_steps=args.attack_steps, rounds=args.rounds,
+                             batch_size=args.batch_size, attack_steps=args.attack_steps,
+                             rounds=min(args.rounds, args.steps),  # --steps 10: 10 rounds of one step, not 60
                              steps_per_round=max(1, -(-args.steps // args.rounds)), configs=configs,
                              device=str(device), seed=args.seed, memory=not args.no_memory,
-                             attack_precision=precision, channels_last=not args.no_channels_last)
+                             attack_precision=precision, step_precision=args.precision,
+                             channels_last=not args.no_channels_last)
     progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     try:
         bench_model(settings)
@@ -414,7 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config field, e.g. --set optim.lr=0.05 (repeatable); VALUE is parsed as "
                         "YAML (null, true, [1, 2], quoted strings), unlike the other flags, which are typed")
-    from .methods import BASE_METHODS
+    from .analysis.hessian import PARAMS
+    from .analysis.jobs import HESSIAN_LOSSES
+    from .analysis.landscape import ADVERSARIAL
+    from .attacks.pgd import PRECISIONS
+    from .methods import BASE_METHODS, STEP_PRECISIONS
 
     p.add_argument("--method", choices=tuple(BASE_METHODS), default=None, help="the base method")
     p.add_argument("--rat", dest="rat", action="store_true", default=None, help="wrap the method in RAT")
@@ -444,12 +451,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help="scale the model's width (smallcnn channels, WRN widen)")
     p.add_argument("--dataset", default="fashion-mnist", help="synthetic data of this dataset's shape")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per configuration (default 20)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed steps are split into")
+    p.add_argument("--steps", type=int, default=60, help="timed training steps per configuration (default 60)")
+    p.add_argument("--rounds", type=int, default=60,
+                   help="interleaved rounds the timed steps are split into, the units the ratios' confidence "
+                        "intervals resample (default 60: +-0.024 on RAT-TRADES/TRADES on a 2-core CPU, "
+                        "docs/performance.md)")
     p.add_argument("--attack-steps", type=int, default=10, help="PGD steps of the training attack (paper: 10)")
-    p.add_argument("--attack-precision", choices=("float32", "bfloat16"), default=None,
+    p.add_argument("--attack-precision", choices=PRECISIONS, default=None,
                    help="the library's training attack precision (default: the default preset's, bfloat16; "
                         "the naive baselines always run float32)")
+    p.add_argument("--precision", choices=STEP_PRECISIONS, default="float32",
+                   help="the library's whole training step, as train.precision (default float32; bfloat16 and "
+                        "float16 run attack, loss and backward under autocast, float16 with a gradient scaler)")
     p.add_argument("--no-channels-last", action="store_true", help="time the library in NCHW layout")
     p.add_argument("--configs", default=None, help="comma-separated configurations to time (default: all ten)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -481,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", help="one or more checkpoints (run directories or .safetensors); "
                                                   "several are overlaid on one plot")
     p.add_argument("--dim", type=int, choices=(1, 2), default=1, help="1-D curve or 2-D surface (default 1)")
-    p.add_argument("--adversarial", choices=("none", "fixed", "regenerated"), default="fixed",
+    p.add_argument("--adversarial", choices=ADVERSARIAL, default="fixed",
                    help="adversarial curve too: 'fixed' batch crafted once at the trained weights, or "
                         "'regenerated' at every point (the AWP paper's); default fixed")
     p.add_argument("--points", type=int, default=21, help="grid points per axis, odd (default 21)")
@@ -493,10 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="run directory (uses best.safetensors) or .safetensors file")
     p.add_argument("--top-k", type=int, default=1, help="how many top eigenvalues (default 1)")
     p.add_argument("--probes", type=int, default=100, help="Rademacher probes of the trace estimate (default 100)")
-    p.add_argument("--loss", choices=("clean", "adversarial", "both"), default="both")
+    p.add_argument("--loss", choices=HESSIAN_LOSSES, default="both")
     p.add_argument("--max-iter", type=int, default=100, help="power-iteration steps per eigenvalue at most")
     p.add_argument("--tol", type=float, default=1e-4, help="relative change that stops the power iteration")
-    p.add_argument("--params", choices=("all", "weights"), default="all",
+    p.add_argument("--params", choices=PARAMS, default="all",
                    help="all trainable parameters, or only weights with dim > 1")
     _add_analysis_args(p, "hessian")
     p.set_defaults(func=cmd_hessian)

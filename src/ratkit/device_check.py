@@ -16,8 +16,9 @@ computes, and what do the paper's training steps cost on it. One run, one JSON
      differ is reported (a handful at the decision boundary is rounding, not a bug).
 2. **Throughput**: seconds per step of TRADES, RAT-TRADES, AWP-TRADES and AWP-RAT-TRADES for
    WRN-34-10 at batch 128 on 32x32 inputs, timed by ``rat bench``'s interleaved rounds, with the
-   training attack in float32 and in bf16 autocast (the library's one bf16 option; the loss
-   and the update stay float32); the evaluation attacks' seconds per image on WRN-34-10; and
+   whole step (attack, loss, backward) in float32 and in bf16 autocast (``train.precision`` and
+   ``attack.precision`` both bfloat16; RAT's statistics stay float32); the evaluation attacks'
+   seconds per image on WRN-34-10; and
    AutoAttack's images per second on a briefly trained WRN-16-4.
 3. **Ratios and estimates**: RAT's two ratios with bootstrap intervals over rounds, and the
    wall time of each CIFAR-10 preset's 200 epochs (training, validation, final evaluation).
@@ -231,12 +232,13 @@ def median_ci(rounds: list[list[float]], resamples: int = 2000, seed: int = 0) -
 
 
 def time_steps(s: DeviceCheckSettings, precision: str) -> dict:
-    """Seconds per step of ``TIMED_CONFIGS`` (``rat bench``'s timing) with the training attack in
-    ``precision``, each median with its interval, and RAT's ratios with theirs."""
+    """Seconds per step of ``TIMED_CONFIGS`` (``rat bench``'s timing) with the whole step, attack
+    included, in ``precision``, each median with its interval, and RAT's ratios with theirs."""
     bench = BenchSettings(dataset=s.timed_net.dataset, model=s.timed_net.name, model_kwargs=s.timed_net.kwargs,
                           batch_size=s.batch_size, attack_steps=s.attack_steps, rounds=s.rounds,
                           steps_per_round=s.steps_per_round, warmup=s.warmup, configs=TIMED_CONFIGS,
-                          device=s.device, seed=s.seed, memory=False, attack_precision=precision)
+                          device=s.device, seed=s.seed, memory=False, attack_precision=precision,
+                          step_precision=precision)
     times = time_configs(bench)  # times[name][round]: that round's step seconds
     configs = summarise_times(times, s.batch_size)
     for name, entry in configs.items():
@@ -248,7 +250,7 @@ def time_steps(s: DeviceCheckSettings, precision: str) -> dict:
         interval = list(ratio_ci(times[num], times[den], resamples=s.resamples, seed=s.seed))
         with_intervals[key] = {"value": values[key], "ci95": interval, "target_at_most": TARGETS[key],
                                "met": values[key] <= TARGETS[key]}
-    return {"attack_precision": precision, "configs": configs, "ratios": with_intervals}
+    return {"step_precision": precision, "configs": configs, "ratios": with_intervals}
 
 
 def evaluation_costs(s: DeviceCheckSettings) -> dict:
@@ -296,10 +298,11 @@ def preset_estimate(preset: str, steps: dict[str, dict], costs: dict) -> dict:
     aa_n = min(test_n, cfg.eval.aa_n or test_n)
     attacks = parse_attacks(cfg.eval.attacks)
     final_h = sum(per_image[a] * (aa_n if a == "aa" else test_n) for a in attacks) / 3600
-    preset_precision = cfg.attack.precision
+    # the timings' precision that is the preset's: its step's, or its attack's when the step is float32
+    preset_precision = cfg.train.precision if cfg.train.precision != "float32" else cfg.attack.precision
     total = training_h.get(preset_precision)
     return {"method": name, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "awp_warmup_epochs": warm,
-            "attack_precision": preset_precision, "training_h": training_h, "validation_h": validation_h,
+            "precision": preset_precision, "training_h": training_h, "validation_h": validation_h,
             "final_evaluation_h": final_h, "of_which_autoattack_h": per_image["aa"] * aa_n / 3600,
             "total_h": None if total is None else total + validation_h + final_h}
 
@@ -321,7 +324,7 @@ def run_device_check(s: DeviceCheckSettings, progress: Callable[[str], None] | N
     if s.throughput:
         steps = {}
         for precision in s.precisions:
-            say(f"throughput: {s.timed_net.name}, attack in {precision}")
+            say(f"throughput: {s.timed_net.name}, step in {precision}")
             steps[precision] = time_steps(s, precision)
         say("evaluation: attack costs and AutoAttack")
         costs = evaluation_costs(s)
@@ -357,7 +360,7 @@ def format_check(result: dict) -> str:
              f"PGD-20 accuracy {100 * verdicts['pgd20_accuracy']['device']:.2f}% on the device, "
              f"{100 * verdicts['pgd20_accuracy']['reference']:.2f}% on the reference"]
     for precision, t in result.get("throughput", {}).items():
-        lines.append(f"{s['timed_net']['name']}, batch {s['batch_size']}, attack in {precision}: "
+        lines.append(f"{s['timed_net']['name']}, batch {s['batch_size']}, step in {precision}: "
                      + ", ".join(f"{name} {c['median_s_per_step']:.3f} s/step [{c['ci95_s_per_step'][0]:.3f}, "
                                  f"{c['ci95_s_per_step'][1]:.3f}]" for name, c in t["configs"].items()))
         lines.append("  " + ", ".join(f"{key} {r['value']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
