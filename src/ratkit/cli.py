@@ -394,7 +394,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .interop import add_commands
 
     add_commands(sub)  # rat import, rat export
+    _add_eval_command(sub)
+    _add_train_command(sub)
+    _add_bench_command(sub)
+    _add_study_command(sub)
+    _add_landscape_command(sub)
+    _add_hessian_command(sub)
+    return parser
 
+
+def _add_eval_command(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint with the fixed protocol")
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="run directory (uses best.safetensors), .safetensors file or its .json sidecar")
@@ -405,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _add_train_command(sub) -> None:
+    from .methods import BASE_METHODS
 
     p = sub.add_parser("train", help="train (default: RAT-TRADES on Fashion-MNIST, CPU preset) and evaluate",
                        description="Train a run and evaluate its best checkpoint.",
@@ -417,11 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config field, e.g. --set optim.lr=0.05 (repeatable); VALUE is parsed as "
                         "YAML (null, true, [1, 2], quoted strings), unlike the other flags, which are typed")
-    from .analysis.hessian import PARAMS
-    from .analysis.jobs import HESSIAN_LOSSES
-    from .analysis.landscape import ADVERSARIAL
-    from .attacks.pgd import PRECISIONS
-    from .methods import BASE_METHODS, STEP_PRECISIONS
 
     p.add_argument("--method", choices=tuple(BASE_METHODS), default=None, help="the base method")
     p.add_argument("--rat", dest="rat", action="store_true", default=None, help="wrap the method in RAT")
@@ -445,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=cmd_train)
+
+
+def _add_bench_command(sub) -> None:
+    from .attacks.pgd import PRECISIONS
+    from .methods import STEP_PRECISIONS
 
     p = sub.add_parser("bench", help="time and size a training step of every method, with and without RAT")
     p.add_argument("--model", default="smallcnn", help="smallcnn, wrn-16-4, preactresnet18, ... (default smallcnn)")
@@ -473,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_study_command(sub) -> None:
     p = sub.add_parser("study", help="a grid of runs x seeds, evaluated and aggregated (resumable)")
     p.add_argument("--grid", default="core", help="grid file, or a name in configs/studies/ (default: core)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the grid's)")
@@ -490,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 
+
+def _add_landscape_command(sub) -> None:
+    from .analysis.landscape import ADVERSARIAL
+
     p = sub.add_parser("landscape", help="loss and accuracy along random filter-normalised weight directions")
     p.add_argument("checkpoints", nargs="+", help="one or more checkpoints (run directories or .safetensors); "
                                                   "several are overlaid on one plot")
@@ -502,6 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_args(p, "landscape")
     p.set_defaults(func=cmd_landscape)
 
+
+def _add_hessian_command(sub) -> None:
+    from .analysis.hessian import PARAMS
+    from .analysis.jobs import HESSIAN_LOSSES
+
     p = sub.add_parser("hessian", help="top Hessian eigenvalues and Hutchinson trace, clean and adversarial loss")
     p.add_argument("checkpoint", help="run directory (uses best.safetensors) or .safetensors file")
     p.add_argument("--top-k", type=int, default=1, help="how many top eigenvalues (default 1)")
@@ -513,7 +537,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all trainable parameters, or only weights with dim > 1")
     _add_analysis_args(p, "hessian")
     p.set_defaults(func=cmd_hessian)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -303,8 +303,6 @@ def validate(cfg: Config) -> None:
     Types are re-checked here (strictly: no string-to-float coercion) so a Config built or
     edited in code gets the same clear message as one loaded from YAML.
     """
-    from .data import DATASETS  # lazy: keep `import ratkit.config` cheap
-
     if not isinstance(cfg, Config):
         raise ConfigError(f"config: expected a Config, got {type(cfg).__name__}")
     for sec in SECTIONS:
@@ -313,15 +311,19 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{sec}: expected {SECTIONS[sec].__name__}, got {type(obj).__name__}")
         for key, tp in _field_types(sec).items():
             _coerce(f"{sec}.{key}", getattr(obj, key), tp, strict=True)
+    for rules in (_validate_data_and_model, _validate_attack_and_method, _validate_optim, _validate_train,
+                  _validate_eval):
+        rules(cfg)
 
-    d, m, a, me, o, t, e = cfg.data, cfg.model, cfg.attack, cfg.method, cfg.optim, cfg.train, cfg.eval
 
+def _validate_data_and_model(cfg: Config) -> None:
+    from .data import DATASETS  # lazy: keep `import ratkit.config` cheap
+    from .models import model_spec
+
+    d, m = cfg.data, cfg.model
     _choice("data.dataset", d.dataset, tuple(DATASETS))
     _check(d.val_size >= 0, "data.val_size", "must be >= 0", d.val_size)
     _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", "must be > 0 or null", d.train_subset)
-
-    from .models import model_spec
-
     try:
         model_spec(m.name)
     except (ValueError, TypeError) as exc:
@@ -331,12 +333,14 @@ def validate(cfg: Config) -> None:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model.kwargs: {exc}") from None
 
+
+def _validate_attack_and_method(cfg: Config) -> None:
+    a, me = cfg.attack, cfg.method
     _check(a.eps is None or a.eps > 0, "attack.eps", "must be > 0 or null", a.eps)
     _check(a.steps >= 1, "attack.steps", "must be >= 1", a.steps)
     _check(a.step_size is None or a.step_size > 0, "attack.step_size", "must be > 0 or null", a.step_size)
     _choice("attack.norm", a.norm, NORMS)
     _choice("attack.precision", a.precision, PRECISIONS)
-
     _choice("method.name", me.name, tuple(BASE_METHODS))
     _check(me.beta >= 0, "method.beta", "must be >= 0", me.beta)
     try:  # the constructors check RAT's and AWP's settings (all of them, even a wrapper's that is off)
@@ -346,6 +350,9 @@ def validate(cfg: Config) -> None:
     except ValueError as exc:
         raise ConfigError(f"method: {exc}") from None
 
+
+def _validate_optim(cfg: Config) -> None:
+    o = cfg.optim
     _choice("optim.name", o.name, OPTIMIZERS)
     _check(o.lr > 0, "optim.lr", "must be > 0", o.lr)
     _check(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)", o.momentum)
@@ -358,25 +365,29 @@ def validate(cfg: Config) -> None:
     _check(0 < o.lr_decay <= 1, "optim.lr_decay", "must be in (0, 1]", o.lr_decay)
     _check(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0", o.warmup_epochs)
 
+
+def _validate_train(cfg: Config) -> None:
+    t = cfg.train
     _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     _check(0 <= t.seed < 2**32, "train.seed", "must be in [0, 2**32)", t.seed)
     _check(bool(_DEVICE.match(t.device)), "train.device", "must be auto, cpu, cuda or cuda:N", t.device)
     _choice("train.precision", t.precision, STEP_PRECISIONS)
-    _check(t.out is None or t.out.strip() != "", "train.out", "must be a non-empty path or null", t.out)
-    _check(t.val_n is None or t.val_n > 0, "train.val_n", "must be > 0 or null", t.val_n)
-    _check(t.time_budget_s is None or t.time_budget_s > 0, "train.time_budget_s", "must be > 0 or null",
-           t.time_budget_s)
-    _check(t.checkpoint_every_s is None or t.checkpoint_every_s > 0, "train.checkpoint_every_s",
-           "must be > 0 or null", t.checkpoint_every_s)
-    _check(t.init_from is None or t.init_from.strip() != "", "train.init_from", "must be a non-empty path or null",
-           t.init_from)
+    for key in ("out", "init_from"):
+        value = getattr(t, key)
+        _check(value is None or value.strip() != "", f"train.{key}", "must be a non-empty path or null", value)
+    for key in ("val_n", "time_budget_s", "checkpoint_every_s"):
+        value = getattr(t, key)
+        _check(value is None or value > 0, f"train.{key}", "must be > 0 or null", value)
     _check(t.collapse_margin is None or t.collapse_margin >= 0, "train.collapse_margin",
            "must be >= 0 (accuracy points) or null", t.collapse_margin)
     _check(t.collapse_epochs >= 1, "train.collapse_epochs", "must be >= 1", t.collapse_epochs)
 
+
+def _validate_eval(cfg: Config) -> None:
     from .evaluate import parse_attacks
 
+    e = cfg.eval
     try:
         parse_attacks(e.attacks)
     except ValueError as exc:

@@ -200,8 +200,6 @@ def evaluate(
 
     Example: ``format_report(evaluate(model, x, y, dataset="fashion-mnist", eps=0.1, attacks=("clean", "pgd20")))``
     """
-    from .progress import progress
-
     attacks = DEFAULT_ATTACKS[protocol] if attacks is None else attacks
     rank = distributed.current()
     skip = (lambda k: k % rank.world_size != rank.rank) if rank.distributed else None
@@ -222,26 +220,11 @@ def evaluate(
     with model_mode(model, False), torch.autocast(device.type, enabled=False), strict_float32():
         for name in attacks:
             n = len(x) if name != "aa" or aa_n is None else min(aa_n, len(x))
-            generator = torch.Generator(device=device).manual_seed(seed)
             keep = torch.zeros_like(x[:n]) if keep_adversarial else None
-            chunks = store.attack(name) if store is not None else None
             started = time.perf_counter()
-            with progress(n, ATTACK_TITLES[name], "img", quiet=quiet, main=rank.is_main) as bar:
-                if name == "aa":
-                    if not quiet and rank.is_main:
-                        print(f"AutoAttack (standard) on {n} images: roughly 1 s per image for a small "
-                              "robust CNN on a 2-core CPU.", file=sys.stderr)
-                    correct = autoattack_correct(model, x[:n], y[:n], eps=eps, norm=norm, batch_size=batch_size,
-                                                 seed=seed, progress=bar, skip=skip, keep=keep, chunks=chunks)
-                else:
-                    cfg = None if name == "clean" else protocol_attack(name, eps, norm, protocol)
-                    predicted = _predictions_under(model, x[:n], y[:n], cfg, batch_size, generator, bar, skip, keep,
-                                                   chunks)
-                    if name == "clean":
-                        predicted = distributed.all_reduce_sum(predicted + 1) - 1  # -1 where another rank's
-                        report.clean_predictions = predicted.tolist()
-                    correct = predicted == y[:n]
-            correct = distributed.all_reduce_sum(correct.int()).bool()  # each example was done by one rank
+            correct = _attack_outcome(name, model, x[:n], y[:n], report, eps=eps, norm=norm, protocol=protocol,
+                                      batch_size=batch_size, seed=seed, quiet=quiet, skip=skip, keep=keep,
+                                      chunks=store.attack(name) if store is not None else None)
             outcomes[name] = correct
             if keep is not None:
                 inputs[name] = distributed.all_reduce_sum(keep)
@@ -260,6 +243,32 @@ def evaluate(
         if rank.is_main:
             store.remove()  # the report is complete
     return report
+
+
+def _attack_outcome(name: str, model: nn.Module, x: Tensor, y: Tensor, report: EvalReport, *, eps: float,
+                    norm: str, protocol: str, batch_size: int, seed: int, quiet: bool, skip, keep, chunks) -> Tensor:
+    """One attack of the protocol on (x, y): per example, whether the model stays right, gathered
+    over the ranks (each example is attacked by one). The clean pass also fills the report's
+    clean predictions."""
+    from .progress import progress
+
+    rank = distributed.current()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    with progress(len(x), ATTACK_TITLES[name], "img", quiet=quiet, main=rank.is_main) as bar:
+        if name == "aa":
+            if not quiet and rank.is_main:
+                print(f"AutoAttack (standard) on {len(x)} images: roughly 1 s per image for a small "
+                      "robust CNN on a 2-core CPU.", file=sys.stderr)
+            correct = autoattack_correct(model, x, y, eps=eps, norm=norm, batch_size=batch_size, seed=seed,
+                                         progress=bar, skip=skip, keep=keep, chunks=chunks)
+        else:
+            cfg = None if name == "clean" else protocol_attack(name, eps, norm, protocol)
+            predicted = _predictions_under(model, x, y, cfg, batch_size, generator, bar, skip, keep, chunks)
+            if name == "clean":
+                predicted = distributed.all_reduce_sum(predicted + 1) - 1  # -1 where another rank's
+                report.clean_predictions = predicted.tolist()
+            correct = predicted == y
+    return distributed.all_reduce_sum(correct.int()).bool()
 
 
 def worst_case_examples(outcomes: dict[str, Tensor], inputs: dict[str, Tensor], n: int) -> dict:
