@@ -463,3 +463,24 @@ def test_the_command_lines_git_commit_commits_only_the_given_files(tmp_path, mon
     log = subprocess.run(["git", "log", "--format=%s", "--name-only"], capture_output=True, text=True).stdout
     assert log.split() == ["study", "tiny:", "result", "of", "a", "a.json"]
     assert not git_commit([Path("missing.json")], "nothing")
+
+
+def test_the_pilot_curve_script_reads_training_logs_alone(tmp_path):
+    """scripts/plot_val_curves.py: the figure and the best/last table of runs not yet evaluated."""
+    import subprocess
+    import sys
+
+    for run, curve in (("at-seed0", [0.50, 0.62, 0.58]), ("trades-seed0", [0.55, 0.60, 0.61])):
+        (tmp_path / run).mkdir()
+        rows = [{"epoch": e + 1, "val_pgd20": v, "train_adv_acc": 0.7} for e, v in enumerate(curve)]
+        (tmp_path / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "at-seed0" / "config.yaml").write_text(yaml.safe_dump({"optim": {"schedule": "multistep",
+                                                                                  "milestones": [2]}}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plot_val_curves.py"
+    out = tmp_path / "curves.png"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| at-seed0 | 3 | 62.0 (2) | 58.0 | 4.0 | 70.0 |" in result.stdout
+    assert "| trades-seed0 | 3 | 61.0 (3) | 61.0 | 0.0 | 70.0 |" in result.stdout
+    assert out.stat().st_size > 1000
