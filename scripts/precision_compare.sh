@@ -101,7 +101,7 @@ for name in runners:
     if name == "float32":
         print("| train.precision | s/step (paired) | training s | last val PGD-20 | " + " | ".join(attacks) + " |")
         print("|---" * (4 + len(attacks)) + "|")
-    print(f"| {name} | {median[name]:.4f} | {seconds:.0f} | {val} | "
+    print(f"| {name} | {median[name]:.4f} | {seconds:.0f} | {100 * val:.1f}% | "
           + " | ".join(f"{100 * accuracy.get(a, float('nan')):.2f}%" for a in attacks) + " |")
 print(f"speed-up of {precision} over float32 (paired): {median['float32'] / median[precision]:.2f}x")
 EOF
