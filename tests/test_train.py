@@ -251,3 +251,30 @@ def test_trainer_writes_the_collapse_warning_to_metrics_and_stderr(tmp_path, mon
     assert ["warning" in r for r in rows] == [False, False, True, True]
     assert "more than 10 points below its best (60.00% at epoch 1)" in rows[2]["warning"]
     assert capsys.readouterr().err.count("warning: validation PGD-20") == 2
+
+
+def test_val_every_validates_every_nth_and_the_last_epoch_and_picks_best_among_them(tmp_path, monkeypatch):
+    import ratkit.train as train_module
+
+    accuracies = iter([0.50, 0.70, 0.60])  # epochs 2, 4 and 5 (the last) are validated
+    calls = []
+
+    def fake_validate(self):
+        calls.append(self.progress.epoch)
+        return {"val_clean": 0.8, "val_pgd20": next(accuracies)}
+
+    monkeypatch.setattr(train_module.Trainer, "_validate", fake_validate)
+    run = train(_synthetic("train.epochs=5", "train.val_every=2"), tmp_path / "r", quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and calls == [1, 3, 4]  # progress.epoch counts finished epochs before this one
+    assert [r["epoch"] for r in rows if "val_pgd20" in r] == [2, 4, 5]
+    assert rows[-1]["best_epoch"] == 4
+    assert json.loads((run / "best.json").read_text())["epoch"] == 4
+    assert (run / "curves.png").stat().st_size > 0
+
+
+def test_val_every_must_be_positive():
+    from ratkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.val_every"):
+        _synthetic("train.val_every=0")

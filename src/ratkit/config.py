@@ -116,6 +116,7 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None  # None = chosen by the trainer
     val_n: int | None = 1000
+    val_every: int = 1  # validate after every N-th epoch and the last; best and collapse see validated epochs only
     # stop at the first epoch end after this many seconds of training steps, counted over the
     # whole run (resumes included); null = no budget
     time_budget_s: float | None = None
@@ -382,6 +383,7 @@ def _validate_train(cfg: Config) -> None:
     _check(t.collapse_margin is None or t.collapse_margin >= 0, "train.collapse_margin",
            "must be >= 0 (accuracy points) or null", t.collapse_margin)
     _check(t.collapse_epochs >= 1, "train.collapse_epochs", "must be >= 1", t.collapse_epochs)
+    _check(t.val_every >= 1, "train.val_every", "must be >= 1", t.val_every)
 
 
 def _validate_eval(cfg: Config) -> None:

@@ -253,6 +253,12 @@ class Trainer:
         self.progress = self.last.restore()
         self.log.rewrite(self.progress.history)
 
+    def _validation_due(self, epoch: int) -> bool:
+        """Whether ``epoch`` (1-based) is validated: every ``train.val_every``-th and the last. An
+        epoch without validation cannot become ``best`` and does not count towards a collapse warning."""
+        t = self.cfg.train
+        return epoch % t.val_every == 0 or epoch == t.epochs
+
     def _validate(self) -> dict:
         if len(self.val_data) == 0:
             return {}
@@ -324,7 +330,8 @@ class Trainer:
                     break
                 epoch = p.epoch
                 row = self._run_epoch_or_stop(epoch)
-                row.update(self._validate())
+                if self._validation_due(epoch + 1):
+                    row.update(self._validate())
                 self._end_epoch(epoch + 1, row)
                 self.stops.honour_requests()  # a signal during validation: stop here, `last` is saved
         self.log.finish(p.history)
@@ -379,7 +386,7 @@ def load_run_config(run_dir: str | Path) -> Config:
 # seed, batch, optimizer, attack, precision), since the saved state would then continue a
 # different run.
 RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_n",
-                     "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
+                     "train.val_every", "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
 HISTORY_FILE = "config-history.yaml"
 PREEMPTED_FILE = "preempted"
 

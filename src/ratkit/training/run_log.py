@@ -97,8 +97,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     ax1.plot(epochs, [r["train_loss"] for r in history], marker="o")
     ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
     for key, label in [("train_adv_acc", "train (adversarial)"), ("val_clean", "val clean"), ("val_pgd20", "val PGD-20")]:
-        if key in history[0]:
-            ax2.plot(epochs, [100 * r[key] for r in history], marker="o", label=label)
+        rows = [r for r in history if key in r]  # validation may skip epochs (train.val_every)
+        if rows:
+            ax2.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], marker="o", label=label)
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax2.legend()
     fig.tight_layout()
