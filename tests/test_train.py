@@ -273,6 +273,19 @@ def test_val_every_validates_every_nth_and_the_last_epoch_and_picks_best_among_t
     assert (run / "curves.png").stat().st_size > 0
 
 
+def test_an_unvalidated_epoch_repeats_no_collapse_warning(tmp_path, monkeypatch):
+    import ratkit.train as train_module
+
+    accuracies = iter([0.60, 0.40, 0.30, 0.30])  # epochs 2, 4, 6 and 8 are validated
+    monkeypatch.setattr(train_module.Trainer, "_validate",
+                        lambda self: {"val_clean": 0.8, "val_pgd20": next(accuracies)})
+    run = train(_synthetic("train.epochs=8", "train.val_every=2", "train.collapse_margin=10",
+                           "train.collapse_epochs=2"), tmp_path / "r", quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # epochs 6 and 8 collapse; epoch 7, between them, was not validated and warns of nothing new
+    assert ["warning" in r for r in rows] == [False] * 5 + [True, False, True]
+
+
 def test_val_every_must_be_positive():
     from ratkit.config import ConfigError
 
