@@ -349,13 +349,16 @@ def gemm_gflops(device: str, precisions: tuple[str, ...], repeats: int = 5) -> d
     return out
 
 
+def dominant_precision(step_precision: str, attack_precision: str) -> str:
+    """The precision most of a training step runs in: the whole step's when it is reduced, else
+    the attack's (the attack is most of a step)."""
+    return step_precision if step_precision != "float32" else attack_precision
+
+
 def gemm_precision(name: str, settings: BenchSettings) -> str:
-    """The GEMM precision a configuration's FLOP rate is read against: the library's step
-    precision when the whole step runs in reduced precision, else its attack precision (the attack
-    is most of a step); float32 for the naive baselines."""
-    if name in NAIVE:
-        return "float32"
-    return settings.step_precision if settings.step_precision != "float32" else settings.attack_precision
+    """The GEMM precision a configuration's FLOP rate is read against: the library's
+    :func:`dominant_precision`, float32 for the naive baselines."""
+    return "float32" if name in NAIVE else dominant_precision(settings.step_precision, settings.attack_precision)
 
 
 # ----------------------------------------------------------------------------- memory

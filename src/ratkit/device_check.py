@@ -42,8 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import pgd
-from .bench import (TARGETS, TIME_RATIOS, BenchSettings, bench_method, environment, ratio_ci, ratios, summarise_times,
-                    time_configs)
+from .bench import (TARGETS, TIME_RATIOS, BenchSettings, bench_method, dominant_precision, environment, ratio_ci,
+                    ratios, summarise_times, time_configs)
 from .config import load_config, method_label
 from .data import dataset_info
 from .data.synthetic import synthetic_data
@@ -298,8 +298,7 @@ def preset_estimate(preset: str, steps: dict[str, dict], costs: dict) -> dict:
     aa_n = min(test_n, cfg.eval.aa_n or test_n)
     attacks = parse_attacks(cfg.eval.attacks)
     final_h = sum(per_image[a] * (aa_n if a == "aa" else test_n) for a in attacks) / 3600
-    # the timings' precision that is the preset's: its step's, or its attack's when the step is float32
-    preset_precision = cfg.train.precision if cfg.train.precision != "float32" else cfg.attack.precision
+    preset_precision = dominant_precision(cfg.train.precision, cfg.attack.precision)  # the timings' key
     total = training_h.get(preset_precision)
     return {"method": name, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "awp_warmup_epochs": warm,
             "precision": preset_precision, "training_h": training_h, "validation_h": validation_h,
