@@ -157,3 +157,27 @@ def test_evaluation_turns_tf32_off_inside_and_restores_it():
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_chunks_from_another_devices_generator_are_reused_with_a_warning(tmp_path, monkeypatch):
+    """Chunks written on a GPU before the evaluation's generator was always on the CPU hold a CUDA
+    generator's state (16 bytes), which a CPU generator cannot take: the verdicts are reused, with
+    a warning, instead of the resume failing."""
+    model = _model()
+    x, y = _data(model)
+    reference = _run(model, x, y)
+    saved, original_save = [], AttackChunks.save
+
+    def save_foreign_state_then_stop(self, k, tensors):
+        original_save(self, k, {**tensors, "generator": torch.zeros(16, dtype=torch.uint8)})
+        saved.append(k)
+        if len(saved) == 9:  # clean, FGSM and PGD-20 complete
+            raise Interrupt
+
+    monkeypatch.setattr(AttackChunks, "save", save_foreign_state_then_stop)
+    with pytest.raises(Interrupt):
+        _run(model, x, y, state_dir=tmp_path / "s")
+    monkeypatch.setattr(AttackChunks, "save", original_save)
+    with pytest.warns(UserWarning, match="another device's random generator"):
+        resumed = _run(model, x, y, state_dir=tmp_path / "s")
+    assert _verdicts(resumed) == _verdicts(reference)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -135,7 +136,7 @@ def _predictions_under(model: nn.Module, x: Tensor, y: Tensor, cfg: PGDConfig | 
         stored = chunks.load(k, x.device, inputs=keep is not None) if chunks is not None else None
         if stored is not None:
             out[start:start + len(xb)] = stored["predicted"]
-            generator.set_state(stored["generator"])
+            restore_generator(generator, stored["generator"])
             xb = stored.get("x_adv", xb)
         else:
             if cfg is not None:
@@ -150,6 +151,20 @@ def _predictions_under(model: nn.Module, x: Tensor, y: Tensor, cfg: PGDConfig | 
         if progress is not None:
             progress.update(len(xb))
     return out
+
+
+def restore_generator(generator: torch.Generator, state: Tensor) -> None:
+    """Restore a chunk's generator state, or warn when it comes from a generator of another kind.
+
+    Chunks written before the evaluation's generator was always on the CPU hold a CUDA generator's
+    state, which a CPU generator cannot take: their verdicts are still valid, but the batches
+    computed after them draw other random starts than an uninterrupted run would."""
+    try:
+        generator.set_state(state)
+    except RuntimeError:
+        warnings.warn("an evaluation chunk holds the state of another device's random generator; its "
+                      "verdicts are reused, but the batches after it draw other random starts than an "
+                      "uninterrupted run", stacklevel=2)
 
 
 @contextmanager
@@ -253,7 +268,9 @@ def _attack_outcome(name: str, model: nn.Module, x: Tensor, y: Tensor, report: E
     from .progress import progress
 
     rank = distributed.current()
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    # on the CPU whatever the model's device: the same random starts on a GPU as on the CPU, and
+    # an interrupted evaluation can be resumed on another device (a chunk keeps this state)
+    generator = torch.Generator().manual_seed(seed)
     with progress(len(x), ATTACK_TITLES[name], "img", quiet=quiet, main=rank.is_main) as bar:
         if name == "aa":
             if not quiet and rank.is_main:

@@ -76,10 +76,11 @@ def adversarial_examples(
     """Adversarial examples for ``model`` (run with ``params`` if given), crafted in batches.
 
     The generator is created here from ``seed``: the same call gives the same examples, which
-    is what lets the regenerated landscape equal the fixed one at the origin.
+    is what lets the regenerated landscape equal the fixed one at the origin. It lives on the CPU
+    whatever the model's device, so a GPU draws the CPU's random starts.
     """
     check_batch_size(batch_size)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     out = torch.empty_like(x)
     for start in range(0, len(x), batch_size):
         sl = slice(start, start + batch_size)
