@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Issue 15's grids on one GPU: every (configuration, seed) in its own process (`rat study --jobs`),
-# since one small Fashion-MNIST run leaves a large GPU mostly idle. Stops waiting after
-# STUDY_SECONDS (default 450); runs that finished have their result file in RESULTS, the others
-# resume from RUNS with the same command (the study runner resumes and skips what is done).
+# Several study grids at once on one GPU: each argument is one `rat study` command line (its grid
+# first, then its flags), and every (configuration, seed) of it runs in its own process
+# (`--jobs`), since one small Fashion-MNIST run leaves a large GPU mostly idle. Each grid's runs go
+# to RUNS/study-<grid>, its result files to RESULTS/<grid>. Stops waiting after STUDY_SECONDS
+# (default 450); runs that finished have their result file in RESULTS, the others resume from RUNS
+# with the same command (the study runner resumes and skips what is done).
 #
-#   scripts/gpu_studies.sh                  # RESULTS=docs/results RUNS=runs
-#   RESULTS=/tmp/res RUNS=/tmp/runs STUDY_SECONDS=3600 scripts/gpu_studies.sh
+#   scripts/gpu_studies.sh "bases --jobs 12" "rat-at-diagnosis --seeds 0 --jobs 6 --no-aggregate"
+#   RESULTS=/tmp/res RUNS=/tmp/runs STUDY_SECONDS=3600 scripts/gpu_studies.sh "regime-pilot-2 --jobs 2"
+#   scripts/gpu_studies.sh "bases --evaluate-only --jobs 12"     # evaluate runs trained elsewhere
+#
+# Defaults: RESULTS=docs/results RUNS=runs PY=python3; OMP_NUM_THREADS=1 unless set.
 set -u
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-docs/results}
@@ -14,6 +19,10 @@ LIMIT=${STUDY_SECONDS:-450}
 PY=${PY:-python3}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 
+if [ $# -eq 0 ]; then
+  echo "usage: scripts/gpu_studies.sh \"GRID [rat study flags]\" ..." >&2
+  exit 2
+fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_studies.sh: no CUDA device; run the grids with 'rat study --grid NAME' instead" >&2
   exit 1
@@ -27,14 +36,16 @@ nvidia-smi -L 2>/dev/null
   --set eval.aa_n=16 --out "$RUNS/gpu-smoke" --quiet || { echo "gpu_studies.sh: CUDA smoke run failed" >&2; exit 1; }
 
 started=$(date +%s)
-timeout "$LIMIT" "$PY" -m ratkit study --grid bases --jobs 12 \
-  --out "$RUNS/study-bases" --results "$RESULTS/bases" > "$RUNS/study-bases.log" 2>&1 &
-timeout "$LIMIT" "$PY" -m ratkit study --grid rat-at-diagnosis --seeds 0 --jobs 6 --no-aggregate \
-  --out "$RUNS/study-rat-at-diagnosis" --results "$RESULTS/rat-at-diagnosis" > "$RUNS/study-diag0.log" 2>&1 &
-timeout "$LIMIT" "$PY" -m ratkit study --grid rat-at-diagnosis --seeds 1 --only rat-at-authors,rat-mart-authors \
-  --jobs 2 --no-aggregate --out "$RUNS/study-rat-at-diagnosis" --results "$RESULTS/rat-at-diagnosis" \
-  > "$RUNS/study-diag1.log" 2>&1 &
+for spec in "$@"; do
+  read -r grid flags <<< "$spec"
+  # shellcheck disable=SC2086  # the flags are meant to split
+  timeout "$LIMIT" "$PY" -m ratkit study --grid "$grid" $flags \
+    --out "$RUNS/study-$grid" --results "$RESULTS/$grid" > "$RUNS/study-$grid.log" 2>&1 &
+done
 wait
 echo "studies stopped after $(( $(date +%s) - started )) s"
-cat "$RUNS"/study-*.log
-ls "$RESULTS/bases" "$RESULTS/rat-at-diagnosis"
+for spec in "$@"; do
+  read -r grid _ <<< "$spec"
+  echo "== $grid: $(ls "$RESULTS/$grid" 2>/dev/null | wc -l) result files"
+  cat "$RUNS/study-$grid.log"
+done
