@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ratkit.bench import ratio_ci
-from ratkit.device_check import (EXIT_NO_DEVICE, RATIOS, PRESETS, TIMED_CONFIGS, DeviceCheckSettings, Net,
-                                 median_ci, format_check, preset_estimate, run_device_check)
+from ratkit.device_check import (EXIT_NO_DEVICE, RATIOS, PRESETS, TIMED_CONFIGS, TOLERANCES, DeviceCheckSettings,
+                                 Net, median_ci, format_check, preset_estimate, run_device_check, step_errors)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,12 +43,32 @@ def test_the_cpu_against_itself_agrees_exactly_and_passes_the_tolerances(tiny_re
     step = tiny_result["correctness"]["rat_trades_step"]
     assert step["passed"]
     assert step["loss_rel"] == step["weights_abs"] == step["update_rel"] == step["buffers_max_abs_diff"] == 0.0
+    assert step["update_error_ratio"] == 1.0  # the same float32 step, judged against the float64 one
+    assert step["update_error"]["reference"] > 0  # float32 is not float64: the yardstick is not zero
     assert step["attack"]["x_adv_max_abs_diff"] == 0.0  # the same CPU generator: the same starts and noise
     assert step["max_update"] > 0  # the step did move the weights
     assert set(step["loss"]["device"]) == {"loss", "natural", "robust", "taylor1", "taylor2"}
     verdicts = tiny_result["correctness"]["pgd20_verdicts"]
     assert verdicts["images"] == 16 and verdicts["pgd20_verdicts_differing"] == 0
     assert verdicts["clean_verdicts_differing"] == 0
+
+
+def test_the_step_is_judged_by_its_error_against_float64_relative_to_the_references():
+    """A device as far from the exact step as the reference's own float32 rounding passes, though the
+    two float32 steps differ by more than 1e-3 of the update (the first H200 run: 3.9e-3); a device
+    ten times as far fails."""
+    before = {"w": torch.zeros(3)}
+    exact = {"w": torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)}
+    reference = {"w": torch.tensor([1.004, -0.5, 0.25])}  # float32 rounding: 4e-3 of the update
+    close = step_errors(before, {"exact": exact, "reference": reference,
+                                 "device": {"w": torch.tensor([0.996, -0.5, 0.25])}}, ["w"])
+    assert close["update_rel"] == pytest.approx(8e-3, rel=1e-3)
+    assert close["update_error_ratio"] == pytest.approx(1.0, rel=1e-3)
+    assert close["update_error_ratio"] <= TOLERANCES["update_error_ratio"]
+    far = step_errors(before, {"exact": exact, "reference": reference,
+                               "device": {"w": torch.tensor([1.0, -0.46, 0.25])}}, ["w"])
+    assert far["update_error_ratio"] == pytest.approx(10.0, rel=1e-3)
+    assert far["update_error_ratio"] > TOLERANCES["update_error_ratio"]
 
 
 def test_the_report_has_every_part_and_is_json(tiny_result, tmp_path):

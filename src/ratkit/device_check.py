@@ -60,9 +60,14 @@ PRESETS = ("cifar10-trades-wrn34", "cifar10-rat-trades-wrn34", "cifar10-awp-trad
            "cifar10-awp-rat-trades-wrn34")
 CIFAR10_SIZES = {"train": 50_000, "test": 10_000}  # the presets hold data.val_size of the training set out
 
-# Float32 on both devices, TF32 off: the loss may differ by reordered sums only. The update's
-# difference is measured against the update itself (max |dw_device - dw_reference| / max |dw_reference|).
-TOLERANCES = {"loss_rel": 1e-4, "weights_abs": 1e-4, "update_rel": 1e-3}
+# Float32 on both devices, TF32 off: the loss may differ by reordered sums only. The step is judged
+# against the exact (float64, reference device) step: the device's float32 step may be at most
+# UPDATE_ERROR_FACTOR times as far from it as the reference's own float32 step is, both measured as
+# max |w_float32 - w_float64| / max |dw|. A fixed bound on the device-reference difference cannot be
+# set: float32's own error in this step is about 4-5e-3 of the update on the CPU (BatchNorm with a
+# batch of 64 is ill-conditioned), and the first H200 run measured 3.9e-3 between the devices, which a
+# 1e-3 bound failed (docs/performance.md, "Device check").
+TOLERANCES = {"loss_rel": 1e-4, "weights_abs": 1e-4, "update_error_ratio": 4.0}
 LEARNING_RATE = 0.1  # the presets' SGD: lr 0.1, momentum 0.9, weight decay 5e-4
 
 
@@ -132,9 +137,26 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
+def step_errors(before: dict, after: dict[str, dict], weights: list[str]) -> dict:
+    """How far each float32 step (``after["device"]``, ``after["reference"]``) lies from the exact one
+    (``after["exact"]``, float64), relative to the largest weight update, and the ratio the check
+    judges: the device's error over the reference's (1 where the device is the reference)."""
+    update = max(_max_abs(after["exact"][k], before[k]) for k in weights)
+
+    def error(role: str) -> float:
+        return max(_max_abs(after[role][k], after["exact"][k]) for k in weights) / max(update, 1e-30)
+
+    device, reference = error("device"), error("reference")
+    weights_abs = max(_max_abs(after["device"][k], after["reference"][k]) for k in weights)
+    return {"max_update": update, "weights_abs": weights_abs, "update_rel": weights_abs / max(update, 1e-30),
+            "update_error": {"device": device, "reference": reference},
+            "update_error_ratio": device / reference if reference > 0 else (1.0 if device == 0 else float("inf"))}
+
+
 def compare_rat_trades_step(s: DeviceCheckSettings) -> dict:
     """RAT-TRADES on one fixed batch: the attack from the same noise (reported), then the loss and one
-    SGD step from identical weights and inputs (judged against ``TOLERANCES``)."""
+    SGD step from identical weights and inputs on both devices and in float64 on the reference
+    (judged against ``TOLERANCES``)."""
     method = bench_method("rat-trades", s.step_net.eps, s.attack_steps)
     x, y = s.step_net.data(s.step_batch, seed=s.seed + 1)
     x = x.contiguous(memory_format=torch.channels_last)  # as the trainer lays out its batches
@@ -146,27 +168,28 @@ def compare_rat_trades_step(s: DeviceCheckSettings) -> dict:
             model = copy.deepcopy(initial).to(dev)
             generator = torch.Generator().manual_seed(s.seed)  # on the CPU for both: the same noise
             x_adv[role] = method.craft(model, x.to(dev), y.to(dev), generator=generator).cpu()
-        for role, dev in devices.items():
-            model = copy.deepcopy(initial).to(dev)
+        steps = {**{role: (dev, torch.float32) for role, dev in devices.items()},
+                 "exact": (devices["reference"], torch.float64)}
+        for role, (dev, dtype) in steps.items():
+            model = copy.deepcopy(initial).to(dev, dtype)
             optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9, weight_decay=5e-4)
-            out = method.update(model, optimizer, x.to(dev), x_adv["reference"].to(dev), y.to(dev))
+            out = method.update(model, optimizer, x.to(dev, dtype), x_adv["reference"].to(dev, dtype), y.to(dev))
             losses[role] = {"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}}
             after[role] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     before = initial.state_dict()
     weights = [k for k, _ in initial.named_parameters()]
-    update = max(_max_abs(after["reference"][k], before[k]) for k in weights)
-    weights_abs = max(_max_abs(after["device"][k], after["reference"][k]) for k in weights)
+    errors = step_errors(before, after, weights)
     buffers_abs = max((_max_abs(after["device"][k], after["reference"][k]) for k in before
                        if k not in weights and before[k].is_floating_point()), default=0.0)
     measured = {"loss_rel": _rel(losses["device"]["loss"], losses["reference"]["loss"]),
-                "weights_abs": weights_abs, "update_rel": weights_abs / max(update, 1e-30)}
+                "weights_abs": errors["weights_abs"], "update_error_ratio": errors["update_error_ratio"]}
     return {
         "model": s.step_net.name, "batch": s.step_batch, "attack_steps": s.attack_steps,
         "attack": {"x_adv_max_abs_diff": _max_abs(x_adv["device"], x_adv["reference"]),
                    "x_adv_fraction_differing": (x_adv["device"] - x_adv["reference"]).abs().gt(1e-6)
                    .float().mean().item()},
         "loss": losses, "terms_rel_diff": {k: _rel(v, losses["reference"][k]) for k, v in losses["device"].items()},
-        "max_update": update, "buffers_max_abs_diff": buffers_abs, **measured,
+        "buffers_max_abs_diff": buffers_abs, **errors, **measured,
         "passed": all(measured[k] <= TOLERANCES[k] for k in measured),
     }
 
@@ -350,8 +373,10 @@ def format_check(result: dict) -> str:
              f"torch {env['torch']}, CUDA {env['cuda']}",
              f"RAT-TRADES step ({step['model']}, batch {step['batch']}, float32, TF32 off): "
              f"loss rel diff {step['loss_rel']:.2e} (tol {tol['loss_rel']:g}), weights max abs diff "
-             f"{step['weights_abs']:.2e} (tol {tol['weights_abs']:g}), update rel diff {step['update_rel']:.2e} "
-             f"(tol {tol['update_rel']:g}): {'PASSED' if step['passed'] else 'FAILED'}",
+             f"{step['weights_abs']:.2e} (tol {tol['weights_abs']:g}), update rel diff {step['update_rel']:.2e}; "
+             f"error against float64 {step['update_error']['device']:.2e} on the device, "
+             f"{step['update_error']['reference']:.2e} on the reference, ratio {step['update_error_ratio']:.2f} "
+             f"(tol {tol['update_error_ratio']:g}): {'PASSED' if step['passed'] else 'FAILED'}",
              f"  attack from the same noise (reported): x_adv max abs diff {step['attack']['x_adv_max_abs_diff']:.2e}, "
              f"{100 * step['attack']['x_adv_fraction_differing']:.3f}% of entries differ",
              f"PGD-20 verdicts ({verdicts['model']}, {verdicts['images']} images): "
