@@ -470,7 +470,8 @@ def test_the_pilot_curve_script_reads_training_logs_alone(tmp_path):
     import subprocess
     import sys
 
-    for run, curve in (("at-seed0", [0.50, 0.62, 0.58]), ("trades-seed0", [0.55, 0.60, 0.61])):
+    for run, curve in (("at-seed0", [0.50, 0.62, 0.58]), ("trades-seed0", [0.55, 0.60, 0.61]),
+                       ("mart-seed0", [0.60, 0.66, 0.64, 0.62, 0.60, 0.56])):
         (tmp_path / run).mkdir()
         rows = [{"epoch": e + 1, "val_pgd20": v, "train_adv_acc": 0.7} for e, v in enumerate(curve)]
         (tmp_path / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -481,6 +482,8 @@ def test_the_pilot_curve_script_reads_training_logs_alone(tmp_path):
     result = subprocess.run([sys.executable, str(script), str(tmp_path), "--out", str(out)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "| at-seed0 | 3 | 62.0 (2) | 58.0 | 4.0 | 70.0 |" in result.stdout
-    assert "| trades-seed0 | 3 | 61.0 (3) | 61.0 | 0.0 | 70.0 |" in result.stdout
+    assert "| at-seed0 | 3 | 62.0 (2) | 58.0 | 4.0 |  | 70.0 |" in result.stdout  # too short to smooth
+    assert "| trades-seed0 | 3 | 61.0 (3) | 61.0 | 0.0 |  | 70.0 |" in result.stdout
+    # the smoothed gap: the best 5-validation mean (62.4, epochs 1-5) minus the last one (61.6, epochs 2-6)
+    assert "| mart-seed0 | 6 | 66.0 (2) | 56.0 | 10.0 | 62.4 - 61.6 = 0.8 | 70.0 |" in result.stdout
     assert out.stat().st_size > 1000
