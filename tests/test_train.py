@@ -237,6 +237,8 @@ def test_collapse_warning_needs_the_margin_for_the_whole_patience():
     assert robust_collapse(_rows(0.60, 0.50, 0.50), 20.0, 2) is None  # the margin is configurable
     assert robust_collapse(_rows(0.60, 0.50, 0.50), None, 2) is None  # null: off
     assert robust_collapse(_rows(0.60, 0.50, 0.50), 5.0, 3) is None  # not enough epochs yet
+    # an unvalidated latest epoch (train.val_every) does not repeat the warning of the ones before
+    assert robust_collapse([*_rows(*curve[:3]), {"epoch": 4}], 5.0, 2) is None
 
 
 def test_trainer_writes_the_collapse_warning_to_metrics_and_stderr(tmp_path, monkeypatch, capsys):

@@ -351,9 +351,7 @@ class Trainer:
         p, t = self.progress, self.cfg.train
         p.epoch, p.step_in_epoch, p.partial = epoch, 0, None
         self.best.consider(p, epoch, row)
-        # an epoch left unvalidated (train.val_every) has nothing new to warn about
-        warning = robust_collapse([*p.history, row], t.collapse_margin, t.collapse_epochs) if "val_pgd20" in row \
-            else None
+        warning = robust_collapse([*p.history, row], t.collapse_margin, t.collapse_epochs)
         if warning is not None:
             row["warning"] = warning
         p.history.append(row)

@@ -10,10 +10,13 @@ def robust_collapse(history: list[dict], margin: float | None, epochs: int) -> s
     clean accuracy rises is usually masking gradients (docs/method.md, RAT on bases without a
     clean term), and the best checkpoint then comes from an early epoch.
 
+    The latest row is the one judged: an epoch left unvalidated (``train.val_every``) has nothing
+    new to warn about, so it gives None rather than repeating the warning of the epochs before it.
+
     Example: ``robust_collapse(trainer.progress.history, margin=5.0, epochs=2)``.
     """
     rows = [r for r in history if "val_pgd20" in r]
-    if margin is None or len(rows) <= epochs:
+    if margin is None or not history or "val_pgd20" not in history[-1] or len(rows) <= epochs:
         return None
     best = max(rows, key=lambda r: r["val_pgd20"])
     recent = rows[-epochs:]
