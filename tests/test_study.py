@@ -199,8 +199,16 @@ def test_the_grid_files_in_configs_studies_are_valid():
     assert set(core.runs) == {"trades", "rat-trades", "awp-trades", "awp-rat-trades"} and core.seeds == [0, 1, 2]
     cfg = run_config(core, "awp-rat-trades", 2)
     assert cfg.method.awp and cfg.method.rat and cfg.train.seed == 2 and cfg.data.dataset == "fashion-mnist"
-    for name in ("bases", "ablations"):
-        assert load_grid(STUDIES / f"{name}.yaml").runs
+    for path in sorted(STUDIES.glob("*.yaml")):  # every grid file builds every run's configuration
+        grid = load_grid(path)
+        assert grid.runs, path.name
+        for run_name in grid.runs:
+            assert run_config(grid, run_name, grid.seeds[0]).train.seed == grid.seeds[0]
+    # the regime grid's base runs are pilot 6's, so that pilot's trained runs count as its seed 0
+    regime, pilot = load_grid(STUDIES / "regime.yaml"), load_grid(STUDIES / "regime-pilot-6.yaml")
+    for name in ("at", "trades"):
+        assert run_config(regime, name, 0) == run_config(pilot, name, 0)
+    assert run_config(regime, "rat-exact-at", 0).method.taylor == "exact-head"
     # the budget runs differ from the core grid's seed-0 runs in the number of epochs only
     budget = load_grid(STUDIES / "budget.yaml")
     for longer_name, core_name in (("trades-16ep", "trades"), ("rat-trades-16ep", "rat-trades")):
