@@ -160,3 +160,25 @@ def test_the_autoattack_verdicts_are_autoattacks_own():
                           device=x.device).run_standard_evaluation(x, y, batch_size=8)
     assert torch.equal(ours, y_adv == y)
     assert not ours[:2].any()
+
+
+def test_autoattack_runs_with_the_parameters_frozen(monkeypatch):
+    """FAB-T calls backward(): unfrozen, it would compute the weights' gradients (time) and leave
+    them in each p.grad. The real attack is too slow here (Square's 5,000 queries on every image
+    that survives), so a stand-in records the flags it runs with."""
+    import pyautoattack
+
+    from ratkit.attacks import autoattack_correct
+
+    seen = []
+
+    def run_standard_evaluation(self, x, y, batch_size=250):
+        seen.append([p.requires_grad for p in self.model.parameters()])
+        return x, y
+
+    monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation", run_standard_evaluation)
+    model = _model().eval()
+    x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
+    assert autoattack_correct(model, x, y, eps=0.1, batch_size=2, seed=0).all()
+    assert len(seen) == 2 and not any(flag for flags in seen for flag in flags)
+    assert all(p.requires_grad for p in model.parameters())
