@@ -209,6 +209,18 @@ def test_the_grid_files_in_configs_studies_are_valid():
     for name in ("at", "trades"):
         assert run_config(regime, name, 0) == run_config(pilot, name, 0)
     assert run_config(regime, "rat-exact-at", 0).method.taylor == "exact-head"
+    # each regime ablation is the regime grid's rat-trades with one setting changed
+    ablations, reference = load_grid(STUDIES / "regime-ablations.yaml"), run_config(regime, "rat-trades", 0)
+    for spec in ("checkpoints", "eval", "hessian", "landscape", "outputs"):
+        assert getattr(ablations, spec) == getattr(regime, spec), spec
+    changed = {"alpha-0.1": {"alpha": 0.1}, "alpha-0.4": {"alpha": 0.4}, "sigma-0": {"sigma": 0.0},
+               "sigma-1e-3": {"sigma": 1e-3}, "first-order-only": {"order": [1]},
+               "second-order-only": {"order": [2]}, "pairing-reference": {"pairing": "reference"}}
+    assert set(ablations.runs) == set(changed)
+    for name, fields in changed.items():
+        cfg = run_config(ablations, name, 0)
+        assert all(getattr(cfg.method, k) != getattr(reference.method, k) for k in fields)
+        assert replace(reference, method=replace(reference.method, **fields)) == cfg, name
     # the budget runs differ from the core grid's seed-0 runs in the number of epochs only
     budget = load_grid(STUDIES / "budget.yaml")
     for longer_name, core_name in (("trades-16ep", "trades"), ("rat-trades-16ep", "rat-trades")):
