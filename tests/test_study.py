@@ -394,7 +394,7 @@ def test_without_last_the_aggregate_and_markdown_are_as_before(tmp_path):
     assert "checkpoints" not in aggregate(_grid(tmp_path), records)["grid"]  # results.json as before the option
 
 
-@pytest.mark.parametrize("name", ["core", "budget", "bases"])
+@pytest.mark.parametrize("name", ["core", "budget", "bases", "regime"])
 def test_the_committed_results_aggregate_exactly_as_they_were_written(name):
     results = STUDIES.parents[3] / "docs" / "results" / name
     if not (results / "results.json").exists():
