@@ -485,6 +485,36 @@ def test_the_command_lines_git_commit_commits_only_the_given_files(tmp_path, mon
     assert not git_commit([Path("missing.json")], "nothing")
 
 
+def test_study_commit_commits_each_result_with_the_aggregate_remade(tmp_path, monkeypatch):
+    """``rat study --commit``: after every committed result the committed aggregate matches the
+    committed result files (a study stopped between runs leaves main consistent)."""
+    import subprocess
+
+    from ratkit.cli import _commit_results
+
+    for key in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{key}_NAME", "test")
+        monkeypatch.setenv(f"GIT_{key}_EMAIL", "test@example.com")
+    grid = _grid(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    results = Path("results")
+    commit = _commit_results(lambda m: None, grid, results, Path("runs") / ".commit.lock")
+    for seed, pgd in ((0, 0.60), (1, 0.64)):
+        result = results / f"trades-seed{seed}.json"
+        results.mkdir(exist_ok=True)
+        result.write_text(json.dumps(_record("trades", seed, 0.8, pgd)))
+        commit([result], f"study tiny: result of trades-seed{seed}")
+        committed = subprocess.run(["git", "show", "HEAD:results/results.json"], capture_output=True,
+                                   text=True, check=True).stdout
+        assert json.loads(committed)["configs"]["trades"]["pgd20"]["n"] == seed + 1
+    names = subprocess.run(["git", "show", "--format=%s", "--name-only", "HEAD"], capture_output=True,
+                           text=True).stdout.split("\n")
+    assert names[0] == "study tiny: result of trades-seed1"
+    assert {"results/trades-seed1.json", "results/results.json", "results/results.md"} <= set(names)
+    assert "runs/.commit.lock" not in names and "results/trades-seed0.json" not in names
+
+
 def test_the_pilot_curve_script_reads_training_logs_alone(tmp_path):
     """scripts/plot_val_curves.py: the figure and the best/last table of runs not yet evaluated."""
     import subprocess

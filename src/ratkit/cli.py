@@ -282,12 +282,23 @@ def git_commit(paths: list[Path], message: str, *, attempts: int = 5) -> bool:
     return False
 
 
-def _commit_results(log):
-    """``rat study --commit``: the runner's on_result, committing each result file as it is written."""
+def _commit_results(log, grid, results_dir: Path, lock_path: Path):
+    """``rat study --commit``: the runner's on_result. Each result file is committed together with
+    the aggregate remade from all result files, so that a committed aggregate always matches the
+    committed result files, whenever the study stops. Parallel runs (``--jobs``, or several
+    ``rat study`` processes) take turns through a lock file in the run directory."""
+    import fcntl
+
+    from .study import write_aggregate
 
     def commit(paths: list[Path], message: str) -> None:
-        if not git_commit(paths, message):
-            log(f"{paths[0].stem}: could not commit {', '.join(map(str, paths))}")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            files = [results_dir / "results.json", results_dir / "results.md",
+                     *map(Path, write_aggregate(grid, results_dir)["files"])]
+            if not git_commit([*paths, *files], message):
+                log(f"{paths[0].stem}: could not commit {', '.join(map(str, paths))}")
 
     return commit
 
@@ -326,8 +337,8 @@ def cmd_study(args) -> int:
             result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, only=only,
                                         child_args=["--commit"] if args.commit else [], **common)
         else:
-            result = run_study(grid, out, results, only=only, quiet=args.quiet,
-                               on_result=_commit_results(log) if args.commit else None, **common)
+            on_result = _commit_results(log, grid, results, out / ".commit.lock") if args.commit else None
+            result = run_study(grid, out, results, only=only, quiet=args.quiet, on_result=on_result, **common)
     except StudyError as exc:
         raise UserError(str(exc)) from None
     if args.no_aggregate:
@@ -495,7 +506,8 @@ def _add_study_command(sub) -> None:
     p.add_argument("--out", default=None, help="run directories (default: runs/study-<grid>)")
     p.add_argument("--results", default=None, help="small result files and the aggregate "
                                                    "(default: docs/results/<grid>)")
-    p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it finishes")
+    p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it finishes, "
+                   "with the aggregate remade from all result files")
     p.add_argument("--aggregate-only", action="store_true", help="only aggregate the result files there are")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at a time, each in its own process (default 1; more for a GPU or many cores)")
