@@ -140,7 +140,8 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_one_step_and_ra
 
 # ----------------------------------------------------------------------------- periodic checkpoints
 
-# `rat train` with a line per finished step (global step, training seconds), written from on_step
+# `rat train` with a line per finished step (global step, training seconds, epoch, step in epoch),
+# written from on_step
 MARKED_RAT = """
 import sys
 
@@ -152,7 +153,9 @@ original = ratkit.train.train
 
 
 def train(*args, **kwargs):
-    return original(*args, on_step=lambda p: marker.write(f"{p.global_step} {p.train_seconds!r}\\n"), **kwargs)
+    def mark(p):
+        marker.write(f"{p.global_step} {p.train_seconds!r} {p.epoch} {p.step_in_epoch}\\n")
+    return original(*args, on_step=mark, **kwargs)
 
 
 ratkit.train.train = train
@@ -160,25 +163,41 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _mid_epoch_with_time_left(rows: list[str], every: float, steps_per_epoch: int) -> bool:
+    """True when the newest step is at least three intervals into its epoch and the epoch's rest
+    will take at least three more (at the mean step time so far). Machine speed varies about 2x,
+    so the moment to kill is read from the steps themselves, not from a fixed number of seconds."""
+    if not rows:
+        return False
+    marks = [(float(t), int(e), int(i)) for _, t, e, i in (r.split() for r in rows)]
+    seconds, epoch, step_in_epoch = marks[-1]
+    epoch_start = max([t for t, e, i in marks if e < epoch], default=0.0)
+    per_step = seconds / len(marks)
+    return (seconds - epoch_start >= 3 * every
+            and (steps_per_epoch - step_in_epoch) * per_step >= 3 * every)
+
+
 def test_a_kill_9_loses_at_most_checkpoint_every_s_of_training(tmp_path):
-    every = 0.25
+    every, steps_per_epoch = 0.05, 60
     run, marker = tmp_path / "r", tmp_path / "steps.txt"
-    args = _train_args(run, "--set", "data.train_subset=null",  # 60 steps per epoch
+    args = _train_args(run, "--epochs", "3", "--set", "data.train_subset=null",  # 60 steps per epoch
                        "--set", f"train.checkpoint_every_s={every}")
     proc = subprocess.Popen([sys.executable, "-c", MARKED_RAT, str(marker), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         rows = marker.read_text().splitlines() if marker.exists() else []
-        if rows and float(rows[-1].split()[1]) >= 3 * every:  # three intervals into epoch 1
+        if _mid_epoch_with_time_left(rows[:-1], every, steps_per_epoch):  # the last line may be half-written
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before a mid-epoch moment to kill it"
     time.sleep(every / 2)  # so the kill lands anywhere in an interval, not just after a step
     proc.kill()
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
 
-    seconds = {int(s): float(t) for s, t in (line.split() for line in marker.read_text().splitlines())}
+    rows = [line.split() for line in marker.read_text().splitlines() if len(line.split()) == 4]
+    seconds = {int(s): float(t) for s, t, _, _ in rows}
     done = max(seconds)  # steps finished at the kill (one that ended in the instant before it has no line yet)
     _, meta = read_checkpoint(run / "last")
     saved = meta["progress"]["global_step"]
