@@ -196,7 +196,7 @@ def test_markdown_reports_mean_plus_minus_std_and_the_paired_difference(tmp_path
 
 def test_the_grid_files_in_configs_studies_are_valid():
     core = load_grid(STUDIES / "core.yaml")
-    assert set(core.runs) == {"trades", "rat-trades", "awp-trades", "awp-rat-trades"} and core.seeds == [0, 1, 2]
+    assert set(core.runs) == {"trades", "rat-trades", "awp-trades", "awp-rat-trades", "rat-exact-trades"} and core.seeds == [0, 1, 2]
     cfg = run_config(core, "awp-rat-trades", 2)
     assert cfg.method.awp and cfg.method.rat and cfg.train.seed == 2 and cfg.data.dataset == "fashion-mnist"
     for path in sorted(STUDIES.glob("*.yaml")):  # every grid file builds every run's configuration
