@@ -1,0 +1,229 @@
+"""Specification tests for a user's own data: image folders, npz archives, uint8 storage, streaming."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ratkit.data import DataError, TensorData, dataset_info, iterate_batches
+from ratkit.data.formats.folder import (
+    FolderImages,
+    check_same_classes,
+    decode_image,
+    load_folder_split,
+    scan_folder,
+)
+
+CLASSES = ("bird", "cat", "dog")
+
+
+def assert_one_line_error(excinfo, *needles) -> None:
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert str(needle) in msg, f"{needle!r} not in {msg!r}"
+
+
+def pixels(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def write_folder(root: Path, split: str = "train", per_class: int = 3, mode: str = "RGB", size=(8, 8),
+                 suffix: str = ".png", seed: int = 0) -> dict[Path, np.ndarray]:
+    """root/split/<class>/<i>.png for the three CLASSES; returns the pixels written (H x W [x 3])."""
+    written = {}
+    for c, name in enumerate(CLASSES):
+        folder = root / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape = (*size, 3) if mode == "RGB" else size
+            arr = pixels(seed + 100 * c + i, shape)
+            path = folder / f"img{i}{suffix}"
+            Image.fromarray(arr).convert(mode).save(path)
+            written[path] = arr
+    return written
+
+
+# ------------------------------------------------------------------------ image folders
+
+
+def test_a_folder_split_lists_sorted_classes_and_sorted_files_ignoring_hidden_and_other_files(tmp_path):
+    for name in ("zebra", "ant", "moth"):  # created out of order
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for f in ("b.PNG", "a.jpg", "c.Webp"):
+            Image.fromarray(pixels(0, (8, 8, 3))).save(tmp_path / "train" / name / f,
+                                                        format={"b.PNG": "PNG", "a.jpg": "JPEG", "c.Webp": "WEBP"}[f])
+        (tmp_path / "train" / name / "notes.txt").write_text("not an image")
+        (tmp_path / "train" / name / ".hidden.png").write_bytes(b"not even an image")
+    (tmp_path / "train" / ".cache").mkdir()
+    (tmp_path / "train" / "README.md").write_text("ignored")
+    index = scan_folder(tmp_path, "train")
+    assert index.classes == ("ant", "moth", "zebra")
+    assert [f.name for f in index.files] == ["a.jpg", "b.PNG", "c.Webp"] * 3
+    assert index.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and index.labels.dtype == np.int64
+    assert scan_folder(tmp_path, "train").files == index.files  # deterministic
+    assert index.size == (8, 8) and index.first_differing is None and len(index) == 9
+
+
+def test_load_folder_split_returns_the_written_pixels_as_uint8_nchw(tmp_path):
+    written = write_folder(tmp_path)
+    x, y, classes = load_folder_split(tmp_path, "train")
+    assert x.dtype == torch.uint8 and x.shape == (9, 3, 8, 8)
+    assert y.dtype == torch.int64 and y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert classes == CLASSES
+    for i, arr in enumerate(written.values()):
+        assert np.array_equal(x[i].numpy(), arr.transpose(2, 0, 1))
+
+
+def test_a_folder_of_greyscale_images_has_one_channel_and_one_colour_image_makes_it_three(tmp_path):
+    write_folder(tmp_path, mode="L")
+    Image.fromarray(pixels(1, (8, 8))).convert("1").save(tmp_path / "train" / "cat" / "bilevel.bmp")
+    Image.fromarray(pixels(2, (8, 8))).convert("LA").save(tmp_path / "train" / "dog" / "alpha.png")
+    index = scan_folder(tmp_path, "train")
+    assert index.mode_channels == 1
+    x, _, _ = load_folder_split(tmp_path, "train")
+    assert x.shape == (11, 1, 8, 8)
+    Image.fromarray(pixels(3, (8, 8))).convert("P").save(tmp_path / "train" / "dog" / "palette.png")
+    assert scan_folder(tmp_path, "train").mode_channels == 3  # a palette counts as colour
+
+
+def test_channels_forces_grey_to_repeated_rgb_and_colour_to_pillow_luma(tmp_path):
+    grey = write_folder(tmp_path / "g", mode="L")
+    x, _, _ = load_folder_split(tmp_path / "g", "train", channels=3)
+    first = next(iter(grey.values()))
+    assert x.shape == (9, 3, 8, 8) and all(np.array_equal(x[0, c].numpy(), first) for c in range(3))
+    colour = write_folder(tmp_path / "c", mode="RGB")
+    x, _, _ = load_folder_split(tmp_path / "c", "train", channels=1)
+    path = next(iter(colour))
+    assert x.shape == (9, 1, 8, 8)
+    assert np.array_equal(x[0, 0].numpy(), np.asarray(Image.open(path).convert("L")))
+
+
+def test_image_size_resizes_every_image_with_pillow_bilinear(tmp_path):
+    written = write_folder(tmp_path, size=(8, 8))
+    x, _, _ = load_folder_split(tmp_path, "train", image_size=(5, 6))
+    assert x.shape == (9, 3, 5, 6)
+    path = next(iter(written))
+    expected = np.asarray(Image.open(path).convert("RGB").resize((6, 5), Image.BILINEAR, reducing_gap=None))
+    assert np.array_equal(x[0].numpy(), expected.transpose(2, 0, 1))
+    assert np.array_equal(decode_image(path, 3, (5, 6)), x[0].numpy())
+
+
+def test_a_folder_with_images_of_two_sizes_names_the_first_that_differs(tmp_path):
+    write_folder(tmp_path)
+    odd = tmp_path / "train" / "cat" / "img1.png"
+    Image.fromarray(pixels(0, (10, 12, 3))).save(odd)
+    Image.fromarray(pixels(0, (11, 12, 3))).save(tmp_path / "train" / "dog" / "img0.png")
+    index = scan_folder(tmp_path, "train")
+    assert index.size is None and index.first_differing == odd
+    with pytest.raises(DataError) as e:
+        load_folder_split(tmp_path, "train")
+    assert_one_line_error(e, odd, "10x12", "8x8", "bird", "data.image_size: [H, W]")
+    with pytest.raises(DataError) as e:
+        FolderImages(index)
+    assert_one_line_error(e, odd, "data.image_size")
+    x, _, _ = load_folder_split(tmp_path, "train", image_size=(8, 8))
+    assert x.shape == (9, 3, 8, 8)
+
+
+def test_sixteen_bit_greyscale_is_rounded_to_eight_bits(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    values = np.array([[0, 128, 257, 384], [65535, 65407, 32896, 1000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "train" / "a" / "deep.png")
+    assert scan_folder(tmp_path, "train").mode_channels == 1
+    x, _, _ = load_folder_split(tmp_path, "train")
+    assert x[0, 0].tolist() == [[0, 0, 1, 1], [255, 255, 128, 4]]
+
+
+def test_folder_images_decodes_the_rows_of_load_folder_split_and_pickles(tmp_path):
+    write_folder(tmp_path, mode="L")
+    x, y, _ = load_folder_split(tmp_path, "train", channels=3, image_size=(6, 6))
+    images = pickle.loads(pickle.dumps(FolderImages(scan_folder(tmp_path, "train"), channels=3, image_size=(6, 6))))
+    assert len(images) == 9 and images.shape == (3, 6, 6) and torch.equal(images.labels, y)
+    for i in range(9):
+        image, label = images[i]
+        assert image.dtype == torch.uint8 and torch.equal(image, x[i]) and label == int(y[i])
+
+
+def _no_class_folders(root):
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "stray.png").write_bytes(b"")
+    return root / "train", "no class folders"
+
+
+def _empty_class(root):
+    write_folder(root)
+    (root / "train" / "empty").mkdir()
+    (root / "train" / "empty" / "notes.txt").write_text("x")
+    return root / "train" / "empty", "no images"
+
+
+def _not_an_image(root):
+    write_folder(root)
+    bad = root / "train" / "cat" / "fake.jpg"
+    bad.write_bytes(b"this is text, not a JPEG")
+    return bad, "not an image"
+
+
+def _float_mode(root):
+    write_folder(root)
+    bad = root / "train" / "cat" / "float.png"
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(bad, format="TIFF")
+    return bad, "unsupported pixel mode 'F'"
+
+
+@pytest.mark.parametrize("case", [_no_class_folders, _empty_class, _not_an_image, _float_mode])
+def test_a_bad_folder_raises_one_line_data_error_naming_the_path(tmp_path, case):
+    path, problem = case(tmp_path)
+    with pytest.raises(DataError) as e:
+        scan_folder(tmp_path, "train")
+    assert_one_line_error(e, path, problem)
+
+
+def test_a_missing_split_folder_is_named_with_the_expected_layout(tmp_path):
+    write_folder(tmp_path, "train")
+    with pytest.raises(DataError) as e:
+        load_folder_split(tmp_path, "test")
+    assert_one_line_error(e, tmp_path / "test", "missing test folder", "<class>")
+
+
+def test_a_truncated_image_fails_at_decoding_naming_the_file(tmp_path):
+    write_folder(tmp_path)
+    bad = tmp_path / "train" / "dog" / "img2.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # the header survives, the pixels do not
+    index = scan_folder(tmp_path, "train")  # headers only: the scan cannot tell
+    assert bad in index.files
+    with pytest.raises(DataError) as e:
+        load_folder_split(tmp_path, "train")
+    assert_one_line_error(e, bad, "cannot decode")
+    with pytest.raises(DataError) as e:
+        FolderImages(index)[8]
+    assert_one_line_error(e, bad)
+
+
+def test_train_and_test_with_different_classes_are_refused_naming_the_differences(tmp_path):
+    write_folder(tmp_path, "train")
+    write_folder(tmp_path, "test")
+    (tmp_path / "test" / "bird").rename(tmp_path / "test" / "fish")
+    train, test = scan_folder(tmp_path, "train"), scan_folder(tmp_path, "test")
+    with pytest.raises(DataError) as e:
+        check_same_classes(train, test, tmp_path)
+    assert_one_line_error(e, tmp_path, "only in train: bird", "only in test: fish")
+    check_same_classes(train, train, tmp_path)
+
+
+@pytest.mark.parametrize("kwargs,problem", [
+    ({"channels": 2}, "channels must be 1 or 3"),
+    ({"image_size": (8,)}, "image_size must be two positive integers"),
+    ({"image_size": (0, 8)}, "image_size must be two positive integers"),
+])
+def test_bad_channels_or_image_size_are_refused(tmp_path, kwargs, problem):
+    write_folder(tmp_path)
+    with pytest.raises(DataError) as e:
+        load_folder_split(tmp_path, "train", **kwargs)
+    assert_one_line_error(e, tmp_path, problem)
