@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ratkit.data.formats.folder import (
     load_folder_split,
     scan_folder,
 )
+from ratkit.data.formats.npz import check_label_range, load_npz_split, npz_class_names, npz_num_classes
 
 CLASSES = ("bird", "cat", "dog")
 
@@ -227,3 +229,94 @@ def test_bad_channels_or_image_size_are_refused(tmp_path, kwargs, problem):
     with pytest.raises(DataError) as e:
         load_folder_split(tmp_path, "train", **kwargs)
     assert_one_line_error(e, tmp_path, problem)
+
+
+# -------------------------------------------------------------------------- npz archives
+
+
+def test_npz_uint8_images_stay_uint8_nchw_and_float_images_become_float32(tmp_path):
+    hwc = pixels(0, (4, 5, 6, 3))
+    np.savez(tmp_path / "train.npz", x=hwc, y=np.array([[2], [0], [1], [2]]))  # y as N x 1 (Keras)
+    x, y = load_npz_split(tmp_path, "train")
+    assert x.dtype == torch.uint8 and x.shape == (4, 3, 5, 6) and torch.equal(x, torch.from_numpy(hwc).permute(0, 3, 1, 2))
+    assert y.dtype == torch.int64 and y.tolist() == [2, 0, 1, 2]
+    grey = np.random.default_rng(1).random((3, 5, 6))
+    np.savez(tmp_path / "test.npz", x=grey, y=np.array([0, 1, 2], dtype=np.uint8))
+    x, y = load_npz_split(tmp_path, "test")
+    assert x.dtype == torch.float32 and x.shape == (3, 1, 5, 6)
+    assert torch.equal(x[:, 0], torch.from_numpy(grey.astype(np.float32)))
+
+
+GOOD_X, GOOD_Y = np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 2, 1])
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("arrays,problem", [
+    ({"y": GOOD_Y}, "missing array 'x', found arrays y"),
+    ({"x": GOOD_X}, "missing array 'y'"),
+    ({"x": np.array([None] * 4, dtype=object), "y": GOOD_Y}, "holds Python objects"),
+    ({"x": GOOD_X.astype(bool), "y": GOOD_Y}, "dtype bool"),
+    ({"x": GOOD_X.astype(np.int32), "y": GOOD_Y}, "dtype int32"),
+    ({"x": np.full((4, 8, 8), 1.5), "y": GOOD_Y}, "expected floating point in [0, 1]"),
+    ({"x": np.full((4, 8, 8), -0.1, np.float32), "y": GOOD_Y}, "expected floating point in [0, 1]"),
+    ({"x": np.full((4, 8, 8), np.nan), "y": GOOD_Y}, "non-finite"),
+    ({"x": np.zeros((4, 64), np.uint8), "y": GOOD_Y}, "expected N x H x W or N x H x W x C"),
+    ({"x": np.zeros((4, 8, 8, 2), np.uint8), "y": GOOD_Y}, "with C 1 or 3"),
+    ({"x": np.zeros((4, 3, 8, 8), np.uint8), "y": GOOD_Y}, "channels last"),
+    ({"x": np.zeros((0, 8, 8), np.uint8), "y": GOOD_Y[:0]}, "at least one image"),
+    ({"x": GOOD_X, "y": GOOD_Y[:3]}, "3 labels in y but 4 images in x"),
+    ({"x": GOOD_X, "y": GOOD_Y.astype(np.float32)}, "expected integer labels"),
+    ({"x": GOOD_X, "y": GOOD_Y > 0}, "expected integer labels"),
+    ({"x": GOOD_X, "y": np.array([0, -3, 1, 1])}, "label -3 is negative"),
+    ({"x": GOOD_X, "y": np.zeros((4, 2), np.int64)}, "expected N or N x 1 labels"),
+])
+def test_a_bad_npz_raises_one_line_data_error_naming_the_file(tmp_path, arrays, problem):
+    np.savez(tmp_path / "train.npz", **arrays)
+    with pytest.raises(DataError) as e:
+        load_npz_split(tmp_path, "train")
+    assert_one_line_error(e, tmp_path / "train.npz", problem)
+
+
+@pytest.mark.parametrize("write,problem", [
+    (lambda p: None, "missing file"),
+    (lambda p: p.write_bytes(b"plain text"), "not a readable .npz archive"),
+    (lambda p: p.write_bytes(pickle.dumps({"x": 1})), "not a readable .npz archive"),
+    (lambda p: p.write_bytes(npy_bytes(GOOD_X)), "a single .npy array"),
+])
+def test_a_missing_or_foreign_npz_file_is_named(tmp_path, write, problem):
+    write(tmp_path / "train.npz")
+    with pytest.raises(DataError) as e:
+        load_npz_split(tmp_path, "train")
+    assert_one_line_error(e, tmp_path / "train.npz", problem)
+
+
+def test_test_labels_beyond_the_training_classes_are_refused(tmp_path):
+    train_y, test_y = torch.tensor([0, 2, 1]), torch.tensor([0, 3])
+    assert npz_num_classes(train_y) == 3 and npz_num_classes(train_y, ("a", "b", "c", "d")) == 4
+    check_label_range(tmp_path / "train.npz", train_y, 3)
+    with pytest.raises(DataError) as e:
+        check_label_range(tmp_path / "test.npz", test_y, npz_num_classes(train_y))
+    assert_one_line_error(e, tmp_path / "test.npz", "label 3 out of range, expected 0..2")
+
+
+def test_npz_class_names_come_from_train_and_must_agree_with_test(tmp_path):
+    np.savez(tmp_path / "train.npz", x=GOOD_X, y=GOOD_Y)
+    assert npz_class_names(tmp_path) is None
+    np.savez(tmp_path / "train.npz", x=GOOD_X, y=GOOD_Y, classes=np.array(["ant", "bee", "cow"]))
+    np.savez(tmp_path / "test.npz", x=GOOD_X, y=GOOD_Y, classes=np.array([b"ant", b"bee", b"cow"]))
+    assert npz_class_names(tmp_path) == ("ant", "bee", "cow")
+    np.savez(tmp_path / "test.npz", x=GOOD_X, y=GOOD_Y, classes=np.array(["ant", "bee", "owl"]))
+    with pytest.raises(DataError) as e:
+        npz_class_names(tmp_path)
+    assert_one_line_error(e, tmp_path / "test.npz", "differ")
+    for bad, problem in ((np.array(["a", "a"]), "appears twice"), (np.array([1, 2]), "expected a list of strings"),
+                         (np.array(["a", " "]), "class name 1 is empty")):
+        np.savez(tmp_path / "train.npz", x=GOOD_X, y=GOOD_Y, classes=bad)
+        with pytest.raises(DataError) as e:
+            npz_class_names(tmp_path)
+        assert_one_line_error(e, tmp_path / "train.npz", problem)
