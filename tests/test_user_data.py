@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ratkit.data import DataError, TensorData, dataset_info, iterate_batches
+from ratkit.data.formats.common import to_float_images
 from ratkit.data.formats.folder import (
     FolderImages,
     check_same_classes,
@@ -20,6 +21,7 @@ from ratkit.data.formats.folder import (
     scan_folder,
 )
 from ratkit.data.formats.npz import check_label_range, load_npz_split, npz_class_names, npz_num_classes
+from ratkit.data.tensordata import _float_table, uint8_to_float
 
 CLASSES = ("bird", "cat", "dog")
 
@@ -320,3 +322,51 @@ def test_npz_class_names_come_from_train_and_must_agree_with_test(tmp_path):
         with pytest.raises(DataError) as e:
             npz_class_names(tmp_path)
         assert_one_line_error(e, tmp_path / "train.npz", problem)
+
+
+# ------------------------------------------------------------------ uint8 TensorData
+
+
+def all_pixel_values() -> TensorData:
+    """Every uint8 value, in a 16 x 1 x 4 x 4 dataset."""
+    x = torch.randperm(256, generator=torch.Generator().manual_seed(0)).to(torch.uint8).reshape(16, 1, 4, 4)
+    return TensorData(x, torch.arange(16) % 3, dataset_info("synthetic"))
+
+
+def test_uint8_batches_are_bit_identical_to_to_float_images_of_the_whole_array():
+    data = all_pixel_values()
+    as_float = TensorData(to_float_images(data.x.numpy()), data.y, data.info)
+    for shuffle in (False, True):
+        u = list(iterate_batches(data, 5, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
+        f = list(iterate_batches(as_float, 5, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
+        assert len(u) == len(f) == 4
+        for (xu, yu), (xf, yf) in zip(u, f):
+            assert xu.dtype == torch.float32 and torch.equal(xu, xf) and torch.equal(yu, yf)
+    assert torch.equal(data.as_float().x, as_float.x) and as_float.as_float() is as_float
+
+
+def test_the_device_lookup_table_holds_the_cpu_division_values():
+    values = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(_float_table(torch.device("cpu"))[values.long()], uint8_to_float(values))
+    assert torch.equal(uint8_to_float(values), to_float_images(values.numpy()))
+
+
+def test_uint8_tensor_data_keeps_its_dtype_and_takes_a_quarter_of_the_bytes():
+    data = all_pixel_values()
+    for part in (data.subset([3, 1]), data.first(4), data.subset(2), data.to("cpu")):
+        assert part.x.dtype == torch.uint8
+    assert data.nbytes == 256 + 16 * 8 and data.as_float().nbytes == 4 * 256 + 16 * 8
+    with pytest.raises(DataError) as e:
+        TensorData(data.x.int(), data.y, data.info)
+    assert_one_line_error(e, "synthetic", "uint8", "int32")
+
+
+def test_start_batch_skips_batches_but_draws_the_whole_permutation():
+    data = all_pixel_values()
+    g_all, g_rest = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    full = list(iterate_batches(data, 3, shuffle=True, generator=g_all, drop_last=True))
+    rest = list(iterate_batches(data, 3, shuffle=True, generator=g_rest, drop_last=True, start_batch=2))
+    assert len(full) == 5 and len(rest) == 3
+    assert all(torch.equal(a, b) and torch.equal(ya, yb) for (a, ya), (b, yb) in zip(full[2:], rest))
+    assert torch.equal(g_all.get_state(), g_rest.get_state())
+    assert list(iterate_batches(data, 3, shuffle=False, start_batch=9)) == []

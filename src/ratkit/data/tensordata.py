@@ -1,8 +1,10 @@
 """In-memory datasets: :class:`TensorData` and how it is split and batched.
 
-All datasets used here are small enough to hold as one float tensor, so a dataset is
-``x`` float32 N x C x H x W in [0, 1] and ``y`` int64 N, and batching is plain tensor
-indexing; no DataLoader workers, no per-sample Python objects.
+A dataset that fits in memory is one tensor of images and one of labels, and batching is
+plain tensor indexing; no DataLoader workers, no per-sample Python objects. The images are
+float32 in [0, 1] (the built-in datasets) or uint8 0..255 (files a user brings: a quarter of
+the memory), and every batch comes out as float32 in [0, 1] either way. Data larger than
+memory is streamed from its files instead: :mod:`ratkit.data.streaming`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,46 @@ from .errors import DataError
 if TYPE_CHECKING:
     from .datasets import DatasetInfo
 
-__all__ = ["TensorData", "iterate_batches", "split_train_val"]
+__all__ = ["TensorData", "iterate_batches", "split_train_val", "uint8_to_float"]
+
+_LOOKUP: dict[torch.device, torch.Tensor] = {}  # the 256 float values of uint8 pixels, per device
+
+
+def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 -> a new float32 tensor in [0, 1], the same bits on every device.
+
+    On the CPU this is ``x.float().div_(255.0)``, the very operation of
+    ``formats.common.to_float_images``, so a uint8 dataset gives bit for bit the batches of
+    the float32 dataset it replaces. CUDA divides by a CPU scalar as a multiplication by its
+    reciprocal (ATen's div_true_kernel_cuda), which differs in the last bit for 126 of the
+    256 values; on other devices the values are therefore looked up in a table computed on
+    the CPU.
+
+    Example: ``uint8_to_float(torch.tensor([0, 255], dtype=torch.uint8))`` is ``tensor([0., 1.])``.
+    """
+    if x.device.type == "cpu":
+        return x.float().div_(255.0)
+    return _float_table(x.device)[x.long()]
+
+
+def _float_table(device: torch.device) -> torch.Tensor:
+    """The float32 value of each uint8 pixel 0..255, computed on the CPU, held on ``device``."""
+    table = _LOOKUP.get(device)
+    if table is None:
+        table = _LOOKUP[device] = torch.arange(256, dtype=torch.uint8).float().div_(255.0).to(device)
+    return table
 
 
 @dataclass
 class TensorData:
-    """An in-memory dataset: ``x`` float32 N x C x H x W in [0, 1], ``y`` int64 N."""
+    """An in-memory dataset: ``x`` N x C x H x W, ``y`` int64 N.
+
+    ``x`` is floating point in [0, 1] or uint8 0..255; :func:`iterate_batches` yields float32
+    in [0, 1] either way, so a model never sees the storage type. ``subset``, ``first`` and
+    ``to`` keep it; :meth:`as_float` converts.
+
+    Example: ``TensorData(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), info)``
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -34,6 +70,10 @@ class TensorData:
             raise DataError(
                 f"{self.info.name}: expected x of shape N x C x H x W and y of shape N, "
                 f"got x {tuple(self.x.shape)} and y {tuple(self.y.shape)}"
+            )
+        if self.x.dtype != torch.uint8 and not self.x.is_floating_point():
+            raise DataError(
+                f"{self.info.name}: x must be uint8 (0..255) or floating point (0..1), got {self.x.dtype}"
             )
 
     def __len__(self) -> int:
@@ -60,6 +100,20 @@ class TensorData:
     def first(self, n: int) -> TensorData:
         """The first ``n`` examples (all of them if ``n`` exceeds the length)."""
         return self.subset(slice(0, max(0, min(int(n), len(self)))))
+
+    def as_float(self) -> TensorData:
+        """The same examples with ``x`` float32 in [0, 1]: a converted copy of uint8 images
+        (:func:`uint8_to_float`), ``self`` when ``x`` is floating point already.
+
+        Example: ``evaluate(model, data.as_float().x, data.y, ...)`` for code that wants floats."""
+        if self.x.is_floating_point():
+            return self
+        return TensorData(uint8_to_float(self.x), self.y, self.info)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by ``x`` and ``y`` (uint8 images take a quarter of float32's)."""
+        return self.x.element_size() * self.x.nelement() + self.y.element_size() * self.y.nelement()
 
 
 def split_train_val(data: TensorData, val_size: int, seed: int) -> tuple[TensorData, TensorData]:
@@ -90,25 +144,37 @@ def iterate_batches(
     shuffle: bool,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    start_batch: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` mini-batches straight from the in-memory tensors.
 
     With ``shuffle`` the order is a ``randperm`` drawn from ``generator`` (on its own
     device), so a seeded generator gives the same batches every run; the batches are indexed
     on the data's device, so a CPU generator gives the same order for data on a GPU.
+    uint8 images come out as float32 in [0, 1], converted per batch (:func:`uint8_to_float`);
+    floating-point images come out as stored.
+
+    ``start_batch`` skips the first batches of the epoch without indexing them (an epoch
+    resumed after ``start_batch`` steps): the permutation is still drawn in full, so the
+    remaining batches, and the generator's state afterwards, are those of the whole epoch.
+
+    Example: ``for x, y in iterate_batches(train, 128, shuffle=True, generator=g, drop_last=True): ...``
     """
     if batch_size <= 0:
         raise DataError(f"{data.info.name}: batch_size must be positive, got {batch_size}")
+    if start_batch < 0:
+        raise DataError(f"{data.info.name}: start_batch must be >= 0, got {start_batch}")
     n = len(data)
     order = None
     if shuffle:
         device = generator.device if generator is not None else torch.device("cpu")
         order = torch.randperm(n, generator=generator, device=device).to(data.x.device)
+    convert = uint8_to_float if data.x.dtype == torch.uint8 else (lambda x: x)
     stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
+    for start in range(start_batch * batch_size, stop, batch_size):
         end = min(start + batch_size, n)
         if order is None:
-            yield data.x[start:end], data.y[start:end]
+            yield convert(data.x[start:end]), data.y[start:end]
         else:
             idx = order[start:end]
-            yield data.x[idx], data.y[idx]
+            yield convert(data.x[idx]), data.y[idx]
