@@ -21,6 +21,12 @@ from ratkit.data.formats.folder import (
     scan_folder,
 )
 from ratkit.data.formats.npz import check_label_range, load_npz_split, npz_class_names, npz_num_classes
+from ratkit.data.streaming import (
+    StreamedData,
+    available_memory,
+    fits_in_memory,
+    iterate_streamed_batches,
+)
 from ratkit.data.tensordata import _float_table, uint8_to_float
 
 CLASSES = ("bird", "cat", "dog")
@@ -370,3 +376,84 @@ def test_start_batch_skips_batches_but_draws_the_whole_permutation():
     assert all(torch.equal(a, b) and torch.equal(ya, yb) for (a, ya), (b, yb) in zip(full[2:], rest))
     assert torch.equal(g_all.get_state(), g_rest.get_state())
     assert list(iterate_batches(data, 3, shuffle=False, start_batch=9)) == []
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_folder(tmp_path, per_class=5, size=(6, 6))  # 15 RGB images
+    return tmp_path
+
+
+def streamed(folder: Path) -> StreamedData:
+    return StreamedData(dataset_info("synthetic"), FolderImages(scan_folder(folder, "train")))
+
+
+def same_batches(a, b) -> bool:
+    a, b = list(a), list(b)
+    return len(a) == len(b) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_streamed_batches_equal_in_memory_batches_for_a_seeded_generator(folder, num_workers):
+    stream = streamed(folder)
+    memory = stream.load()
+    x, _, _ = load_folder_split(folder, "train")
+    assert memory.x.dtype == torch.uint8 and torch.equal(memory.x, x)
+    for kwargs in ({"drop_last": True}, {"drop_last": False, "start_batch": 2}, {"shuffle": False}):
+        kwargs = {"shuffle": True, **kwargs}
+        expected = iterate_batches(memory, 4, generator=torch.Generator().manual_seed(3), **kwargs)
+        got = iterate_streamed_batches(stream, 4, generator=torch.Generator().manual_seed(3),
+                                       num_workers=num_workers, **kwargs)
+        assert same_batches(got, expected)
+
+
+def test_a_streamed_subset_covers_its_examples_and_knows_labels_without_decoding(folder):
+    stream = streamed(folder)
+    memory = stream.load()
+    part = stream.subset(torch.tensor([14, 0, 7, 3]))
+    assert len(part) == 4 and torch.equal(part.y, memory.y[[14, 0, 7, 3]])
+    assert torch.equal(part.load().x, memory.x[[14, 0, 7, 3]])
+    assert torch.equal(part.first(2).load().x, memory.x[[14, 0]]) and len(stream.first(100)) == 15
+    assert same_batches(iterate_streamed_batches(part, 3, shuffle=True, generator=torch.Generator().manual_seed(0)),
+                        iterate_batches(part.load(), 3, shuffle=True, generator=torch.Generator().manual_seed(0)))
+
+
+def test_streaming_leaves_the_global_random_state_alone(folder):
+    before = torch.get_rng_state()
+    list(iterate_streamed_batches(streamed(folder), 4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_file_that_fails_in_a_worker_process_is_named_on_one_line(folder):
+    stream = streamed(folder)
+    bad = folder / "train" / "cat" / "img1.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    with pytest.raises(DataError) as in_process:
+        stream.dataset[stream.dataset.files.index(bad)]
+    with pytest.raises(DataError) as e:
+        list(iterate_streamed_batches(stream, 4, shuffle=False, num_workers=1))
+    assert_one_line_error(e, bad, "cannot decode")
+    assert str(e.value) == str(in_process.value)  # not wrapped in the worker's traceback
+
+
+def test_fits_in_memory_compares_the_bytes_with_the_available_memory(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 8000 kB\nMemFree: 100 kB\nMemAvailable: 4000 kB\n")
+    no_cgroup = tmp_path / "none"
+    assert available_memory(meminfo, tmp_path, no_cgroup) == 4000 * 1024
+    # a SLURM-style cgroup with 1 MiB left below its limit, under a parent without one
+    job = tmp_path / "cg" / "job_1"
+    job.mkdir(parents=True)
+    (job / "memory.max").write_text(str(3 * 2**20))
+    (job / "memory.current").write_text(str(2 * 2**20))
+    (tmp_path / "cg" / "memory.max").write_text("max\n")
+    (tmp_path / "self_cgroup").write_text("0::/job_1\n")
+    assert available_memory(meminfo, tmp_path / "cg", tmp_path / "self_cgroup") == 2**20
+    monkeypatch.setattr("ratkit.data.streaming.available_memory", lambda: 1000)
+    assert fits_in_memory(10, (1, 5, 10)) and not fits_in_memory(11, (1, 5, 10))
+    assert not fits_in_memory(10, (1, 5, 10), dtype=torch.float32) and fits_in_memory(5, (1, 5, 10), np.uint16)
+    monkeypatch.setattr("ratkit.data.streaming.available_memory", lambda: None)
+    assert fits_in_memory(10**12, (3, 224, 224))
