@@ -112,7 +112,7 @@ def test_a_bfloat16_attack_stays_bfloat16_under_a_float16_step():
     assert attack == {torch.bfloat16} and set(seen) == {torch.float16}
 
 
-@pytest.mark.parametrize("taylor", ["analytic", "autograd", "exact-head"])
+@pytest.mark.parametrize("taylor", ["analytic", "autograd", "exact-head", "trh"])
 def test_rat_statistics_and_soft_targets_are_float32_under_bfloat16_autocast(monkeypatch, taylor):
     dtypes = []
 

@@ -213,14 +213,30 @@ def test_the_grid_files_in_configs_studies_are_valid():
     ablations, reference = load_grid(STUDIES / "regime-ablations.yaml"), run_config(regime, "rat-trades", 0)
     for spec in ("checkpoints", "eval", "hessian", "landscape", "outputs"):
         assert getattr(ablations, spec) == getattr(regime, spec), spec
-    changed = {"alpha-0.1": {"alpha": 0.1}, "alpha-0.4": {"alpha": 0.4}, "sigma-0": {"sigma": 0.0},
-               "sigma-1e-3": {"sigma": 1e-3}, "first-order-only": {"order": [1]},
-               "second-order-only": {"order": [2]}, "pairing-reference": {"pairing": "reference"}}
+    changed = {"alpha-0.1": {"alpha": 0.1}, "alpha-0.4": {"alpha": 0.4}}  # the rest dropped in issue 32
     assert set(ablations.runs) == set(changed)
     for name, fields in changed.items():
         cfg = run_config(ablations, name, 0)
         assert all(getattr(cfg.method, k) != getattr(reference.method, k) for k in fields)
         assert replace(reference, method=replace(reference.method, **fields)) == cfg, name
+    # each exact-head ablation is the regime grid's rat-exact-trades with one setting changed
+    exact, reference = load_grid(STUDIES / "regime-exact-ablations.yaml"), run_config(regime, "rat-exact-trades", 0)
+    for spec in ("checkpoints", "eval", "hessian", "landscape", "outputs"):
+        assert getattr(exact, spec) == getattr(regime, spec), spec
+    assert exact.seeds == [0, 1] and reference.method.taylor == "exact-head"
+    changed = {"exact-first-order-only": {"order": [1]}, "exact-second-order-only": {"order": [2]},
+               "exact-alpha-0.1": {"alpha": 0.1}, "exact-alpha-0.4": {"alpha": 0.4},
+               "exact-taylor-sigma-0.12": {"taylor_sigma": 0.12}}
+    assert set(exact.runs) == set(changed)
+    for name, fields in changed.items():
+        cfg = run_config(exact, name, 0)
+        assert all(getattr(cfg.method, k) != getattr(reference.method, k) for k in fields)
+        assert replace(reference, method=replace(reference.method, **fields)) == cfg, name
+    # the TrH controls are the exact-head runs with the trace term alone
+    for control, exact_name, base in (("trh-trades", "rat-exact-trades", "trades"), ("trh-at", "rat-exact-at", "at")):
+        cfg, ref = run_config(regime, control, 0), run_config(regime, exact_name, 0)
+        assert replace(ref, method=replace(ref.method, taylor="trh")) == cfg, control
+        assert (control, base) in regime.pairs and (exact_name, control) in regime.pairs
     # the budget runs differ from the core grid's seed-0 runs in the number of epochs only
     budget = load_grid(STUDIES / "budget.yaml")
     for longer_name, core_name in (("trades-16ep", "trades"), ("rat-trades-16ep", "rat-trades")):
@@ -394,7 +410,7 @@ def test_without_last_the_aggregate_and_markdown_are_as_before(tmp_path):
     assert "checkpoints" not in aggregate(_grid(tmp_path), records)["grid"]  # results.json as before the option
 
 
-@pytest.mark.parametrize("name", ["core", "budget", "bases", "regime"])
+@pytest.mark.parametrize("name", ["core", "budget", "bases", "regime", "regime-ablations"])
 def test_the_committed_results_aggregate_exactly_as_they_were_written(name):
     results = STUDIES.parents[3] / "docs" / "results" / name
     if not (results / "results.json").exists():

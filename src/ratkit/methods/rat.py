@@ -25,6 +25,11 @@ layer, in closed form (``head_taylor_statistics``; docs/method.md, "Exact last-l
 first order ||G_adv - G_nat||_F, second order the positive part of tr H_adv - tr H_nat, each
 relative to the size of the two losses' own terms (default) or scaled by an absolute
 ``taylor_sigma`` (sigma and sigma^2 / 2).
+
+``taylor="trh"`` is a control for exact-head: the top-layer TrH regulariser of Wang et al. (arXiv
+2211.12624), the adversarial head Hessian trace alone (no clean trace subtracted, no first-order
+term), with exact-head's second-order normaliser and weight (``trh_terms``; docs/method.md, "TrH
+control").
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from ..weights import gaussian_noisy_params
 from .base import BaseMethod, InvalidSetting, LossOutput, Method, Outputs, float32_terms, forward_outputs
 
 PAIRINGS = ("fixed", "reference")
-TAYLOR_MODES = ("analytic", "autograd", "exact-head")
+TAYLOR_MODES = ("analytic", "autograd", "exact-head", "trh")
+# the modes with last-layer terms in closed form instead of soft targets
+HEAD_MODES = ("exact-head", "trh")
 SOFT_TARGET_MODES = ("analytic", "autograd")
 CLEAN_TERMS = ("auto", "always", "never")
 
@@ -110,7 +117,8 @@ class RAT(Method):
 
     ``taylor``: "analytic" (default) and "autograd" are the authors' soft-target terms (the head
     statistics by closed form or by autograd, the same numbers); "exact-head" the last layer's
-    Taylor terms themselves (``exact_head_terms``).
+    Taylor terms themselves (``exact_head_terms``); "trh" the adversarial head Hessian trace alone,
+    the TrH regulariser as a control for exact-head (``trh_terms``).
 
     Example::
 
@@ -125,9 +133,10 @@ class RAT(Method):
     pairing: str = "fixed"
     noise_layers: str = "conv"
     taylor: str = "analytic"
-    # exact-head only: None (default) = each Taylor term relative to the size of the two losses' own
-    # terms of that order, so sigma cancels; a float = absolute noise scale on the head's weights,
-    # terms sigma ||dG|| and sigma^2 / 2 [dtr H]_+ (docs/method.md, "Exact last-layer terms")
+    # exact-head and trh only: None (default) = each Taylor term relative to the size of the two losses'
+    # own terms of that order, so sigma cancels; a float = absolute noise scale on the head's weights,
+    # terms sigma ||dG|| and sigma^2 / 2 [dtr H]_+ (trh: sigma^2 / 2 tr H_adv) (docs/method.md,
+    # "Exact last-layer terms")
     taylor_sigma: float | None = None
     # the soft-target terms on the clean output: "always" as the authors' formula, for every base;
     # "never"; "auto" (default) only when the base supervises the clean output with labels
@@ -159,24 +168,27 @@ class RAT(Method):
             raise refuse("clean_terms", f"must be one of {CLEAN_TERMS}, got {self.clean_terms!r}")
         if self.taylor_sigma is not None and not self.taylor_sigma > 0:
             raise refuse("taylor_sigma", f"must be > 0 or None, got {self.taylor_sigma}")
-        if self.taylor == "exact-head":
+        if self.taylor in HEAD_MODES:
             # settings of the soft targets have no meaning here: refuse them rather than ignore them
             if self.clean_terms != "auto":
                 raise refuse("clean_terms", f"applies to the soft-target modes {SOFT_TARGET_MODES}; "
-                                            f"taylor='exact-head' has gap terms, no targets on an output: "
+                                            f"taylor={self.taylor!r} has head terms, no targets on an output: "
                                             f"leave it 'auto', got {self.clean_terms!r}")
             if self.pairing != "fixed":
                 raise refuse("pairing", f"applies to the soft-target modes {SOFT_TARGET_MODES}; "
-                                        f"taylor='exact-head' has no soft targets, got {self.pairing!r}")
+                                        f"taylor={self.taylor!r} has no soft targets, got {self.pairing!r}")
+            if self.taylor == "trh" and 2 not in self.order:
+                raise refuse("order", f"taylor='trh' is the second-order trace term alone: order must include 2 "
+                                      f"((2,) and (1, 2) both mean the trace term), got {self.order}")
         elif self.taylor_sigma is not None:
-            raise refuse("taylor_sigma", f"applies only to taylor='exact-head', got {self.taylor_sigma} "
+            raise refuse("taylor_sigma", f"applies only to taylor in {HEAD_MODES}, got {self.taylor_sigma} "
                                          f"with taylor={self.taylor!r}")
 
     @property
     def uses_clean_terms(self) -> bool:
-        """Whether the soft-target terms on the clean output are in the loss (never for exact-head,
-        which has no soft targets: its gap terms use both outputs)."""
-        if self.taylor == "exact-head":
+        """Whether the soft-target terms on the clean output are in the loss (never for exact-head and
+        trh, which have no soft targets)."""
+        if self.taylor in HEAD_MODES:
             return False
         if self.clean_terms == "auto":
             return self.base.labels_clean
@@ -252,9 +264,28 @@ class RAT(Method):
             terms["taylor2"] = self.alpha / 2 * scale * F.relu(tr_adv - tr_nat)
         return terms
 
+    def trh_terms(self, out: Outputs) -> dict[str, Tensor]:
+        """The TrH control: alpha / 2 times the adversarial head Hessian trace alone, {"trh": ...}.
+
+        Exact-head's second-order term with the clean trace left out: with ``taylor_sigma`` None,
+        tr H_adv / (tr H_adv + tr H_nat), the very normaliser of exact-head's term (held constant in
+        the step), so that the two modes' gradients differ only by the clean trace's; otherwise
+        sigma^2 / 2 tr H_adv. ``order`` (2,) and (1, 2) both give this one term."""
+        _, tr_adv = head_taylor_statistics(out.logits_adv, out.feats_adv, out.y)
+        tr_adv = global_batch_value(tr_adv)
+        sigma = self.taylor_sigma
+        if sigma is None:
+            # only the normaliser uses the clean trace: no graph through the clean pass is needed
+            _, tr_nat = head_taylor_statistics(out.logits_clean.detach(), out.feats_clean.detach(), out.y)
+            size = (tr_adv.detach() + average(tr_nat)).clamp_min(torch.finfo(tr_adv.dtype).tiny)
+            scale = 1 / size
+        else:
+            scale = sigma * sigma / 2
+        return {"trh": self.alpha / 2 * scale * tr_adv}
+
     def loss(self, model, x, x_adv, y) -> LossOutput:
         # the clean pass needs a graph only if a term differentiates it (the base's, the clean-output
-        # soft targets, or the exact-head gaps); RAT-AT's soft targets use it for statistics alone
+        # soft targets, or the exact-head gaps); RAT-AT's soft targets and trh use it for statistics alone
         clean_grad = self.base.needs_clean or self.uses_clean_terms or self.taylor == "exact-head"
         out = forward_outputs(model, x, x_adv, y, with_clean=True, clean_grad=clean_grad)
         # float32 outputs, autocast off: head statistics, soft-target tables and exact-head terms
@@ -265,6 +296,8 @@ class RAT(Method):
             terms[primary] = (1 - self.alpha) * terms[primary]
             if self.taylor == "exact-head":
                 terms.update(self.exact_head_terms(out))
+            elif self.taylor == "trh":
+                terms.update(self.trh_terms(out))
             else:
                 terms.update(self.taylor_terms(*self.statistics(model, out), out))
         return LossOutput(loss=sum(terms.values()), terms=terms, outputs=out)
