@@ -117,3 +117,39 @@ def test_torchrun_rat_eval_prints_one_report_equal_to_the_single_process_one(tmp
     assert two.stdout.count("Evaluation on") == 1  # one report, from rank 0
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert b["attacks"]["pgd20"]["correct"] == a["attacks"]["pgd20"]["correct"]
+
+
+def _tiny_folder(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 4)):
+        for c, name in enumerate(("a", "b", "c")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = np.clip(60 + 70 * c + rng.integers(0, 40, (8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_folder_dataset_trains_on_two_ranks_and_resumes_on_one_as_one_process_trains(tmp_path, stream):
+    """Each rank reads its share (streamed: decodes only its rows of every global batch); a run
+    stopped on 2 ranks resumes on 1 and ends where a single process ends."""
+    folder = _tiny_folder(tmp_path / "imgs")
+    overrides = ["data.dataset=folder", f"data.data_dir={folder}", "data.eps=0.03", f"data.stream={str(stream).lower()}",
+                 "data.workers=0", "data.val_size=8", "train.val_n=8", "train.batch_size=8", "train.epochs=2", "data.image_size=[28, 28]",
+                 "model.kwargs={channels: [4, 8], hidden: 16}", "attack.steps=2", "attack.step_size=null",
+                 "optim.schedule=constant", "data.augment=true"]
+    _run("train", json.dumps(overrides), tmp_path / "one", 0, 0, ranks=1)
+    _run("train", json.dumps(overrides), tmp_path / "two", 7, 0, ranks=2)  # stops in epoch 2 (5 steps per epoch)
+    _, meta = read_checkpoint(tmp_path / "two" / "last")
+    assert meta["progress"]["global_step"] == 7
+    _run("train", "[]", tmp_path / "two", 0, 1, ranks=1)
+    a, _ = read_checkpoint(tmp_path / "one" / "last")
+    b, meta = read_checkpoint(tmp_path / "two" / "last")
+    assert meta["progress"]["epoch"] == 2
+    for k in a:
+        if k.startswith("model/"):
+            assert torch.allclose(a[k], b[k], atol=1e-5), k

@@ -326,19 +326,27 @@ def step_flops(settings: BenchSettings) -> dict[str, int]:
 
 def gemm_gflops(device: str, precisions: tuple[str, ...], repeats: int = 5) -> dict[str, float]:
     """The machine's dense-matmul rate at each precision, in GFLOP/s: the best of ``repeats``
-    square matmuls (2048 on CPU, 8192 on CUDA), measured in the bench's own run so that the
+    square matmuls (2048 on CPU, 8192 on CUDA, smaller where one would take over a second), measured in the bench's own run so that the
     steps' FLOP rates are read against the machine as it was during their timing.
 
         rates = gemm_gflops("cpu", ("float32", "bfloat16"))  # {"float32": ..., "bfloat16": ...}
     """
     dev = torch.device(device)
-    size = 8192 if dev.type == "cuda" else 2048
+    largest = 8192 if dev.type == "cuda" else 2048
     generator = torch.Generator().manual_seed(0)
     out = {}
     for precision in precisions:
-        a, b = (torch.randn(size, size, generator=generator).to(dev, getattr(torch, precision)) for _ in range(2))
-        torch.mm(a, b)  # kernel selection and first-touch allocation
-        _sync(dev)
+        # the largest size up to `largest` whose product takes under a second: a precision the CPU
+        # has no instructions for (bfloat16 on AVX2 runs ~30x slower) must not take minutes here
+        size = 256
+        while True:
+            a, b = (torch.randn(size, size, generator=generator).to(dev, getattr(torch, precision)) for _ in range(2))
+            start = time.perf_counter()
+            torch.mm(a, b)  # kernel selection and first-touch allocation
+            _sync(dev)
+            if size >= largest or (time.perf_counter() - start) * 8 > 1.0:
+                break
+            size *= 2
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()

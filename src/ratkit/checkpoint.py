@@ -131,22 +131,30 @@ def save_model(
     return save_checkpoint(path, tensors, {"model": model_spec, **(meta or {})})
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               model_code=None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from its spec and load its weights; returns (model in eval mode, meta).
+
+    A model from a user's own code (``module:callable``) is rebuilt only if ``model_code`` (a
+    :class:`~ratkit.models.ModelCodePolicy`) allows importing it: reading a file never runs code
+    that only the file names.
 
     Example::
 
         model, meta = load_model("runs/my-run")  # its best.safetensors; or a .safetensors file
         print(meta["dataset"], meta["model"]["name"])
+        model, meta = load_model("runs/mine", model_code=ModelCodePolicy(allowed="nets:Net"))
     """
-    from .models import build_from_spec
+    from .models import UntrustedModelCode, build_from_spec
 
     tensors, meta = read_checkpoint(path, device)
     spec = meta.get("model")
     if not isinstance(spec, dict) or "name" not in spec:
         raise CheckpointError(f"{checkpoint_path(path)}: metadata has no model spec")
     try:
-        model = build_from_spec(spec)
+        model = build_from_spec(spec, model_code, source=str(checkpoint_path(path)))
+    except UntrustedModelCode as exc:
+        raise CheckpointError(str(exc)) from None
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{checkpoint_path(path)}: cannot build model {spec.get('name')!r}: {exc}") from None
     state = {k[len(_MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
@@ -156,3 +164,70 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{checkpoint_path(path)}: weights do not fit model {spec['name']!r}: {first}") from None
     return model.to(device).eval(), meta
+
+
+def trained_shape(meta: dict[str, Any]) -> tuple[tuple[int, ...] | None, int | None]:
+    """(image shape C x H x W, number of classes) a checkpoint's model was trained for: recorded by
+    the trainer (``meta["data"]``), else the facts of its built-in dataset, else (None, None)."""
+    data = meta.get("data")
+    if isinstance(data, dict) and data.get("image_shape"):
+        return tuple(int(d) for d in data["image_shape"]), data.get("num_classes")
+    from .data import DATASETS
+
+    info = DATASETS.get(meta.get("dataset"))
+    if info is not None:
+        return tuple(info.image_shape), info.num_classes
+    return None, None
+
+
+def check_model_fits_data(meta: dict[str, Any], info, where: str, dataset: str, model: nn.Module | None = None) -> None:
+    """CheckpointError (one line) when a checkpoint's model was made for another image shape or
+    another number of classes than ``info``'s: its numbers would mean nothing (a 3x32x32 model on
+    1x28x28 images still runs, and reports chance)."""
+    shape, classes = trained_shape(meta)
+    if model is not None and getattr(model, "num_classes", None) is not None:
+        classes = int(model.num_classes)
+    data_shape, data_classes = tuple(info.image_shape), info.num_classes
+    problems = []
+    if shape is not None and tuple(shape) != data_shape:
+        problems.append(f"images {'x'.join(map(str, shape))} (the data's: {'x'.join(map(str, data_shape))})")
+    if classes is not None and int(classes) != int(data_classes):
+        problems.append(f"{classes} classes (the data's: {data_classes})")
+    if problems:
+        raise CheckpointError(f"{where}: the model was made for " + " and ".join(problems)
+                              + f"; it does not fit the {dataset} data")
+
+
+def recorded_data(meta: dict[str, Any], dataset: str | None = None, data_dir: str | None = None,
+                  eps: float | None = None):
+    """The data a checkpoint's model was trained on, as a :class:`ratkit.data.user.DataSource`: the
+    run's recorded ``data:`` config (a file dataset's statistics and eps included), else its
+    dataset's name. ``dataset``/``data_dir`` name other data to use instead (only what they say of
+    it); ``eps`` fills in a radius the checkpoint does not record.
+
+    Example: ``source_info(recorded_data(read_checkpoint("runs/a/best")[1])).num_classes``"""
+    import dataclasses
+
+    from .config import ConfigError, config_from_dict, data_source
+    from .data.user import DataSource
+
+    recorded = None
+    if isinstance(meta.get("data_source"), dict):  # rat import of a user's model: its data as given there
+        fields = {f.name for f in dataclasses.fields(DataSource)}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["data_source"].items() if k in fields}
+        recorded = DataSource(**d)
+    elif isinstance(meta.get("config"), dict):
+        try:
+            recorded = data_source(config_from_dict(meta["config"]))
+        except ConfigError:
+            recorded = None
+    if recorded is None:
+        recorded = DataSource(meta.get("dataset") or "fashion-mnist")
+    if dataset is not None and dataset != recorded.dataset:
+        return DataSource(dataset, data_dir=data_dir, eps=eps)
+    changes: dict[str, Any] = {}
+    if data_dir is not None and data_dir != recorded.data_dir:  # other files: the model keeps its own
+        changes.update(data_dir=data_dir, mean=None, std=None)   # normalisation; theirs is not needed
+    if eps is not None and recorded.eps is None and (recorded.from_files or recorded.dataset != "fashion-mnist"):
+        changes["eps"] = eps
+    return dataclasses.replace(recorded, **changes) if changes else recorded

@@ -73,9 +73,10 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 def run_eval(model, meta: dict, args, device: torch.device, label: str, state_dir: Path | None = None):
     """Load the test split the checkpoint was trained for and run the protocol on it; ``state_dir``
     keeps per-batch results so that a rerun of an interrupted evaluation resumes."""
-    from .data import dataset_info
+    from .checkpoint import check_model_fits_data
+    from .data.user import source_info
     from .evaluate import (DEFAULT_ATTACKS, evaluate_test_set, format_report, paper_eps, parse_attacks,
-                           save_adversarial, summary_block, write_per_example_csv)
+                           save_adversarial, write_report_files)
 
     try:
         attacks = parse_attacks(args.attacks or ",".join(DEFAULT_ATTACKS[args.protocol]), args.protocol)
@@ -87,12 +88,14 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise UserError(f"--{flag.replace('_', '-')}: must be a positive number of images, got {value}")
-    dataset = args.dataset or meta.get("dataset") or "fashion-mnist"
-    info = dataset_info(dataset)
-    eps = args.eps if args.eps is not None else (info.linf_eps if args.norm == "Linf" else info.l2_eps)
+    src = checkpoint_data(meta, args)
+    info = source_info(src)
+    if not args.untrained:
+        check_model_fits_data(meta, info, label, src.dataset, model)
+    eps = args.eps if args.eps is not None else info.protocol_eps(args.norm)
     if args.protocol == "paper" and args.eps is None:
         eps = paper_eps(eps)
-    report = evaluate_test_set(model.to(device), dataset, data_dir=args.data_dir, n=args.n, eps=eps,
+    report = evaluate_test_set(model.to(device), src, n=args.n, eps=eps,
                                norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
                                seed=args.seed, quiet=args.quiet, protocol=args.protocol,
                                keep_adversarial=args.save_adv is not None, state_dir=state_dir)
@@ -103,14 +106,31 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
         return report
     print(format_report(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**report.to_json(), "summary": summary_block(report)}, indent=1) + "\n")
-        write_per_example_csv(report, args.json.with_suffix(".csv"))
+        write_report_files(report, args.json)
     if args.save_adv is not None:
         args.save_adv.parent.mkdir(parents=True, exist_ok=True)
         save_adversarial(report, args.save_adv)
         print(f"wrote {args.save_adv} ({report.robust_n} worst-case examples)")
     return report
+
+
+def checkpoint_data(meta: dict, args):
+    """The data a checkpoint is evaluated on (:func:`ratkit.checkpoint.recorded_data`), with the
+    command line's ``--dataset``/``--data-dir``/``--eps``."""
+    from .checkpoint import recorded_data
+
+    return recorded_data(meta, dataset=getattr(args, "dataset", None), data_dir=getattr(args, "data_dir", None),
+                         eps=getattr(args, "eps", None))
+
+
+def model_code_policy(args):
+    """What user model code the command line allows importing: ``--model module:callable`` names
+    one, ``--trust-model-code`` allows any."""
+    from .models import ModelCodePolicy, is_user_model
+
+    named = getattr(args, "model", None)
+    return ModelCodePolicy(allowed=named if is_user_model(named) else None,
+                           trust_all=bool(getattr(args, "trust_model_code", False)))
 
 
 def eval_state_dir(args) -> Path | None:
@@ -151,7 +171,7 @@ def cmd_eval(args) -> int:
     else:
         if args.checkpoint is None:
             raise UserError("rat eval: give a CHECKPOINT (run directory or .safetensors file) or --untrained MODEL")
-        model, meta = load_model(args.checkpoint, device)
+        model, meta = load_model(args.checkpoint, device, model_code_policy(args))
         label = str(args.checkpoint)
     if not args.no_channels_last:
         model.to(memory_format=torch.channels_last)  # faster attacks (AutoAttack ~1.45x on CPU), same results
@@ -165,12 +185,19 @@ def _train_overrides(args) -> list:
     flags = {"method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
              "batch_size": "train.batch_size", "train_subset": "data.train_subset", "seed": "train.seed",
              "out": "train.out", "data_dir": "data.data_dir", "device": "train.device", "rat": "method.rat",
-             "awp": "method.awp"}
+             "awp": "method.awp", "norm": "attack.norm", "eps": "data.eps"}
     overrides = []
+    if args.model is not None and not args.resume:
+        from .config import load_config
+
+        if load_config(args.config).model.name != args.model:  # the file's kwargs were for its own model
+            overrides.append(("model.kwargs", {}))
     for attr, key in flags.items():
         value = getattr(args, attr)
         if value is not None:
             overrides.append((key, value))
+    if args.eps is not None and not args.resume:  # the preset's step size was for its own eps: eps / 4
+        overrides.append(("attack.step_size", None))
     return overrides + list(args.set)
 
 
@@ -185,13 +212,14 @@ def cmd_train(args) -> int:
                             "(change what a resume may change with --set)")
         cfg = resume_config(args.resume, _train_overrides(args))
         run_dir = args.resume
+        policy = model_code_policy(args)
     else:
         cfg = load_config(args.config, _train_overrides(args))
-        run_dir = None
+        run_dir, policy = None, None  # a new run: its config is the user's own
     resolve_device(cfg.train.device)
     started = time.perf_counter()
     try:
-        run_dir = train(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
+        run_dir = train(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet, model_code=policy)
     except TrainingStopped as exc:
         print(f"rat train: stopped: {exc}", file=sys.stderr)
         return 1
@@ -208,7 +236,11 @@ def cmd_train(args) -> int:
     if main:
         print(f"training finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}", flush=True)
     if not args.no_eval:
-        evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet)
+        from .train import load_run_config
+
+        cfg = load_run_config(run_dir)  # as the run recorded it (a file dataset's statistics included)
+        evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet,
+                     model_code=policy or model_code_policy(args) if args.resume else None)
     if main:
         print(f"total wall time {time.perf_counter() - started:.0f} s", flush=True)
     return 0
@@ -352,7 +384,8 @@ def _analysis_common(args) -> dict:
     if args.n < 1:
         raise UserError(f"--n: must be a positive number of images, got {args.n}")
     return dict(out=args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
-                data_dir=args.data_dir, device=str(resolve_device(args.device)), quiet=args.quiet)
+                data_dir=args.data_dir, device=str(resolve_device(args.device)), quiet=args.quiet,
+                model_code=model_code_policy(args))
 
 
 def cmd_landscape(args) -> int:
@@ -388,6 +421,10 @@ def _add_analysis_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
+                   help="allow importing this model code, which the checkpoint names (your own model)")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="allow importing whatever model code the checkpoint names")
     p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -420,9 +457,13 @@ def _add_eval_command(sub) -> None:
                    help="run directory (uses best.safetensors), .safetensors file or its .json sidecar")
     p.add_argument("--untrained", metavar="MODEL", default=None,
                    help="evaluate a freshly initialised MODEL instead of a checkpoint (a sanity baseline)")
-    p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset (folder, npz: your own files)")
     p.add_argument("--data-dir", default=None, help="dataset directory (else $RAT_DATA_DIR, else the Debian path)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
+                   help="allow importing this model code, which the checkpoint names (your own model)")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="allow importing whatever model code the checkpoint names")
     _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -447,8 +488,18 @@ def _add_train_command(sub) -> None:
     p.add_argument("--no-rat", dest="rat", action="store_false", help="train the base method alone")
     p.add_argument("--awp", dest="awp", action="store_true", default=None, help="wrap in AWP")
     p.add_argument("--no-awp", dest="awp", action="store_false")
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--model", default=None)
+    p.add_argument("--dataset", default=None,
+                   help="a built-in dataset, or your own files: folder (DIR/train/<class>/*.png ...) or npz "
+                        "(DIR/train.npz, DIR/test.npz with x, y); with --data-dir DIR and --eps")
+    p.add_argument("--model", default=None,
+                   help="a built-in model, or your own module.path:callable (e.g. nets:Net; its kwargs with "
+                        "--set model.kwargs.K=V); on --resume, naming it again allows importing it")
+    p.add_argument("--eps", type=float, default=None,
+                   help="threat radius of training, validation and evaluation (data.eps; required for your own "
+                        "data; the training attack's step becomes eps/4 unless --set attack.step_size=...)")
+    p.add_argument("--norm", choices=("Linf", "L2"), default=None, help="threat model (attack.norm; default Linf)")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="on --resume: import the model code (module:callable) the run's config names")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N training images")

@@ -51,17 +51,33 @@ class ConfigError(Exception):
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion-mnist"
+    dataset: str = "fashion-mnist"  # a built-in (ratkit.data.DATASETS), or folder / npz: your own files
     data_dir: str | None = None
     val_size: int = 5000  # held out of the training set, for checkpoint selection
     train_subset: int | None = None  # first N of the post-split training set; None = all
     augment: bool = True
+    # the threat radius (Linf, or L2 with attack.norm L2) of training, validation and the final
+    # evaluation; required for folder/npz data, null = the built-in dataset's protocol eps
+    eps: float | None = None
+    channels: int | None = None  # folder data: 1 or 3 forces grayscale or RGB; null = as the images are
+    image_size: list[int] | None = None  # [H, W]: resize every image (Pillow bilinear); null = all one size
+    # per-channel statistics the model normalises with; null = the built-in's, or computed from a file
+    # dataset's training split when a run starts and recorded here
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    hflip: bool | None = None  # random horizontal flip; null = the dataset's default (off for your own data)
+    crop_padding: int | None = None  # random-crop padding; null = the dataset's default (H // 8 for your own)
+    stream: bool | None = None  # folder data: decode files in worker processes; null = only when not in memory
+    workers: int = 2  # decoding processes when streaming
+    num_classes: int | None = None  # data given from Python (ratkit.fit): recorded for later commands
+    image_shape: list[int] | None = None
 
 
 @dataclass
 class ModelConfig:
-    name: str = "smallcnn"  # a ratkit.models.MODELS name or "wrn-D-W"
+    name: str = "smallcnn"  # a ratkit.models.MODELS name, "wrn-D-W", or your own "module.path:callable"
     kwargs: dict = field(default_factory=dict)  # extra constructor arguments
+    head: str | None = None  # your own model: its classifier nn.Linear (null: found by its class count)
 
 
 @dataclass
@@ -86,8 +102,9 @@ class MethodConfig:
     pairing: str = "fixed"
     clean_terms: str = "auto"  # RAT's clean-output terms: auto = only for bases with a clean CE (TRADES)
     noise_layers: str = "conv"
-    taylor: str = "analytic"  # the authors' soft targets (analytic | autograd), or exact-head (docs/method.md)
-    taylor_sigma: float | None = None  # exact-head only: null = relative terms; a float = absolute sigma on the head
+    # the authors' soft targets (analytic | autograd), exact-head, or its TrH control trh (docs/method.md)
+    taylor: str = "analytic"
+    taylor_sigma: float | None = None  # exact-head and trh: null = relative terms; a float = absolute sigma on the head
     awp: bool = False
     awp_gamma: float | None = None  # null: the AWP authors' value for the base, 5e-3 TRADES/MART, 1e-2 AT
     awp_warmup: int = 0  # AWP from this epoch on, counted from 1 as in the authors' scripts (0 and 1: from the first)
@@ -318,13 +335,36 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_data_and_model(cfg: Config) -> None:
-    from .data import DATASETS  # lazy: keep `import ratkit.config` cheap
+    from .data import DATASETS
+    from .data.user import FILE_DATASETS, GIVEN
     from .models import model_spec
+    from .models.user import check_user_model_name, is_user_model
 
     d, m = cfg.data, cfg.model
-    _choice("data.dataset", d.dataset, tuple(DATASETS))
+    _choice("data.dataset", d.dataset, (*DATASETS, *FILE_DATASETS, GIVEN))
     _check(d.val_size >= 0, "data.val_size", "must be >= 0", d.val_size)
     _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", "must be > 0 or null", d.train_subset)
+    _check(d.eps is None or d.eps > 0, "data.eps", "must be > 0 or null", d.eps)
+    if d.dataset in (*FILE_DATASETS, GIVEN) and d.eps is None:
+        raise ConfigError(f"data.eps: the threat model cannot be guessed for your own data ({d.dataset}); give the "
+                          "radius with --eps E (data.eps), e.g. --eps 0.0314 for 8/255")
+    _check(d.channels in (None, 1, 3), "data.channels", "must be 1, 3 or null", d.channels)
+    _check(d.image_size is None or (len(d.image_size) == 2 and min(d.image_size) > 0), "data.image_size",
+           "must be [H, W] of positive sizes or null", d.image_size)
+    _check((d.mean is None) == (d.std is None), "data.std", "give data.mean and data.std together", d.std)
+    _check(d.mean is None or (len(d.mean) == len(d.std) and len(d.mean) > 0), "data.mean",
+           "must have one value per channel, as many as data.std", d.mean)
+    _check(d.std is None or all(v > 0 for v in d.std), "data.std", "must be positive", d.std)
+    _check(d.crop_padding is None or d.crop_padding >= 0, "data.crop_padding", "must be >= 0 or null", d.crop_padding)
+    _check(d.workers >= 0, "data.workers", "must be >= 0", d.workers)
+    _check(d.stream is not True or d.dataset == "folder", "data.stream", "streams folder datasets only", d.stream)
+    if is_user_model(m.name):  # never imported here: validating a run's config must not run its code
+        try:
+            check_user_model_name(m.name)
+        except ValueError as exc:
+            raise ConfigError(f"model.name: {exc}") from None
+        return
+    _check(m.head is None, "model.head", "names the head of your own model (module:callable) only", m.head)
     try:
         model_spec(m.name)
     except (ValueError, TypeError) as exc:
@@ -583,12 +623,7 @@ def resolved_attack(cfg: Config) -> tuple[float, float]:
     eps defaults to the dataset's eps for the attack's norm (Linf: 8/255 CIFAR/SVHN, 0.1
     (Fashion-)MNIST; L2: the dataset's l2_eps); step_size defaults to eps / 4.
     """
-    from .data import dataset_info
-
-    eps = cfg.attack.eps
-    if eps is None:
-        info = dataset_info(cfg.data.dataset)
-        eps = info.l2_eps if cfg.attack.norm == "L2" else info.linf_eps
+    eps = cfg.attack.eps if cfg.attack.eps is not None else protocol_eps(cfg)
     step = cfg.attack.step_size if cfg.attack.step_size is not None else eps / 4
     return float(eps), float(step)
 
@@ -597,12 +632,35 @@ def evaluation_eps(cfg: Config) -> float:
     """The eps of validation and of the final evaluation: ``eval.eps`` if set, else the dataset's
     protocol eps for the norm, which ``rat eval`` uses too, so both report the same number for the
     same checkpoint; a training ``attack.eps`` (say, training at a larger eps) does not move it."""
-    from .data import dataset_info
-
     if cfg.eval.eps is not None:
         return float(cfg.eval.eps)
-    info = dataset_info(cfg.data.dataset)
-    return float(info.l2_eps if cfg.attack.norm == "L2" else info.linf_eps)
+    return protocol_eps(cfg)
+
+
+def protocol_eps(cfg: Config) -> float:
+    """The run's threat radius for its norm: ``data.eps`` if set (required for your own data), else
+    the built-in dataset's protocol eps."""
+    from .data import dataset_info
+
+    if cfg.data.eps is not None:
+        return float(cfg.data.eps)
+    return dataset_info(cfg.data.dataset).protocol_eps(cfg.attack.norm)
+
+
+def data_source(cfg: Config):
+    """The run's data as a :class:`ratkit.data.user.DataSource`: what every command needs to read
+    the same data and normalise it identically.
+
+    Example: ``source_info(data_source(load_config("fmnist-cpu"))).num_classes`` is 10."""
+    from .data.user import DataSource
+
+    d = cfg.data
+    return DataSource(dataset=d.dataset, data_dir=d.data_dir, eps=d.eps, channels=d.channels,
+                      image_size=None if d.image_size is None else tuple(d.image_size),
+                      mean=None if d.mean is None else tuple(d.mean), std=None if d.std is None else tuple(d.std),
+                      hflip=d.hflip, crop_padding=d.crop_padding, num_classes=d.num_classes,
+                      image_shape=None if d.image_shape is None else tuple(d.image_shape), stream=d.stream,
+                      workers=d.workers)
 
 
 # where a method's settings live in MethodConfig: RAT.alpha is method.alpha, AWP.gamma is method.awp_gamma
@@ -629,7 +687,7 @@ def method_label(cfg: Config) -> str:
     if cfg.method.awp:
         parts.append("awp")
     if cfg.method.rat:
-        parts.append("rat-exact" if cfg.method.taylor == "exact-head" else "rat")
+        parts.append({"exact-head": "rat-exact", "trh": "rat-trh"}.get(cfg.method.taylor, "rat"))
     parts.append(cfg.method.name)
     return "-".join(parts)
 
@@ -646,6 +704,7 @@ __all__ = [
     "TrainConfig",
     "apply_override",
     "config_from_dict",
+    "data_source",
     "config_to_dict",
     "list_presets",
     "load_config",
@@ -653,6 +712,7 @@ __all__ = [
     "method_settings",
     "preset_description",
     "preset_dir",
+    "protocol_eps",
     "resolved_attack",
     "save_config",
     "validate",

@@ -252,7 +252,7 @@ def evaluate(
         report.robust_accuracy = worst.float().mean().item()
         report.robust_n = robust_n
         if keep_adversarial:
-            report.adversarial = worst_case_examples(outcomes, inputs, robust_n)
+            report.adversarial = worst_case_examples(outcomes, inputs)
     if store is not None:
         distributed.any_rank(False, device)  # a meeting point: every rank has written its chunks
         if rank.is_main:
@@ -288,33 +288,49 @@ def _attack_outcome(name: str, model: nn.Module, x: Tensor, y: Tensor, report: E
     return distributed.all_reduce_sum(correct.int()).bool()
 
 
-def worst_case_examples(outcomes: dict[str, Tensor], inputs: dict[str, Tensor], n: int) -> dict:
-    """Per example (the first n): the input of the first attack, in protocol order, that
-    breaks it (the clean image if it is misclassified clean); for an example no attack breaks,
-    the last attack's input. ``attack`` indexes ``attacks``."""
+def worst_case_examples(outcomes: dict[str, Tensor], inputs: dict[str, Tensor], n: int | None = None) -> dict:
+    """Per evaluated example (the first ``n``; default every one, AutoAttack's subset or not): the
+    input of the first attack, in protocol order, that breaks it (the clean image if it is
+    misclassified clean); for an example no attack breaks, the input of the last attack that ran
+    on it. ``attack`` indexes ``attacks``; ``correct`` says whether it survived every attack that
+    ran on it (beyond AutoAttack's first ``aa_n`` images, AutoAttack did not)."""
     names = list(outcomes)
-    wrong = torch.stack([~outcomes[k][:n] for k in names])  # (attacks, n)
-    first_wrong = torch.where(wrong.any(0), wrong.int().argmax(0), torch.full_like(wrong[0], len(names) - 1,
-                                                                                      dtype=torch.long))
-    stacked = torch.stack([inputs[k][:n] for k in names])  # (attacks, n, C, H, W)
+    n = max(len(c) for c in outcomes.values()) if n is None else n
+    device = next(iter(outcomes.values())).device
+    covered = torch.stack([torch.arange(n, device=device) < len(outcomes[k]) for k in names])  # (attacks, n)
+
+    def padded(t: Tensor, fill) -> Tensor:
+        t = t[:n]
+        if len(t) == n:
+            return t
+        return torch.cat([t, torch.full((n - len(t), *t.shape[1:]), fill, dtype=t.dtype, device=t.device)])
+
+    wrong = torch.stack([~padded(outcomes[k], True) for k in names]) & covered
+    order = torch.arange(1, len(names) + 1, device=device)[:, None]
+    last_covering = (covered.long() * order).argmax(0)
+    first_wrong = torch.where(wrong.any(0), wrong.int().argmax(0), last_covering)
+    stacked = torch.stack([padded(inputs[k], 0.0) for k in names])  # (attacks, n, C, H, W)
     chosen = stacked[first_wrong, torch.arange(n, device=stacked.device)]
     return {"x_adv": chosen.cpu(), "attack": first_wrong.cpu(), "correct": (~wrong.any(0)).cpu(),
             "attacks": names}
 
 
-def evaluate_test_set(model: nn.Module, dataset: str, *, data_dir=None, n: int | None = None,
+def evaluate_test_set(model: nn.Module, dataset, *, data_dir=None, n: int | None = None,
                       **protocol) -> EvalReport:
-    """Load ``dataset``'s test split and run :func:`evaluate` on its first ``n`` images (all if None);
-    the report records the full test-set size so the table can say "first n".
+    """Load ``dataset``'s test split (a built-in's name, or a :class:`ratkit.data.user.DataSource`
+    for any data) and run :func:`evaluate` on its first ``n`` images (all if None); the report
+    records the full test-set size so the table can say "first n".
 
     Example: ``print(format_report(evaluate_test_set(model, "fashion-mnist", n=1000, eps=0.1, aa_n=500)))``"""
-    from .data import load_dataset
+    from .data.user import DataSource, load_split
 
-    test = load_dataset(dataset, "test", data_dir=data_dir)
+    src = dataset if isinstance(dataset, DataSource) else DataSource(dataset, data_dir=data_dir)
+    test = load_split(src, "test", stream=False)
     n_total = len(test)
     if n is not None:
         test = test.first(n)
-    return evaluate(model, test.x, test.y, dataset=dataset, n_total=n_total, **protocol)
+    test = test.as_float() if hasattr(test, "as_float") else test
+    return evaluate(model, test.x, test.y, dataset=src.dataset, n_total=n_total, **protocol)
 
 
 def summary_block(report: EvalReport) -> dict:
@@ -361,6 +377,30 @@ def save_adversarial(report: EvalReport, path) -> None:
     meta = {"attacks": json.dumps(adv["attacks"]), "eps": str(report.eps), "norm": report.norm,
             "protocol": report.protocol, "dataset": report.dataset, "checkpoint": report.checkpoint}
     save_file(tensors, str(path), metadata=meta)
+    os.chmod(path, 0o666 & ~_umask())  # as every other output, whatever mode the writer chose
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_report_files(report: EvalReport, json_path, extra: dict | None = None) -> dict:
+    """Write the report as JSON (with the RobustBench-style ``summary`` block and ``extra``) and the
+    per-example CSV beside it (same name, .csv): what ``rat eval --json`` and ``rat train``'s
+    eval.json both write. Returns the JSON's content.
+
+    Example: ``write_report_files(report, "runs/a/eval.json")`` also writes runs/a/eval.csv"""
+    import json
+    from pathlib import Path
+
+    json_path = Path(json_path)
+    payload = {**report.to_json(), "summary": summary_block(report), **(extra or {})}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(payload, indent=1) + "\n")
+    write_per_example_csv(report, json_path.with_suffix(".csv"))
+    return payload
 
 
 def format_report(report: EvalReport) -> str:

@@ -175,6 +175,49 @@ def _model_kwargs(dataset: str, model: str, mean, std, model_kwargs) -> dict[str
     return kwargs
 
 
+def import_user_model(path, model: str, source, out, mean=None, std=None, model_kwargs=None,
+                      head: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """A plain state dict of a user's own ``module:callable`` model (its own keys, no mapping) as a
+    ratkit checkpoint for ``source`` (a :class:`ratkit.data.user.DataSource`: the data it is for);
+    ``mean``/``std``: the normalisation the model expects before its first layer (default none).
+
+    Example: ``import_user_model("net.pt", "nets:Net", DataSource("folder", data_dir="imgs"), "net.safetensors")``"""
+    import dataclasses
+
+    from .checkpoint import save_model
+    from .data import DataError
+    from .data.user import source_info
+    from .models import build_user_model
+
+    path = Path(path)
+    raw, found = read_state_dict(path)
+    try:
+        info = source_info(source, require_eps=False)
+        net, spec = build_user_model(model, model_kwargs or {}, num_classes=info.num_classes,
+                                     image_shape=info.image_shape, head=head, mean=mean, std=std)
+    except DataError as exc:
+        raise InteropError(str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise InteropError(f"cannot build model {model!r}: {exc}") from None
+    target = net.net.state_dict()
+    unexpected = [k for k in raw if k not in target]
+    missing = [k for k in target if k not in raw and not k.endswith(".num_batches_tracked")]
+    wrong = [f"{k} {tuple(raw[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
+             if k in raw and raw[k].shape != v.shape]
+    if unexpected or missing or wrong:
+        parts = ([f"file tensors the model does not have: {_first(unexpected)}"] if unexpected else []) + \
+                ([f"model tensors missing from the file: {_first(missing)}"] if missing else []) + \
+                ([f"shapes (file vs model) differ: {_first(wrong)}"] if wrong else [])
+        raise InteropError(f"{path}: does not fit {model}: {'; '.join(parts)}")
+    net.net.load_state_dict({**target, **raw})
+    meta = {"dataset": source.dataset, "data_source": {k: (list(v) if isinstance(v, tuple) else v)
+                                                        for k, v in dataclasses.asdict(source).items()},
+            "data": {"image_shape": list(info.image_shape), "num_classes": info.num_classes},
+            "imported_from": {"file": path.name, "sha256": _file_sha256(path), "layout": "user model",
+                              "container": "/".join(found["container"]), "prefix": found["prefix"]}}
+    return save_model(out, net, spec, meta), {**meta, "model": spec}
+
+
 def _import(path, model, dataset, out, mean, std, model_kwargs) -> tuple[Path, dict[str, Any]]:
     from .checkpoint import save_model
     from .models import build_from_spec, model_spec
@@ -251,7 +294,7 @@ def import_state_dict(
     return _import(path, model, dataset, out, mean, std, model_kwargs)[0]
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
+def export_checkpoint(checkpoint: str | Path, out: str | Path, model_code=None) -> tuple[Path, Path]:
     """Write a ratkit checkpoint's model as a plain ``torch.save`` state dict plus a JSON recipe.
 
     The state dict has the model's own keys (normalisation buffers ``mean``/``std``
@@ -264,17 +307,31 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Path, Pa
         export_checkpoint("runs/cifar10-trades/best.safetensors", "trades.pt")
     """
     from .checkpoint import CheckpointError, checkpoint_path, load_model
-    from .models.registry import _resolve
+    from .models.registry import resolve
 
     out = Path(out)
     if out.suffix == ".json":
         raise InteropError(f"{out}: give the state dict's name (e.g. model.pt); the JSON goes beside it")
     try:
-        net, meta = load_model(checkpoint)
+        net, meta = load_model(checkpoint, model_code=model_code)
     except CheckpointError as exc:
         raise InteropError(str(exc)) from None
     spec = meta["model"]
-    cls, kwargs = _resolve(spec["name"], spec.get("kwargs") or {})
+    from .models import is_user_model
+
+    if is_user_model(spec["name"]):  # the user's own module: its own keys, rebuilt by their code
+        state = {k: v.detach().cpu().contiguous() for k, v in net.net.state_dict().items()}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, out)
+        recipe = {"format": EXPORT_FORMAT, "architecture": spec["name"], "kwargs": spec.get("kwargs") or {},
+                  "head": spec.get("head"), "mean": spec.get("mean"), "std": spec.get("std"),
+                  "dataset": meta.get("dataset"), "num_classes": net.num_classes, "state_dict": out.name,
+                  "sha256": _file_sha256(out), "exported_from": checkpoint_path(checkpoint).name,
+                  "input": "N x C x H x W float32 in [0, 1], normalised with mean/std (if any) before the module"}
+        json_path = out.with_suffix(".json")
+        json_path.write_text(json.dumps(recipe, indent=2) + "\n")
+        return out, json_path
+    cls, kwargs = resolve(spec["name"], spec.get("kwargs") or {})
     bound = inspect.signature(cls).bind(**kwargs)
     bound.apply_defaults()  # every constructor argument, so a rebuild needs no ratkit defaults
     kwargs = json.loads(json.dumps(bound.arguments))
@@ -294,6 +351,19 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Path, Pa
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from .data.user import FILE_DATASETS, DataSource
+    from .models import is_user_model
+
+    if is_user_model(args.model):
+        source = DataSource(args.dataset, data_dir=args.data_dir, eps=args.eps,
+                            channels=args.channels, image_size=tuple(args.image_size) if args.image_size else None)
+        path, meta = import_user_model(args.state_dict, args.model, source, args.out, args.mean, args.std,
+                                       head=args.head)
+        print(f"{meta['imported_from']['file']}: {args.model} (head {meta['model']['head']}) for {args.dataset}; "
+              f"wrote {path}")
+        return 0
+    if args.dataset in FILE_DATASETS:
+        raise InteropError(f"--dataset {args.dataset}: your own data goes with your own model (--model module:callable)")
     path, meta = _import(args.state_dict, args.model, args.dataset, args.out, args.mean, args.std, None)
     kw, source = meta["model"]["kwargs"], meta["imported_from"]
     print(f"{source['file']}: layout {source['layout']} -> {meta['model']['name']} ({meta['dataset']}, "
@@ -302,7 +372,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    print("wrote {}, {}".format(*export_checkpoint(args.checkpoint, args.out)))
+    from .models import ModelCodePolicy
+
+    policy = ModelCodePolicy(allowed=args.model, trust_all=args.trust_model_code)
+    print("wrote {}, {}".format(*export_checkpoint(args.checkpoint, args.out, policy)))
     return 0
 
 
@@ -311,15 +384,27 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("import", help="turn a plain PyTorch state dict (TRADES, AWP, ...) into a checkpoint")
     p.add_argument("state_dict", type=Path, help=".pt/.pth file (read with weights_only=True)")
     p.add_argument("--model", default=None,
-                   help="ratkit model, e.g. wrn-34-10, preactresnet18 (default: what the file looks like)")
+                   help="ratkit model, e.g. wrn-34-10, preactresnet18 (default: what the file looks like), or your "
+                        "own module.path:callable whose state dict the file is (its own keys)")
     p.add_argument("--dataset", required=True, help="dataset the weights were trained on, e.g. cifar10")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
     p.add_argument("--mean", type=float, nargs="+", default=None,
                    help="normalisation the authors' script applied before the network (default 0: none)")
     p.add_argument("--std", type=float, nargs="+", default=None, help="see --mean (default 1)")
+    p.add_argument("--data-dir", default=None, help="your own data (--dataset folder or npz): its directory")
+    p.add_argument("--eps", type=float, default=None, help="your own data: the threat radius to record")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="your own folder data: force channels")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="your own folder data: the size images are resized to")
+    p.add_argument("--head", default=None, help="your own model: the path of its classifier nn.Linear "
+                                                "(default: found by the number of classes)")
     p.set_defaults(func=_cmd_import)
 
     p = subparsers.add_parser("export", help="write a checkpoint's model as a plain state dict plus a JSON recipe")
     p.add_argument("checkpoint", help="run directory (uses best.safetensors) or .safetensors file")
     p.add_argument("--out", type=Path, required=True, help="state dict to write (FILE.pt); FILE.json goes beside")
+    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
+                   help="allow importing this model code, which the checkpoint names (your own model)")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="allow importing whatever model code the checkpoint names")
     p.set_defaults(func=_cmd_export)

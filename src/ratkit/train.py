@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,14 +40,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .attacks import BatchShard
-from .checkpoint import CheckpointError, _atomic_write_bytes, checkpoint_path, load_model, read_checkpoint
-from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, method_label,
-                     evaluation_eps, method_settings, resolved_attack, save_config)
-from .data import augment, dataset_info, iterate_batches, load_dataset, split_train_val
+from .checkpoint import (CheckpointError, _atomic_write_bytes, checkpoint_path, check_model_fits_data, load_model,
+                         read_checkpoint)
+from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
+                     evaluation_eps, method_label, method_settings, resolved_attack, save_config)
+from .data import DataError, augment, iterate_batches, split_train_val
+from .data.streaming import StreamedData, iterate_streamed_batches
+from .data.user import load_split, source_info, with_statistics
 from .device import resolve_device
-from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks
+from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
 from .methods import Method, NonFiniteLossError, StepPrecision, compose_method
 from .models import build_from_spec, model_kwargs_for, model_spec
+from .models.user import ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
 
 # the trainer's observers and state (ratkit.training); imported here, also for the callers of ratkit.train
 from .training.checkpoints import BestCheckpoint, LastCheckpoint
@@ -68,16 +73,37 @@ def build_method(cfg: Config) -> Method:
 
 
 def model_spec_from_config(cfg: Config, info) -> dict:
-    """The spec of the model a run builds: the config's name and kwargs on the dataset's shape."""
+    """The spec of the built-in model a run builds: the config's name and kwargs on the dataset's
+    shape (a user's ``module:callable`` model gets its spec when it is built, head included)."""
     return model_spec(cfg.model.name, **model_kwargs_for(cfg.model.name, info, **cfg.model.kwargs))
 
 
-def build_model_from_config(cfg: Config, info) -> tuple[nn.Module, dict]:
+def build_model_from_config(cfg: Config, info, model_code: ModelCodePolicy | None = None) -> tuple[nn.Module, dict]:
+    """The run's model and its spec. A user's ``module:callable`` is imported only if ``model_code``
+    allows it (the command line named it, or --trust-model-code); the error says how to allow it."""
+    if is_user_model(cfg.model.name):
+        check_model_code(cfg, model_code)
+        try:
+            return build_user_model(cfg.model.name, cfg.model.kwargs, num_classes=info.num_classes,
+                                    image_shape=info.image_shape, head=cfg.model.head, mean=info.mean, std=info.std)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"model: {exc}") from None
     spec = model_spec_from_config(cfg, info)
-    return build_from_spec(spec), spec
+    try:
+        return build_from_spec(spec), spec
+    except (ValueError, TypeError) as exc:  # a constructor's own refusal, e.g. an unknown keyword
+        raise ConfigError(f"model.kwargs: {exc}") from None
 
 
-def initial_weights(cfg: Config) -> dict[str, Tensor]:
+def check_model_code(cfg: Config, model_code: ModelCodePolicy | None) -> None:
+    """ConfigError unless ``model_code`` allows importing the run's ``module:callable`` model."""
+    try:
+        (model_code or ModelCodePolicy()).check(cfg.model.name, "the run's config")
+    except UntrustedModelCode as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def initial_weights(cfg: Config, model_code: ModelCodePolicy | None = None) -> dict[str, Tensor]:
     """The model weights of ``train.init_from`` (CPU tensors), after checking that they were
     trained for the model this run builds: same name and kwargs (classes, channels,
     normalisation included), else the weights would mean something else or not load at all."""
@@ -86,7 +112,16 @@ def initial_weights(cfg: Config) -> dict[str, Tensor]:
         tensors, meta = read_checkpoint(path)
     except CheckpointError as exc:
         raise ConfigError(f"train.init_from: {exc}") from None
-    theirs, ours = meta.get("model") or {}, model_spec_from_config(cfg, dataset_info(cfg.data.dataset))
+    info = source_info(data_source(cfg))
+    try:  # other images or classes first: the clearest reason the weights cannot be used
+        check_model_fits_data(meta, info, f"train.init_from: {path}", cfg.data.dataset)
+    except CheckpointError as exc:
+        raise ConfigError(str(exc)) from None
+    theirs = meta.get("model") or {}
+    if is_user_model(cfg.model.name):
+        ours = build_model_from_config(cfg, info, model_code)[1]
+    else:
+        ours = model_spec_from_config(cfg, info)
     if theirs.get("name") != ours["name"]:
         raise ConfigError(f"train.init_from: {path} holds a {theirs.get('name')!r} model, this run builds "
                           f"{ours['name']!r}; the model (name and kwargs) must be the same")
@@ -146,9 +181,14 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.data.dataset}-{method_label(cfg)}-seed{cfg.train.seed}-{stamp}"
 
 
-def run_meta(cfg: Config) -> dict:
-    """The metadata every checkpoint of a run carries besides its model: dataset, config, method."""
-    return {"dataset": cfg.data.dataset, "config": config_to_dict(cfg), "method": method_label(cfg)}
+def run_meta(cfg: Config, info=None) -> dict:
+    """The metadata every checkpoint of a run carries besides its model: dataset, config, method,
+    and the data's image shape and classes (``info``), which every later use of the weights checks."""
+    meta = {"dataset": cfg.data.dataset, "config": config_to_dict(cfg), "method": method_label(cfg)}
+    if info is not None:
+        meta["data"] = {"image_shape": list(info.image_shape), "num_classes": info.num_classes,
+                        "class_names": list(info.class_names)}
+    return meta
 
 
 def _rank_and_device(cfg: Config) -> tuple[distributed.Rank, torch.device]:
@@ -161,15 +201,30 @@ def _rank_and_device(cfg: Config) -> tuple[distributed.Rank, torch.device]:
     return rank, distributed.rank_device(device, rank)
 
 
-def _training_data(cfg: Config, device: torch.device):
+def _training_data(cfg: Config, device: torch.device, given=None):
     """The run's training and validation splits (the training split cut to ``data.train_subset``)
-    on ``device``, and the dataset's info. The datasets are small enough to hold there: a step
-    then indexes (and augments) its batch on the device, with no copy from the host."""
-    full = load_dataset(cfg.data.dataset, "train", data_dir=cfg.data.data_dir)
-    train_data, val_data = split_train_val(full, cfg.data.val_size, cfg.train.seed)
+    and the dataset's info. In memory they are moved to ``device`` once: a step then indexes (and
+    augments) its batch there, with no copy from the host. A streamed training split stays on the
+    host and is decoded batch by batch; its validation split is held in memory. ``given``: the
+    (train, validation or None) data of :func:`ratkit.fit`."""
+    if given is not None:
+        full, val_data = given
+    else:
+        full = load_split(data_source(cfg), "train")
+    if given is None or val_data is None:
+        train_data, val_data = split_train_val(full, cfg.data.val_size, cfg.train.seed)
+    else:
+        train_data = full
     if cfg.data.train_subset is not None:
         train_data = train_data.first(cfg.data.train_subset)
-    return train_data.to(device), val_data.to(device), full.info
+    if hasattr(val_data, "load"):  # streamed: validation is small and read at every validated epoch
+        val_data = val_data.load()
+    if len(train_data) < cfg.train.batch_size:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is more than the {len(train_data)} training "
+                          "images (after the validation hold-out): no full batch, no step; lower it")
+    if not hasattr(train_data, "load"):
+        train_data = train_data.to(device)
+    return train_data, val_data.to(device), full.info
 
 
 @contextmanager
@@ -189,10 +244,12 @@ def cudnn_autotuned(device: torch.device):
         torch.backends.cudnn.benchmark = saved
 
 
-def _placed_model(cfg: Config, info, device: torch.device, rank: distributed.Rank) -> tuple[nn.Module, dict, nn.Module]:
+def _placed_model(cfg: Config, info, device: torch.device, rank: distributed.Rank, given: nn.Module | None = None,
+                  model_code: ModelCodePolicy | None = None) -> tuple[nn.Module, dict, nn.Module]:
     """The run's model on ``device``, its spec, and the model the method trains: under torchrun
-    DistributedDataParallel, which averages the gradients over the ranks' shards."""
-    model, spec = build_model_from_config(cfg, info)
+    DistributedDataParallel, which averages the gradients over the ranks' shards. ``given``: the
+    model of :func:`ratkit.fit`, with its spec."""
+    model, spec = given if given is not None else build_model_from_config(cfg, info, model_code)
     if rank.distributed and cfg.train.sync_bn:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn: SyncBatchNorm needs CUDA (DistributedDataParallel refuses it on CPU)")
@@ -225,22 +282,26 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, run_dir: Path, *, quiet: bool = False,
-                 on_step: Callable[[Progress], None] | None = None):
+                 on_step: Callable[[Progress], None] | None = None,
+                 on_epoch_end: Callable[[dict], None] | None = None, model_code: ModelCodePolicy | None = None,
+                 given_data=None, given_model: tuple[nn.Module, dict] | None = None, given_method: Method | None = None):
         self.cfg, self.run_dir, self.quiet, self.on_step = cfg, Path(run_dir), quiet, on_step
+        self.on_epoch_end = on_epoch_end
         self.rank, self.device = _rank_and_device(cfg)
         seed = cfg.train.seed
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        self.train_data, self.val_data, self.info = _training_data(cfg, self.device)
-        self.model, self.spec, self.train_model = _placed_model(cfg, self.info, self.device, self.rank)
-        self.method = build_method(cfg)
+        self.train_data, self.val_data, self.info = _training_data(cfg, self.device, given_data)
+        self.model, self.spec, self.train_model = _placed_model(cfg, self.info, self.device, self.rank, given_model,
+                                                                model_code)
+        self.method = given_method if given_method is not None else build_method(cfg)
         self.precision = StepPrecision(cfg.train.precision, self.device.type)
         self.optimizer = build_optimizer(cfg, self.model)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.steps_per_epoch = max(1, len(self.train_data) // cfg.train.batch_size)
         self.progress = Progress(history=[])
-        main, meta = self.rank.is_main, run_meta(cfg)  # one writer: checkpoints, logs and prints come from rank 0
+        main, meta = self.rank.is_main, run_meta(cfg, self.info)  # one writer: checkpoints, logs and prints come from rank 0
         self.log = RunLog(self.run_dir, epochs=cfg.train.epochs, quiet=quiet, main=main)
         self.last = LastCheckpoint(self.run_dir, self.model, self.spec, self.optimizer, self.generator, self.device,
                                    meta, main=main, every_s=cfg.train.checkpoint_every_s, precision=self.precision)
@@ -275,14 +336,20 @@ class Trainer:
         """Train ``epoch`` (0-based; its rest, when resumed mid-epoch); the training part of its metrics row."""
         cfg, p = self.cfg, self.progress
         sums = p.partial or EpochSums()
-        batches = iterate_batches(self.train_data, cfg.train.batch_size, shuffle=True,
-                                  generator=epoch_order_generator(cfg.train.seed, epoch), drop_last=True)
+        # resumed mid-epoch: the batches already trained on are skipped, the order drawn in full
+        order = dict(shuffle=True, generator=epoch_order_generator(cfg.train.seed, epoch), drop_last=True,
+                     start_batch=p.step_in_epoch)
+        if isinstance(self.train_data, StreamedData):  # decoded by worker processes; under torchrun each
+            rows = (lambda n: distributed.shard(n, self.rank)) if self.rank.distributed else None  # rank its share
+            batches = iterate_streamed_batches(self.train_data, cfg.train.batch_size, num_workers=cfg.data.workers,
+                                               rows=rows, **order)
+        else:
+            batches = iterate_batches(self.train_data, cfg.train.batch_size, **order)
         lr = self.optimizer.param_groups[0]["lr"]
         bar = self.log.epoch_bar(epoch, self.steps_per_epoch, initial=p.step_in_epoch)
         try:
-            for i, (xb, yb) in enumerate(batches):
-                if i < p.step_in_epoch:
-                    continue  # resumed mid-epoch: this batch was already trained on
+            for i, (xb, yb) in enumerate(batches, start=p.step_in_epoch):
+                xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
                 lr, step = self._train_step(xb, yb, epoch)
                 sums.add(step)
                 p.step_in_epoch, p.global_step = i + 1, p.global_step + 1
@@ -302,18 +369,18 @@ class Trainer:
         """One optimizer step on a global batch; its learning rate and sums. Every rank has the
         global batch (same order, augmentation and random draws) and trains on its slice of it."""
         cfg, started = self.cfg, time.perf_counter()
+        n = cfg.train.batch_size
+        sharded = self.rank.distributed and isinstance(self.train_data, StreamedData)  # xb: this rank's rows only
+        rows = distributed.shard(n, self.rank) if self.rank.distributed else slice(None)
         if cfg.data.augment:
-            xb = augment(xb, self.info, generator=self.generator)
+            xb = augment(xb, self.info, generator=self.generator, part=(rows.start, rows.stop, n) if sharded else None)
         if cfg.train.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         lr = learning_rate(cfg, self.progress.global_step, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        part, shard = slice(None), None
-        if self.rank.distributed:
-            part = distributed.shard(len(yb), self.rank)
-            shard = BatchShard(part.start, part.stop, len(yb))
-        xs, ys = xb[part], yb[part]
+        shard = BatchShard(rows.start, rows.stop, n) if self.rank.distributed else None
+        xs, ys = (xb, yb) if sharded else (xb[rows], yb[rows])
         out = self.method.step(self.train_model, self.optimizer, xs, ys, generator=self.generator, epoch=epoch,
                                shard=shard, precision=self.precision)
         return lr, step_sums(out, ys, time.perf_counter() - started)
@@ -357,6 +424,8 @@ class Trainer:
         p.history.append(row)
         self.last.save(p)
         self.log.epoch_done(row)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(row)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -472,27 +541,63 @@ def _fit_until_stopped(trainer: Trainer) -> None:
         raise TrainingInterrupted(trainer.run_dir) from None
 
 
+def with_data_statistics(cfg: Config) -> Config:
+    """``cfg`` with a file dataset's per-channel mean and std, computed from its training split when
+    not given, written into ``data.mean``/``data.std``: recorded in the run's config.yaml and its
+    checkpoints, so every later command normalises identically without reading the data again."""
+    src = data_source(cfg)
+    if not src.from_files or (src.mean is not None and src.std is not None):
+        return cfg
+    filled = with_statistics(src)
+    d = config_to_dict(cfg)
+    d["data"]["mean"], d["data"]["std"] = list(filled.mean), list(filled.std)
+    return config_from_dict(d)
+
+
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
-          on_step: Callable[[Progress], None] | None = None) -> Path:
-    """Train (or resume) a run; returns its directory. ``on_step`` is called after every step.
+          on_step: Callable[[Progress], None] | None = None, on_epoch_end: Callable[[dict], None] | None = None,
+          model_code: ModelCodePolicy | None = None, _given: dict | None = None) -> Path:
+    """Train (or resume) a run; returns its directory. ``on_step`` is called after every step with
+    the run's :class:`~ratkit.training.state.Progress`; ``on_epoch_end`` after every epoch with its
+    metrics row (the dict written to metrics.jsonl).
 
     A resume continues ``run_dir/last`` under ``cfg``, which may differ from the run's config in
     the fields of :data:`RESUME_CHANGEABLE` only (others are a ConfigError); the change is
     recorded. A new run with ``train.init_from`` starts from that checkpoint's weights.
     SIGTERM/SIGUSR1 raise :class:`TrainingPreempted` and Ctrl-C :class:`TrainingInterrupted`,
-    with ``last`` saved at a step boundary.
+    with ``last`` saved at a step boundary. A run that fails to start leaves no run directory.
+
+    ``model_code``: which user model code (``module:callable``) may be imported. A new run's config
+    is the caller's own, so its model is allowed; a resumed run's config is a file, so its model
+    code is imported only if ``model_code`` allows it.
 
     Under torchrun every rank calls this; rank 0 prepares the run directory and every rank
-    then uses that one."""
+    then uses that one.
+
+    Example: ``train(load_config("fmnist-cpu", ["train.epochs=1"]), "runs/try")``"""
     rank = distributed.init_from_environment(resolve_device(cfg.train.device).type)
-    initial = None
+    initial, created = None, False
+    if not resume:
+        model_code = model_code or ModelCodePolicy(allowed=cfg.model.name)
     if resume:
+        if is_user_model(cfg.model.name) and _given is None:
+            check_model_code(cfg, model_code)  # before anything in the run directory changes
         run_dir = _resumed_run_dir(cfg, run_dir, rank, quiet)
     else:
+        if _given is None:
+            cfg = with_data_statistics(cfg)  # before config.yaml is written: the run records them
         if cfg.train.init_from is not None:
-            initial = initial_weights(cfg)  # checked before the run directory is made
-        run_dir = _new_run_dir(cfg, run_dir, rank)
-    trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step)
+            initial = initial_weights(cfg, model_code)  # checked before the run directory is made
+        planned = Path(run_dir or cfg.train.out or default_run_dir(cfg))
+        created = not planned.exists()
+        run_dir = _new_run_dir(cfg, planned, rank)
+    try:
+        trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, model_code=model_code,
+                          **(_given or {}))
+    except BaseException:
+        if created and rank.is_main:  # a run that fails to start leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if resume:
         trainer.restore_last()
     elif initial is not None:
@@ -513,7 +618,7 @@ def eps_line(cfg: Config) -> str:
 
 
 def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet: bool = False,
-                 checkpoint: str = "best") -> dict:
+                 checkpoint: str = "best", model_code: ModelCodePolicy | None = None) -> dict:
     """The protocol on the run's ``best`` checkpoint (or, with ``checkpoint="last"``, on the
     weights of the last epoch); writes ``eval.json`` (``eval-last.json``) and prints the table.
 
@@ -524,12 +629,14 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
-    model, meta = load_model(run_dir / checkpoint, device)
+    if model_code is None and is_user_model(cfg.model.name):
+        model_code = ModelCodePolicy(allowed=cfg.model.name)  # the run this process trained or was allowed to
+    model, meta = load_model(run_dir / checkpoint, device, model_code)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)  # AutoAttack ~1.45x faster on CPU, same results
     n, aa_n = (None, None) if full else (cfg.eval.n, cfg.eval.aa_n)
     eps = evaluation_eps(cfg)
-    report = evaluate_test_set(model, cfg.data.dataset, data_dir=cfg.data.data_dir, n=n, eps=eps,
+    report = evaluate_test_set(model, data_source(cfg), n=n, eps=eps,
                                norm=cfg.attack.norm, attacks=parse_attacks(cfg.eval.attacks),
                                batch_size=cfg.eval.batch_size, aa_n=aa_n, seed=cfg.train.seed, quiet=quiet,
                                state_dir=run_dir / f"{checkpoint}.eval-state")  # a rerun resumes it
@@ -540,5 +647,6 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
     if distributed.current().is_main:
         print(format_report(report), flush=True)
         name = "eval.json" if checkpoint == "best" else f"eval-{checkpoint}.json"
-        (run_dir / name).write_text(json.dumps(result, indent=1) + "\n")
+        # the same files as rat eval --json: the summary block, and the per-example CSV beside it
+        result = write_report_files(report, run_dir / name, {f"{checkpoint}_epoch": epoch})
     return result

@@ -129,24 +129,27 @@ def load_checkpoint_examples(
     dataset: str | None = None,
     data_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    model_code=None,
 ) -> CheckpointExamples:
     """Load a checkpoint (model in eval mode) and the first ``n`` test images of its dataset.
 
-    The dataset is the one recorded in the checkpoint unless ``dataset`` overrides it; eps is
-    that dataset's Linf eps. Raises ``CheckpointError``/``DataError`` with a one-line reason.
+    The dataset is the one recorded in the checkpoint (a file dataset with its recorded settings)
+    unless ``dataset`` overrides it; eps is the run's threat radius (the dataset's Linf eps for a
+    built-in). ``model_code``: see :func:`ratkit.checkpoint.load_model`. Raises
+    ``CheckpointError``/``DataError`` with a one-line reason.
     """
-    from ..checkpoint import checkpoint_path, load_model
-    from ..data import dataset_info, load_dataset
+    from ..checkpoint import check_model_fits_data, checkpoint_path, load_model, recorded_data
+    from ..data.user import load_split, source_info
 
     if n < 1:
         raise ValueError(f"n must be a positive number of images, got {n}")
-    model, meta = load_model(checkpoint, device)
-    name = dataset or meta.get("dataset")
-    if not name:
-        raise ValueError(f"{checkpoint_path(checkpoint)}: no dataset recorded in the checkpoint; pass dataset=")
-    info = dataset_info(name)
-    test = load_dataset(name, "test", data_dir=data_dir).first(n)
+    model, meta = load_model(checkpoint, device, model_code)
+    src = recorded_data(meta, dataset=dataset, data_dir=None if data_dir is None else str(data_dir))
+    info = source_info(src)
+    check_model_fits_data(meta, info, str(checkpoint_path(checkpoint)), src.dataset, model)
+    test = load_split(src, "test", stream=False).first(n)
+    tx = test.as_float().x if hasattr(test, "as_float") else test.x
     # clone: a slice would keep the whole test set alive
-    x, y = prepare_examples(model, test.x.clone(), test.y.clone())
+    x, y = prepare_examples(model, tx.clone(), test.y.clone())
     return CheckpointExamples(model=model, x=x, y=y, dataset=info.name, eps=info.linf_eps, meta=meta,
                               path=str(checkpoint_path(checkpoint)))

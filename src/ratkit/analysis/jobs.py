@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, TypedDict
+from typing import Any, TYPE_CHECKING, Sequence, TypedDict
 
 import torch
 
@@ -39,10 +39,12 @@ class AnalysisInputs(TypedDict, total=False):
     data_dir: str | os.PathLike | None
     device: str | torch.device
     quiet: bool
+    model_code: Any
 
 
 ANALYSIS_DEFAULTS: AnalysisInputs = {
     "seed": 0, "batch_size": 256, "dataset": None, "data_dir": None, "device": "cpu", "quiet": False,
+    "model_code": None,
 }
 
 
@@ -56,7 +58,7 @@ def _with_defaults(job: str, inputs: AnalysisInputs) -> AnalysisInputs:
 
 def _load(checkpoint: str | os.PathLike, n: int, opts: AnalysisInputs):
     return load_checkpoint_examples(checkpoint, n, dataset=opts["dataset"], data_dir=opts["data_dir"],
-                                    device=opts["device"])
+                                    device=opts["device"], model_code=opts["model_code"])
 
 
 @dataclass

@@ -16,6 +16,20 @@ from torch import Tensor, nn
 from ..modes import model_mode, parameters_frozen
 
 
+def fit_to_classes(attack, classes: int) -> None:
+    """Standard AutoAttack on fewer than 10 classes (a user's own data): APGD-T and FAB-T target
+    every other class (``classes - 1`` targets, not 9: there are no more), and below 4 classes,
+    where the targeted DLR loss is undefined (it reads the 4th-largest logit), APGD-T is left out
+    and APGD-CE, FAB-T and Square remain. Nothing changes for 10 classes or more (docs/method.md)."""
+    if classes >= 10:
+        return
+    targets = max(1, classes - 1)
+    attack.apgd_targeted.n_target_classes = targets
+    attack.fab.n_target_classes = targets
+    if classes < 4:
+        attack.attacks_to_run = [a for a in attack.attacks_to_run if a != "apgd-t"]
+
+
 def autoattack_correct(
     model: nn.Module,
     x: Tensor,
@@ -52,6 +66,9 @@ def autoattack_correct(
     with model_mode(model, False), parameters_frozen(model):
         attack = AutoAttack(model, eps=eps, norm=norm, version="standard", seed=seed,
                             device=device)
+        with torch.no_grad():
+            classes = int(model(x[:1]).shape[1]) if len(x) else 10
+        fit_to_classes(attack, classes)
         for k, start in enumerate(range(0, len(x), batch_size)):
             if skip is not None and skip(k):
                 continue

@@ -183,6 +183,7 @@ def iterate_streamed_batches(
     drop_last: bool = False,
     start_batch: int = 0,
     num_workers: int = 0,
+    rows=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x float32 in [0, 1], y int64)`` batches of ``data``, decoded as they are needed.
 
@@ -190,7 +191,9 @@ def iterate_streamed_batches(
     the batches are the same, bit for bit, as those of ``data.load()`` there: one
     ``torch.randperm(len(data), generator=generator)`` on the generator's device, cut into
     batches, ``start_batch`` of them skipped undecoded. ``num_workers`` processes decode ahead
-    (0: in this process); the global random state is not touched.
+    (0: in this process); the global random state is not touched. ``rows``: a function of a
+    batch's length giving the slice of it to decode and yield (a rank's share under torchrun, so
+    each rank reads only its files); None: the whole batch.
 
     Example: ``for x, y in iterate_streamed_batches(train, 128, shuffle=True, generator=g, num_workers=4): ...``
     """
@@ -204,6 +207,8 @@ def iterate_streamed_batches(
         device = generator.device if generator is not None else torch.device("cpu")
         order = torch.randperm(n, generator=generator, device=device).cpu()
     batches = _plain_batches(n, batch_size, drop_last, order, start_batch)
+    if rows is not None:
+        batches = [b[rows(len(b))] for b in batches]
     on_gpu = data.device.type == "cuda"
     for positions, images in zip(batches, _decoded(data, batches, num_workers, pin=on_gpu)):
         y = data.labels[data.indices[positions]]

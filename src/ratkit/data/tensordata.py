@@ -18,7 +18,7 @@ import torch
 from .errors import DataError
 
 if TYPE_CHECKING:
-    from .datasets import DatasetInfo
+    from .info import DatasetInfo
 
 __all__ = ["TensorData", "iterate_batches", "split_train_val", "uint8_to_float"]
 

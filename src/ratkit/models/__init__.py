@@ -6,12 +6,18 @@ from .registry import MODELS, build_from_spec, build_model, model_kwargs_for, mo
 from .resnet import ResNet18, ResNetBlock
 from .small_cnn import SmallCNN
 from .wideresnet import BasicBlock, NetworkBlock, WideResNet
+from .user import ModelCodePolicy, UntrustedModelCode, build_user_model, find_classifier_head, is_user_model
 from .wrap import WrappedModel, wrap
 
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "MODELS",
+    "ModelCodePolicy",
+    "UntrustedModelCode",
+    "build_user_model",
+    "find_classifier_head",
+    "is_user_model",
     "BasicBlock",
     "NetworkBlock",
     "PreActBlock",

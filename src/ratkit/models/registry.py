@@ -16,6 +16,7 @@ from .base import RobustModel
 from .preact_resnet import PreActResNet18
 from .resnet import ResNet18
 from .small_cnn import SmallCNN
+from .user import ModelCodePolicy, build_user_from_spec, is_user_model
 from .wideresnet import WideResNet
 
 MODELS: dict[str, type[RobustModel]] = {
@@ -34,7 +35,7 @@ def _known_names() -> str:
     return ", ".join(list(MODELS) + ["wrn-D-W (e.g. wrn-34-10)"])
 
 
-def _resolve(name: str, kwargs: dict[str, Any]) -> tuple[type[RobustModel], dict[str, Any]]:
+def resolve(name: str, kwargs: dict[str, Any]) -> tuple[type[RobustModel], dict[str, Any]]:
     """Map a name (plain or "wrn-D-W") to a class and the full constructor kwargs."""
     if not isinstance(name, str):
         raise ValueError(f"model name must be a string, got {name!r}; known: {_known_names()}")
@@ -74,7 +75,7 @@ def build_model(name: str, **kwargs: Any) -> RobustModel:
         model = build_model("wrn-34-10", num_classes=10)  # CIFAR normalisation inside the model
         model = build_model("smallcnn", **model_kwargs_for("smallcnn", dataset_info("fashion-mnist")))
     """
-    cls, full_kwargs = _resolve(name, kwargs)
+    cls, full_kwargs = resolve(name, kwargs)
     return cls(**full_kwargs)
 
 
@@ -96,7 +97,7 @@ def _from_json(value: Any) -> Any:
 
 def model_spec(name: str, **kwargs: Any) -> dict:
     """JSON-able description of a model (tuples become lists); see :func:`build_from_spec`."""
-    _resolve(name, kwargs)  # fail now, not when the checkpoint is loaded
+    resolve(name, kwargs)  # fail now, not when the checkpoint is loaded
     spec = {"name": name, "kwargs": _to_json(kwargs)}
     try:
         json.dumps(spec)
@@ -105,10 +106,14 @@ def model_spec(name: str, **kwargs: Any) -> dict:
     return spec
 
 
-def build_from_spec(spec: dict) -> RobustModel:
-    """Rebuild the model described by :func:`model_spec` (lists become tuples again)."""
+def build_from_spec(spec: dict, policy=None, source: str = "the checkpoint") -> RobustModel:
+    """Rebuild the model described by :func:`model_spec` (lists become tuples again), or a user's
+    ``module:callable`` model (:mod:`ratkit.models.user`) if ``policy`` (a ModelCodePolicy; default:
+    none allowed) lets its code be imported; ``source`` names the file in the refusal."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a model spec is a dict with 'name' and 'kwargs', got {spec!r}")
+    if is_user_model(spec["name"]):
+        return build_user_from_spec(spec, policy or ModelCodePolicy(), source)
     kwargs = _from_json(dict(spec.get("kwargs") or {}))
     return build_model(spec["name"], **kwargs)
 

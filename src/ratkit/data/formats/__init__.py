@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from . import cifar, idx, svhn
 
 if TYPE_CHECKING:
-    from ..datasets import DatasetInfo
+    from ..info import DatasetInfo
     from ..tensordata import TensorData
 
 __all__ = ["FORMATS", "FileFormat"]

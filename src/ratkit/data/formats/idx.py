@@ -21,7 +21,7 @@ from ..tensordata import TensorData
 from .common import check_labels, to_float_images
 
 if TYPE_CHECKING:
-    from ..datasets import DatasetInfo
+    from ..info import DatasetInfo
 
 SUFFIXES = ("", ".gz")  # each file may be stored plain or gzipped
 IMAGES_MAGIC = 0x00000803  # uint8, 3 dims

@@ -16,7 +16,7 @@ from ..tensordata import TensorData
 from .common import check_labels, join_files, to_float_images
 
 if TYPE_CHECKING:
-    from ..datasets import DatasetInfo
+    from ..info import DatasetInfo
 
 
 def load(info: DatasetInfo, directory: Path, files: tuple[str, ...]) -> TensorData:

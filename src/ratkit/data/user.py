@@ -1,0 +1,258 @@
+"""A user's own data: image folders and npz files, and :class:`DataSource`, which names a run's data.
+
+A built-in dataset is known by name (its facts are in the registry); a folder or npz dataset
+is known only from its files and from what the user says about it: the threat model
+(``eps``), the channels, an image size to resize to. :class:`DataSource` holds all of it, and
+:func:`source_info` turns it into the same :class:`~ratkit.data.info.DatasetInfo` the
+built-ins have, so the trainer, ``rat eval`` and the analysis tools treat both alike.
+
+The per-channel mean and std of a file dataset are computed once from its training split
+(:func:`with_statistics`) and then recorded in the run, so every later command normalises
+identically without reading the training split again.
+
+Example::
+
+    src = with_statistics(DataSource("folder", data_dir="my-images", eps=8 / 255))
+    info = source_info(src)            # classes from the sub-folders, shape from the images
+    train = load_split(src, "train")   # uint8 in memory, or streamed from the files
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+from .info import SPLITS, DatasetInfo
+
+__all__ = ["FILE_DATASETS", "GIVEN", "DataSource", "channel_statistics", "default_crop_padding", "load_split",
+           "source_info", "with_statistics"]
+
+FILE_DATASETS = ("folder", "npz")  # datasets read from a user's files; their facts come from the files
+GIVEN = "python"  # data handed over in Python (ratkit.fit): no files, facts recorded in the run
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Which data a run uses and how to read it: the ``data:`` section of a run's config, less the
+    trainer's own settings (the validation hold-out, the subset, augmentation on or off).
+
+    ``eps``: the threat radius (Linf, or L2 under an L2 attack) for training, validation and the
+    final evaluation; required for file datasets, optional for the built-ins (their protocol's).
+    ``channels`` forces 1 or 3 channels; ``image_size`` (H, W) resizes; ``mean``/``std`` are the
+    per-channel statistics (None: computed from the training split); ``hflip``/``crop_padding``
+    None: the dataset's default (file datasets: no flip, padding H // 8). ``num_classes`` and
+    ``image_shape`` describe data given from Python.
+    """
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    eps: float | None = None
+    channels: int | None = None
+    image_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    hflip: bool | None = None
+    crop_padding: int | None = None
+    num_classes: int | None = None
+    image_shape: tuple[int, int, int] | None = None
+    stream: bool | None = None
+    workers: int = 2
+
+    @property
+    def from_files(self) -> bool:
+        return self.dataset in FILE_DATASETS
+
+
+def default_crop_padding(height: int) -> int:
+    """Random-crop padding of a file dataset: an eighth of the height (4 for 32 px, 3 for 28 px)."""
+    return max(1, int(height) // 8)
+
+
+def _directory(src: DataSource) -> Path:
+    base = src.data_dir or os.environ.get("RAT_DATA_DIR")
+    if not base:
+        raise DataError(f"{src.dataset}: no data directory; pass --data-dir DIR (data.data_dir)")
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{path}: data directory of the {src.dataset} dataset does not exist or is not a directory")
+    return path
+
+
+def _folder_channels(src: DataSource, index) -> int:
+    return int(src.channels) if src.channels is not None else int(index.mode_channels)
+
+
+def _folder_shape(src: DataSource, index) -> tuple[int, int]:
+    if src.image_size is not None:
+        return int(src.image_size[0]), int(src.image_size[1])
+    if index.size is None:
+        raise DataError(f"{index.first_differing}: its size differs from {index.files[0]}'s; set "
+                        "data.image_size: [H, W] to resize every image (Pillow bilinear)")
+    return int(index.size[0]), int(index.size[1])
+
+
+def _scan(src: DataSource):
+    """(train index, test index) of a folder dataset, with the same classes in both."""
+    from .formats.folder import check_same_classes, scan_folder
+
+    directory = _directory(src)
+    train, test = scan_folder(directory, "train"), scan_folder(directory, "test")
+    check_same_classes(train, test, directory)
+    return train, test
+
+
+def _npz_facts(src: DataSource) -> tuple[int, tuple[int, int, int], tuple[str, ...]]:
+    from .formats.npz import load_npz_split, npz_class_names, npz_num_classes
+
+    x, y = load_npz_split(_directory(src), "train")
+    given = npz_class_names(_directory(src))
+    num_classes = npz_num_classes(y, given)
+    names = given or tuple(f"class_{i}" for i in range(num_classes))
+    return num_classes, tuple(int(d) for d in x.shape[1:]), tuple(names)
+
+
+def source_info(src: DataSource, require_eps: bool = True) -> DatasetInfo:
+    """The facts of ``src``'s dataset: the registry's entry for a built-in one (with ``eps``,
+    ``hflip``, ``crop_padding`` as given); for a file dataset, the classes and image shape read
+    from its files, the recorded statistics and the given eps.
+
+    Example: ``source_info(DataSource("cifar10")).linf_eps`` is 8/255."""
+    from .datasets import dataset_info
+
+    if src.dataset in FILE_DATASETS or src.dataset == GIVEN:
+        if src.eps is None and require_eps:
+            raise DataError(f"{src.dataset}: the threat model cannot be guessed for your own data; "
+                            "give the radius with --eps E (data.eps), e.g. --eps 0.0314 for 8/255")
+        if src.dataset == "folder":
+            train, _ = _scan(src)
+            channels, (h, w) = _folder_channels(src, train), _folder_shape(src, train)
+            num_classes, shape, names = len(train.classes), (channels, h, w), tuple(train.classes)
+        elif src.dataset == "npz":
+            num_classes, shape, names = _npz_facts(src)
+        else:
+            if src.num_classes is None or src.image_shape is None:
+                raise DataError("python: data given from Python records num_classes and image_shape")
+            num_classes, shape = int(src.num_classes), tuple(int(d) for d in src.image_shape)
+            names = tuple(f"class_{i}" for i in range(num_classes))
+        c = shape[0]
+        mean = tuple(src.mean) if src.mean is not None else (0.5,) * c
+        std = tuple(src.std) if src.std is not None else (0.25,) * c
+        if len(mean) != c or len(std) != c:
+            raise DataError(f"{src.dataset}: data.mean/data.std have {len(mean)}/{len(std)} values for {c} channels")
+        return DatasetInfo(name=src.dataset, num_classes=num_classes, image_shape=shape, mean=mean, std=std,
+                           linf_eps=float(src.eps or 0.0), l2_eps=float(src.eps or 0.0), hflip=bool(src.hflip),
+                           crop_padding=default_crop_padding(shape[1]) if src.crop_padding is None
+                           else int(src.crop_padding), class_names=names)
+    info = dataset_info(src.dataset)
+    changes = {}
+    if src.eps is not None:
+        changes.update(linf_eps=float(src.eps), l2_eps=float(src.eps))
+    if src.hflip is not None:
+        changes["hflip"] = bool(src.hflip)
+    if src.crop_padding is not None:
+        changes["crop_padding"] = int(src.crop_padding)
+    return dataclasses.replace(info, **changes) if changes else info
+
+
+def channel_statistics(batches) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of images in [0, 1] (``batches``: N x C x H x W tensors, uint8 or
+    float), accumulated in float64 so the result does not depend on how the data is batched."""
+    total = squares = None
+    count = 0
+    for xb in batches:
+        x = xb.double() / 255.0 if xb.dtype == torch.uint8 else xb.double()
+        s, q = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        total, squares = (s, q) if total is None else (total + s, squares + q)
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    if not count:
+        raise DataError("cannot compute the statistics of an empty training split")
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)  # a constant channel: no division by 0
+    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+
+
+def with_statistics(src: DataSource) -> DataSource:
+    """``src`` with ``mean``/``std`` filled in from the training split when they are not given
+    (file datasets only; a built-in dataset's are its registry entry's)."""
+    if not src.from_files or (src.mean is not None and src.std is not None):
+        return src
+    from .streaming import StreamedData, iterate_streamed_batches
+
+    train = load_split(src, "train")
+    if isinstance(train, StreamedData):  # decoded once, in worker processes, never held whole
+        mean, std = channel_statistics(x for x, _ in iterate_streamed_batches(train, 256, shuffle=False,
+                                                                            num_workers=src.workers))
+    else:
+        mean, std = channel_statistics(train.x[i:i + 1024] for i in range(0, len(train), 1024))
+    return dataclasses.replace(src, mean=mean, std=std)
+
+
+def _should_stream(src: DataSource, n: int, shape: tuple[int, int, int]) -> bool:
+    from .streaming import fits_in_memory
+
+    if src.stream is not None:
+        return bool(src.stream)
+    return not fits_in_memory(n, shape)
+
+
+def load_split(src: DataSource, split: str, *, stream: bool | None = None):
+    """Split ``"train"`` or ``"test"`` of ``src``: a :class:`~ratkit.data.TensorData` (uint8 for
+    file datasets: a quarter of float32's memory) or, for a folder that does not fit in memory or
+    with ``data.stream: true``, a :class:`~ratkit.data.streaming.StreamedData` decoding its files
+    in worker processes. ``stream`` overrides ``src.stream``.
+
+    Example: ``test = load_split(src, "test")``"""
+    from .datasets import load_dataset
+    from .tensordata import TensorData
+
+    if split not in SPLITS:
+        raise DataError(f"{src.dataset}: unknown split {split!r}, expected 'train' or 'test'")
+    if src.dataset == GIVEN:
+        raise DataError("python: this run's data was given from Python (ratkit.fit); name files to evaluate on "
+                        "with --dataset folder|npz --data-dir DIR")
+    if not src.from_files:
+        data = load_dataset(src.dataset, split, data_dir=src.data_dir)
+        info = source_info(src)
+        return data if info == data.info else TensorData(data.x, data.y, info)
+    info = source_info(src)
+    if src.dataset == "npz":
+        from .formats.npz import check_label_range, load_npz_split
+
+        if stream or (stream is None and src.stream):
+            raise DataError("npz: an npz file is read whole; streaming (data.stream) is for folder datasets")
+        x, y = load_npz_split(_directory(src), split)
+        if tuple(x.shape[1:]) != info.image_shape:
+            raise DataError(f"{_directory(src) / (split + '.npz')}: images of shape {tuple(x.shape[1:])}, "
+                            f"train.npz has {info.image_shape}")
+        check_label_range(_directory(src) / f"{split}.npz", y.numpy(), info.num_classes)
+        return TensorData(x, y, info)
+    from .formats.folder import FolderImages, load_folder_split
+    from .streaming import StreamedData
+
+    train, test = _scan(src)
+    index = train if split == "train" else test
+    channels, size = info.image_shape[0], info.image_shape[1:]
+    image_size = tuple(src.image_size) if src.image_size is not None else None
+    if image_size is None and index.size is not None and tuple(index.size) != tuple(size):
+        raise DataError(f"{index.files[0]}: {split} images are {tuple(index.size)}, train images {tuple(size)}; "
+                        "set data.image_size: [H, W] to resize both")
+    if _should_stream(src, len(index.files), info.image_shape) if stream is None else stream:
+        return StreamedData(info, FolderImages(index, channels, image_size or tuple(size)))
+    x, y, _ = load_folder_split(_directory(src), split, channels=channels, image_size=image_size or tuple(size))
+    data = TensorData(x, y, info)
+    if split == "test":  # files come class by class: a fixed shuffle makes "the first n" every class's
+        data = data.subset(test_order(len(data)))
+    return data
+
+
+def test_order(n: int) -> torch.Tensor:
+    """The order of a folder's test images: one fixed permutation (seed 0) of the class-by-class
+    file order, the same on every machine, so that the protocol's "first n" (AutoAttack on a
+    subset) is not the first classes alone."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))
+

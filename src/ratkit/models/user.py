@@ -1,0 +1,179 @@
+"""A user's model from their own code: ``module.path:callable``, imported, called, wrapped.
+
+``rat train --model nets:Net --set model.kwargs.width=64`` imports ``nets`` (from the current
+directory or the installed packages), calls ``Net(width=64)`` and wraps the result with
+:func:`~ratkit.models.wrap` and the dataset's normalisation. The classifier head is the one
+``nn.Linear`` with as many outputs as the dataset has classes that produces the logits, unless
+``model.head`` names it. A run records the name, the kwargs and the head, so later commands
+rebuild the same model.
+
+Importing a module runs it. So a model named only inside a file (a checkpoint, a run's
+config.yaml) is never imported unless the command line allows it: the same ``--model
+module:callable`` again, or ``--trust-model-code`` (:class:`ModelCodePolicy`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .wrap import WrappedModel, wrap
+
+__all__ = ["ModelCodePolicy", "UntrustedModelCode", "build_user_model", "find_classifier_head", "is_user_model",
+           "load_callable", "user_model_spec"]
+
+_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def is_user_model(name: Any) -> bool:
+    """Whether a model name is a user's ``module.path:callable`` (not a registry name)."""
+    return isinstance(name, str) and ":" in name
+
+
+def check_user_model_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ValueError(f"{name!r}: a model from your own code is written module.path:callable, e.g. nets:Net")
+
+
+class UntrustedModelCode(ValueError):
+    """A file names model code that the command line has not allowed to be imported."""
+
+
+@dataclass(frozen=True)
+class ModelCodePolicy:
+    """Which user model code may be imported: ``allowed`` names the one the command line gave
+    (``--model nets:Net``); ``trust_all`` is ``--trust-model-code``. The default allows none.
+
+    Example: ``ModelCodePolicy(allowed="nets:Net").check("nets:Net", "runs/a/best.safetensors")``"""
+
+    allowed: str | None = None
+    trust_all: bool = False
+
+    def check(self, name: str, source: str) -> None:
+        if self.trust_all or (self.allowed is not None and self.allowed == name):
+            return
+        module = name.partition(":")[0]
+        given = (f" (the command line named {self.allowed}, not the same)" if self.allowed else "")
+        raise UntrustedModelCode(f"{source} names model code {name}: loading it imports module {module!r}, "
+                                 f"which runs that module's code{given}; to allow it, pass --model {name} "
+                                 f"or --trust-model-code")
+
+
+def load_callable(name: str):
+    """The callable ``module.path:attr`` names, importing the module (the current directory is
+    searched first, as ``python -m`` does)."""
+    check_user_model_name(name)
+    module_name, _, attr = name.partition(":")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{name}: cannot import module {module_name!r} ({exc}); run from the directory that "
+                         "holds it or install it") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{name}: module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise ValueError(f"{name}: {attr!r} is a {type(obj).__name__}, not a class or function")
+    return obj
+
+
+def _linears(net: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+
+
+def find_classifier_head(net: nn.Module, num_classes: int, image_shape: Sequence[int] | None = None) -> str:
+    """The path of ``net``'s classifier head: the ``nn.Linear`` with ``num_classes`` outputs that
+    produces the logits. With several such layers, one forward pass on zeros of ``image_shape``
+    picks the one whose output is the module's. A one-line ValueError lists the candidates."""
+    linears = _linears(net)
+    listing = ", ".join(f"{n} ({m.in_features}->{m.out_features})" for n, m in linears) or "none"
+    candidates = [(n, m) for n, m in linears if m.out_features == num_classes]
+    if len(candidates) > 1 and image_shape is not None:
+        outputs: dict[str, torch.Tensor] = {}
+        hooks = [m.register_forward_hook(lambda mod, args, out, n=n: outputs.__setitem__(n, out))
+                 for n, m in candidates]
+        param = next(net.parameters(), None)
+        try:
+            was_training = net.training
+            net.eval()
+            with torch.no_grad():
+                out = net(torch.zeros(2, *image_shape, device=param.device if param is not None else "cpu"))
+            net.train(was_training)
+        except Exception:  # the forward is the user's: any failure just leaves the choice to them
+            out = None
+        finally:
+            for h in hooks:
+                h.remove()
+        feeding = [(n, m) for n, m in candidates if out is not None and outputs.get(n) is out]
+        if len(feeding) == 1:
+            candidates = feeding
+    if len(candidates) != 1:
+        what = "no" if not candidates else f"{len(candidates)}"
+        raise ValueError(f"{type(net).__name__}: {what} nn.Linear layers with {num_classes} outputs feed the logits; "
+                         f"name the head with --set model.head=PATH (its nn.Linear layers: {listing})")
+    return candidates[0][0]
+
+
+def user_model_spec(name: str, kwargs: dict, head: str, mean: Sequence[float] | None,
+                    std: Sequence[float] | None) -> dict:
+    """The JSON description of a user's model that a checkpoint carries (see :func:`build_user_model`)."""
+    spec = {"name": name, "kwargs": dict(kwargs), "head": head,
+            "mean": None if mean is None else [float(v) for v in mean],
+            "std": None if std is None else [float(v) for v in std]}
+    try:
+        json.dumps(spec)
+    except TypeError as exc:
+        raise TypeError(f"model kwargs must be JSON-serialisable: {exc}") from None
+    return spec
+
+
+def build_user_model(name: str, kwargs: dict | None = None, *, num_classes: int | None = None,
+                     image_shape: Sequence[int] | None = None, head: str | None = None,
+                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+                     ) -> tuple[WrappedModel, dict]:
+    """Import and call ``name`` (``module:callable``) with ``kwargs``; wrap the module it returns
+    with its head (found when ``head`` is None) and the normalisation. Returns (model, spec).
+
+    Example::
+
+        model, spec = build_user_model("nets:Net", {"width": 64}, num_classes=10, image_shape=(3, 32, 32),
+                                       mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    """
+    factory = load_callable(name)
+    try:
+        net = factory(**(kwargs or {}))
+    except TypeError as exc:
+        raise ValueError(f"{name}: cannot call it with kwargs {kwargs or {}}: {exc}") from None
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"{name}: returned a {type(net).__name__}, not an nn.Module")
+    if head is None:
+        if num_classes is None:
+            raise ValueError(f"{name}: name the classifier head (model.head), or give the number of classes")
+        head = find_classifier_head(net, num_classes, image_shape)
+    model = wrap(net, head=head, mean=mean, std=std)
+    if num_classes is not None and model.num_classes != num_classes:
+        raise ValueError(f"{name}: head {head!r} has {model.num_classes} outputs, the data has {num_classes} classes")
+    return model, user_model_spec(name, kwargs or {}, head, mean, std)
+
+
+def build_user_from_spec(spec: dict, policy: ModelCodePolicy, source: str) -> WrappedModel:
+    """Rebuild a user model from a checkpoint's spec, if ``policy`` allows importing its code."""
+    name = spec["name"]
+    check_user_model_name(name)
+    policy.check(name, source)
+    model, _ = build_user_model(name, spec.get("kwargs") or {}, head=spec.get("head") or "fc",
+                                mean=spec.get("mean"), std=spec.get("std"))
+    return model
