@@ -299,3 +299,18 @@ def test_fine_tuning_a_checkpoint_on_data_with_other_classes_is_refused(tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "3 classes" in err and "5" in err
     assert not (tmp_path / "tuned").exists()
+
+
+def test_evaluate_takes_uint8_images_as_the_same_images_in_0_1():
+    from ratkit.evaluate import evaluate
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    from ratkit.models import wrap
+
+    model = wrap(net, head="1")
+    x8 = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(10) % 3
+    a = evaluate(model, x8, y, dataset="folder", eps=0.03, attacks=("clean", "pgd20"), quiet=True)
+    b = evaluate(model, x8.float() / 255, y, dataset="folder", eps=0.03, attacks=("clean", "pgd20"), quiet=True)
+    assert a.clean_predictions == b.clean_predictions and a.attacks["pgd20"].correct == b.attacks["pgd20"].correct

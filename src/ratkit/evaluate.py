@@ -219,6 +219,10 @@ def evaluate(
     rank = distributed.current()
     skip = (lambda k: k % rank.world_size != rank.rank) if rank.distributed else None
     device = next(model.parameters()).device
+    if x.dtype == torch.uint8:  # images held as bytes (your own files): [0, 255] -> [0, 1], as training sees them
+        from .data.tensordata import uint8_to_float
+
+        x = uint8_to_float(x)
     x = x.to(device=device, dtype=torch.float32)
     y = y.to(device)
     report = EvalReport(dataset=dataset, split=split, norm=norm, eps=eps,

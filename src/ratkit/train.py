@@ -219,6 +219,7 @@ def _training_data(cfg: Config, device: torch.device, given=None):
         train_data = train_data.first(cfg.data.train_subset)
     if hasattr(val_data, "load"):  # streamed: validation is small and read at every validated epoch
         val_data = val_data.load()
+    val_data = val_data.as_float()  # converted once, not at every validation
     if len(train_data) < cfg.train.batch_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is more than the {len(train_data)} training "
                           "images (after the validation hold-out): no full batch, no step; lower it")
