@@ -50,6 +50,7 @@ from .data.user import load_split, source_info, with_statistics
 from .device import resolve_device
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
 from .methods import Method, NonFiniteLossError, StepPrecision, compose_method
+from .preemption import Preempted
 from .models import build_from_spec, model_kwargs_for, model_spec
 from .models.user import ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
 
@@ -631,12 +632,17 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, model_code=model_code,
                           **(_given or {}))
+    except Preempted as exc:  # a notice during start-up: the run is kept, and --resume starts it
+        exc.run_dir = run_dir
+        raise
     except BaseException:
         if created and rank.is_main:  # a run that fails to start leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if resume:
+    if resume and (Path(run_dir) / "last.safetensors").exists():
         trainer.restore_last()
+    elif resume and not quiet:  # preempted before its first checkpoint: start it from its recorded config
+        print(f"{run_dir}: no last checkpoint yet; starting the run from its config.yaml", flush=True)
     elif initial is not None:
         trainer.model.load_state_dict(initial)  # every rank: the same weights; the optimizer stays fresh
     if not quiet:
