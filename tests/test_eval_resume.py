@@ -52,8 +52,8 @@ def fake_autoattack(monkeypatch):
     FakeAutoAttack.calls = 0
 
 
-def _run(model, x, y, **kw):
-    return evaluate(model, x, y, dataset="synthetic", eps=0.1, attacks=ATTACKS, batch_size=4, aa_n=8,
+def _run(model, x, y, eps=0.1, **kw):
+    return evaluate(model, x, y, dataset="synthetic", eps=eps, attacks=ATTACKS, batch_size=4, aa_n=8,
                     seed=5, quiet=True, **kw)
 
 
@@ -84,7 +84,7 @@ def test_an_interrupted_evaluation_resumes_to_identical_numbers(tmp_path, monkey
     with pytest.raises(Interrupt):
         _run(model, x, y, state_dir=state)
     monkeypatch.setattr(AttackChunks, "save", original_save)
-    assert len(list(state.glob("*.safetensors"))) == stop_after
+    assert len(list(state.glob("*/*.safetensors"))) == stop_after
 
     attacked, FakeAutoAttack.calls = [], 0
     original_pgd = evaluate_module.pgd
@@ -181,3 +181,25 @@ def test_chunks_from_another_devices_generator_are_reused_with_a_warning(tmp_pat
     with pytest.warns(UserWarning, match="another device's random generator"):
         resumed = _run(model, x, y, state_dir=tmp_path / "s")
     assert _verdicts(resumed) == _verdicts(reference)
+
+
+def test_two_evaluations_of_one_state_directory_keep_their_own_chunks(tmp_path):
+    """Two evaluations with other settings (here eps), interleaved as two processes would be: each
+    resumes its own chunks, neither empties nor reads the other's."""
+    model = _model()
+    x, y = _data(model)
+    a = ChunkStore.open(tmp_path / "s", {"weights": "w", "eps": 0.02})
+    b = ChunkStore.open(tmp_path / "s", {"weights": "w", "eps": 0.3})
+    a.attack("pgd20").save(0, {"predicted": torch.zeros(4, dtype=torch.long)})
+    b.attack("pgd20").save(0, {"predicted": torch.ones(4, dtype=torch.long)})
+    a2 = ChunkStore.open(tmp_path / "s", {"weights": "w", "eps": 0.02})  # the first resumes after the second began
+    assert torch.equal(a2.attack("pgd20").load(0)["predicted"], torch.zeros(4, dtype=torch.long))
+    assert torch.equal(b.attack("pgd20").load(0)["predicted"], torch.ones(4, dtype=torch.long))
+    a2.remove()
+    assert (tmp_path / "s").exists() and b.attack("pgd20").load(0) is not None  # b's chunks survive a's end
+    b.remove()
+    assert not (tmp_path / "s").exists()
+    # end to end: both reports equal their uninterrupted selves through one shared state directory
+    stop = _run(model, x, y, state_dir=tmp_path / "t", eps=0.3)
+    assert _verdicts(_run(model, x, y, state_dir=tmp_path / "t")) == _verdicts(_run(model, x, y))
+    assert _verdicts(stop) == _verdicts(_run(model, x, y, eps=0.3))

@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later"; a job script requeues on it
 
@@ -150,6 +148,8 @@ def eval_state_dir(args) -> Path | None:
 
 
 def cmd_eval(args) -> int:
+    import torch
+
     from .checkpoint import load_model
     from .data import dataset_info
     from .distributed import init_from_environment, rank_device
@@ -202,8 +202,35 @@ def _train_overrides(args) -> list:
 
 
 def cmd_train(args) -> int:
+    """``rat train``: a preemption at any moment exits 75 with a ``preempted`` file, resumable: at
+    a step boundary in the loop, at once during start-up and the final evaluation."""
+    from .preemption import PreemptAtOnce, Preempted
+
+    with PreemptAtOnce():
+        try:
+            return _train_and_evaluate(args)
+        except Preempted as exc:
+            return _preempted_outside_the_loop(exc)
+
+
+def _preempted_outside_the_loop(exc) -> int:
+    from . import distributed
+    from .train import PREEMPTED_FILE
+
+    run_dir = exc.run_dir
+    if run_dir is not None and (Path(run_dir) / "config.yaml").is_file() and distributed.current().is_main:
+        (Path(run_dir) / PREEMPTED_FILE).write_text(f"{exc.signal_name} outside the training loop (start-up or "
+                                                    f"final evaluation); continue with: rat train --resume {run_dir}\n")
+    where = f"; continue with: rat train --resume {run_dir}" if run_dir is not None else "; nothing was saved yet"
+    print(f"rat train: stopped by {exc.signal_name}{where} (exit {EXIT_PREEMPTED}: preempted, resumable)",
+          file=sys.stderr)
+    return EXIT_PREEMPTED
+
+
+def _train_and_evaluate(args) -> int:
     from . import distributed
     from .config import load_config
+    from .preemption import Preempted
     from .train import TrainingInterrupted, TrainingPreempted, TrainingStopped, evaluate_run, resume_config, train
 
     if args.resume:
@@ -239,8 +266,12 @@ def cmd_train(args) -> int:
         from .train import load_run_config
 
         cfg = load_run_config(run_dir)  # as the run recorded it (a file dataset's statistics included)
-        evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet,
-                     model_code=policy or model_code_policy(args) if args.resume else None)
+        try:  # a preemption here keeps the finished batches: --resume finishes the evaluation
+            evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet,
+                         model_code=policy or model_code_policy(args) if args.resume else None)
+        except Preempted as exc:
+            exc.run_dir = run_dir
+            raise
     if main:
         print(f"total wall time {time.perf_counter() - started:.0f} s", flush=True)
     return 0
@@ -603,10 +634,32 @@ def _add_hessian_command(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``rat`` command. For ``rat train`` the preemption signals are caught before anything
+    heavy is imported: a notice during start-up exits 75, resumable, not 143 (the default action)."""
+    from contextlib import nullcontext
+
+    from .preemption import PreemptAtOnce, Preempted
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    training = next((a for a in argv if not a.startswith("-")), None) == "train"
+    with PreemptAtOnce() if training else nullcontext():
+        try:
+            code = _main(argv)
+        except Preempted as exc:  # before rat train's own handling began (imports, parsing)
+            code = _preempted_outside_the_loop(exc)
+    from .distributed import active, exit_cleanly
+
+    if active():  # a torchrun worker (python -m ratkit or the rat script): leave without gloo teardown
+        exit_cleanly(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
     from .interop import InteropError
+    from .preemption import Preempted
 
     args = build_parser().parse_args(argv)
     try:
@@ -614,14 +667,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataError, CheckpointError, ConfigError, InteropError) as exc:
         print(f"rat {args.command}: error: {exc}", file=sys.stderr)
         code = EXIT_USER_ERROR
+    except Preempted:
+        raise
     except KeyboardInterrupt as exc:
         from .train import TrainingPreempted
 
         preempted = isinstance(exc, TrainingPreempted)  # e.g. rat study stopped by SIGTERM
         print(f"rat {args.command}: {'preempted' if preempted else 'interrupted'}", file=sys.stderr)
         code = EXIT_PREEMPTED if preempted else 130
-    from .distributed import active, exit_cleanly
-
-    if active():  # a torchrun worker (python -m ratkit or the rat script): leave without gloo teardown
-        exit_cleanly(code)
     return code

@@ -133,6 +133,8 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None  # None = chosen by the trainer
     val_n: int | None = 1000
+    # the eps of validation for the whole run; null: the evaluation eps, recorded when the run starts
+    val_eps: float | None = None
     val_every: int = 1  # validate after every N-th epoch and the last; best and collapse see validated epochs only
     # stop at the first epoch end after this many seconds of training steps, counted over the
     # whole run (resumes included); null = no budget
@@ -417,7 +419,7 @@ def _validate_train(cfg: Config) -> None:
     for key in ("out", "init_from"):
         value = getattr(t, key)
         _check(value is None or value.strip() != "", f"train.{key}", "must be a non-empty path or null", value)
-    for key in ("val_n", "time_budget_s", "checkpoint_every_s"):
+    for key in ("val_n", "val_eps", "time_budget_s", "checkpoint_every_s"):
         value = getattr(t, key)
         _check(value is None or value > 0, f"train.{key}", "must be > 0 or null", value)
     _check(t.collapse_margin is None or t.collapse_margin >= 0, "train.collapse_margin",

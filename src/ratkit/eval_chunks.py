@@ -8,9 +8,10 @@ loads the chunks it finds instead of attacking them again and restores the gener
 chunks it still computes draw the same random numbers as in an uninterrupted run: the final
 numbers are identical.
 
-"The same evaluation" is a fingerprint in ``<dir>/manifest.json``: the model's weights, the
-images and labels, eps, norm, protocol, seed, batch size and the AutoAttack subset. A directory
-holding another evaluation's chunks is emptied first. The caller removes the directory once the
+"The same evaluation" is a fingerprint: the model's weights, the images and labels, eps, norm,
+protocol, seed, batch size and the AutoAttack subset. Each evaluation keeps its chunks in a
+sub-directory named by the fingerprint's digest (with the fingerprint in its ``manifest.json``),
+so evaluations of one checkpoint with other settings never touch each other's chunks. The caller removes the directory once the
 report is written.
 
 Why not pyautoattack's ``state_path``: in pyautoattack 0.2.0 a restored state skips the branch
@@ -21,6 +22,7 @@ loses at most one batch of one attack.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -54,27 +56,42 @@ class ChunkStore:
 
     @classmethod
     def open(cls, directory: str | os.PathLike, key: dict, *, writer: bool = True) -> "ChunkStore":
-        """Use ``directory`` for the evaluation ``key``; a ``writer`` (rank 0) empties it when it
-        holds another evaluation's chunks and records the key."""
+        """The store of the evaluation ``key`` under ``directory``: a sub-directory named by the
+        key's digest, so two evaluations of one checkpoint with other settings (another protocol,
+        n, norm), even running at once, never share or empty each other's chunks. A ``writer``
+        (rank 0) records the key there. A directory of the previous layout (chunks and manifest
+        directly in ``directory``) is still resumed when its key is this one."""
         directory = Path(directory)
+        try:  # the layout before per-evaluation sub-directories
+            if json.loads((directory / MANIFEST).read_text()) == key:
+                return cls(directory)
+        except (OSError, ValueError):
+            pass
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        store = directory / digest
         if writer:
-            manifest = directory / MANIFEST
+            manifest = store / MANIFEST
             try:
                 same = json.loads(manifest.read_text()) == key
             except (OSError, ValueError):
                 same = False
-            if not same:
-                if directory.exists():
-                    shutil.rmtree(directory)
-                directory.mkdir(parents=True)
+            if not same:  # a torn start: begin this evaluation's directory again
+                if store.exists():
+                    shutil.rmtree(store)
+                store.mkdir(parents=True)
                 _atomic_write_bytes(manifest, (json.dumps(key, indent=1, sort_keys=True) + "\n").encode())
-        return cls(directory)
+        return cls(store)
 
     def attack(self, name: str) -> "AttackChunks":
         return AttackChunks(self.directory, name)
 
     def remove(self) -> None:
+        """Remove this evaluation's chunks, and the parent directory when no other evaluation's remain."""
         shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            self.directory.parent.rmdir()  # only if empty: another evaluation may still be running
+        except OSError:
+            pass
 
 
 class AttackChunks:

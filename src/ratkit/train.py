@@ -50,6 +50,7 @@ from .data.user import load_split, source_info, with_statistics
 from .device import resolve_device
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
 from .methods import Method, NonFiniteLossError, StepPrecision, compose_method
+from .preemption import Preempted
 from .models import build_from_spec, model_kwargs_for, model_spec
 from .models.user import ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
 
@@ -325,7 +326,7 @@ class Trainer:
         if len(self.val_data) == 0:
             return {}
         val = self.val_data if self.cfg.train.val_n is None else self.val_data.first(self.cfg.train.val_n)
-        eps = evaluation_eps(self.cfg)
+        eps = validation_eps(self.cfg)
         report = evaluate(self.model, val.x, val.y, dataset=self.cfg.data.dataset, eps=eps,
                           norm=self.cfg.attack.norm, attacks=("clean", "pgd20"), batch_size=256,
                           split="val", seed=self.cfg.train.seed, quiet=True)
@@ -398,7 +399,8 @@ class Trainer:
                     break
                 epoch = p.epoch
                 row = self._run_epoch_or_stop(epoch)
-                if self._validation_due(epoch + 1):
+                # the epoch a run stops at is validated too, whatever stops it: every run has a best
+                if self._validation_due(epoch + 1) or self.stops.budget_spent(p):
                     row.update(self._validate())
                 self._end_epoch(epoch + 1, row)
                 self.stops.honour_requests()  # a signal during validation: stop here, `last` is saved
@@ -455,8 +457,11 @@ def load_run_config(run_dir: str | Path) -> Config:
 # evaluated and where its data lie; never what a training step computes (model, method, data,
 # seed, batch, optimizer, attack, precision), since the saved state would then continue a
 # different run.
-RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_n",
-                     "train.val_every", "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
+# The validation set-up (train.val_eps, train.val_n) is the run's own: a best chosen at one eps or on
+# one set of images cannot be compared with epochs validated otherwise; eval.* (the final evaluation)
+# may still change.
+RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_every",
+                     "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
 HISTORY_FILE = "config-history.yaml"
 PREEMPTED_FILE = "preempted"
 
@@ -479,13 +484,42 @@ def check_resume_changes(changes: dict[str, tuple]) -> None:
 def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The run's config.yaml with ``section.key=value`` overrides of the fields a resume may
     change (:data:`RESUME_CHANGEABLE`); any other change is a ConfigError naming the field."""
-    old = load_run_config(run_dir)
+    old = with_validation_eps(load_run_config(run_dir))  # a run from before val_eps: the eps it validated at
     d = config_to_dict(old)
     for override in overrides:
         apply_override(d, override)
     cfg = config_from_dict(d)
     check_resume_changes(config_changes(old, cfg))
     return cfg
+
+
+def with_validation_eps(cfg: Config) -> Config:
+    """``cfg`` with ``train.val_eps`` recorded: the eps validation runs at for the whole run (the
+    evaluation eps the run started with), so a later change of ``eval.eps`` moves the final
+    evaluation only."""
+    if cfg.train.val_eps is not None:
+        return cfg
+    d = config_to_dict(cfg)
+    d["train"]["val_eps"] = evaluation_eps(cfg)
+    return config_from_dict(d)
+
+
+def validation_eps(cfg: Config) -> float:
+    """The eps of validation: ``train.val_eps`` (recorded when the run started), else the evaluation eps."""
+    return float(cfg.train.val_eps) if cfg.train.val_eps is not None else evaluation_eps(cfg)
+
+
+def check_resume_epochs(run_dir: Path, cfg: Config) -> None:
+    """ConfigError when a resume asks for fewer epochs than the run has trained: the weights would
+    keep the extra steps, so the run could never be what its config says."""
+    try:
+        _, meta = read_checkpoint(Path(run_dir) / "last")
+    except CheckpointError:
+        return  # no last yet: the resume starts the run from its config
+    done = int((meta.get("progress") or {}).get("epoch") or 0)
+    if cfg.train.epochs < done:
+        raise ConfigError(f"train.epochs: the run has already trained {done} epochs, {cfg.train.epochs} asked; "
+                          f"a resume can only go on (--epochs {done} or more)")
 
 
 def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple]) -> None:
@@ -505,8 +539,10 @@ def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple])
 def _resumed_run_dir(cfg: Config, run_dir: str | Path, rank: distributed.Rank, quiet: bool) -> Path:
     """The run directory of a resume, after checking and recording the config's changes."""
     run_dir = Path(run_dir)
-    changes = config_changes(load_run_config(run_dir), cfg)
+    cfg = with_validation_eps(cfg)
+    changes = config_changes(with_validation_eps(load_run_config(run_dir)), cfg)
     check_resume_changes(changes)
+    check_resume_epochs(run_dir, cfg)
     if rank.is_main:
         if changes:
             record_config_changes(run_dir, cfg, changes)
@@ -583,10 +619,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     if resume:
         if is_user_model(cfg.model.name) and _given is None:
             check_model_code(cfg, model_code)  # before anything in the run directory changes
+        cfg = with_validation_eps(cfg)
         run_dir = _resumed_run_dir(cfg, run_dir, rank, quiet)
     else:
         if _given is None:
             cfg = with_data_statistics(cfg)  # before config.yaml is written: the run records them
+        cfg = with_validation_eps(cfg)
         if cfg.train.init_from is not None:
             initial = initial_weights(cfg, model_code)  # checked before the run directory is made
         planned = Path(run_dir or cfg.train.out or default_run_dir(cfg))
@@ -595,12 +633,17 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, model_code=model_code,
                           **(_given or {}))
+    except Preempted as exc:  # a notice during start-up: the run is kept, and --resume starts it
+        exc.run_dir = run_dir
+        raise
     except BaseException:
         if created and rank.is_main:  # a run that fails to start leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if resume:
+    if resume and (Path(run_dir) / "last.safetensors").exists():
         trainer.restore_last()
+    elif resume and not quiet:  # preempted before its first checkpoint: start it from its recorded config
+        print(f"{run_dir}: no last checkpoint yet; starting the run from its config.yaml", flush=True)
     elif initial is not None:
         trainer.model.load_state_dict(initial)  # every rank: the same weights; the optimizer stays fresh
     if not quiet:
@@ -612,9 +655,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
 
 def eps_line(cfg: Config) -> str:
     """Which eps validation and the final evaluation use, beside the training attack's when it differs."""
-    evaluated, trained = evaluation_eps(cfg), resolved_attack(cfg)[0]
+    evaluated, trained, validated = evaluation_eps(cfg), resolved_attack(cfg)[0], validation_eps(cfg)
     source = "eval.eps" if cfg.eval.eps is not None else "the protocol's, as rat eval"
     differs = f"; the training attack's is {trained:.4g}" if abs(trained - evaluated) > 1e-12 else ""
+    if abs(validated - evaluated) > 1e-12:  # eval.eps changed on a resume: validation keeps the run's own
+        return (f"validation at {cfg.attack.norm} eps={validated:.4g} (train.val_eps, the run's own), "
+                f"evaluation at eps={evaluated:.4g} ({source}{differs})")
     return f"validation and evaluation at {cfg.attack.norm} eps={evaluated:.4g} ({source}{differs})"
 
 

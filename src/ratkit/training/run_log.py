@@ -67,7 +67,7 @@ class RunLog:
 
     def budget_reached(self, budget: float, progress: Progress) -> None:
         if self.main:
-            print(f"time budget of {budget:.0f} s of training reached after epoch {progress.epoch} "
+            print(f"time budget of {budget:g} s of training reached after epoch {progress.epoch} "
                   f"({progress.train_seconds:.0f} s); stopping", flush=True)
 
     def finish(self, history: list[dict]) -> None:

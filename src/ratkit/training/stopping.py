@@ -107,6 +107,12 @@ class StopConditions:
         over = budget is not None and progress.step_in_epoch == 0 and progress.train_seconds >= budget
         return distributed.any_rank(over, self.device)
 
+    def budget_spent(self, progress: Progress) -> bool:
+        """Whether the time budget is spent, asked after an epoch: the run stops after it, so the
+        epoch is validated (every run that trained has a ``best``)."""
+        budget = self.time_budget_s
+        return distributed.any_rank(budget is not None and progress.train_seconds >= budget, self.device)
+
     def honour_requests(self) -> None:
         """Stop every rank at this step boundary if any rank was asked to (the strongest request
         wins): Ctrl-C raises KeyboardInterrupt, SIGTERM/SIGUSR1 :class:`TrainingPreempted`."""
