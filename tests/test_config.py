@@ -232,6 +232,13 @@ def test_each_rule_raises_naming_the_field(section, key, value):
     raises_config_error(f"{section}.{key}", config_from_dict, {section: {key: value}})
 
 
+@pytest.mark.parametrize("name", ["trades", "mart", "at"])
+def test_a_negative_beta_is_the_method_field_whatever_the_base(name):
+    # TRADES and MART refuse it themselves; AT has no beta, but switching method.name must not fail later
+    msg = raises_config_error("method.beta", config_from_dict, {"method": {"name": name, "beta": -1}})
+    assert msg == "method.beta: must be >= 0, got -1.0"  # the message it had before the methods checked it
+
+
 def test_type_error_message_shows_expected_and_got():
     msg = raises_config_error("train.epochs", config_from_dict, {"train": {"epochs": "ten"}})
     assert msg == "train.epochs: expected int, got 'ten'"
