@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-# choices are declared once, next to the code that implements them; the method's own settings
-# (RAT's, AWP's) are checked by building it (validate)
+# choices are declared once, next to the code that implements them; the methods' own settings
+# (beta, RAT's, AWP's) are checked by building them (validate). These imports bring in torch.
 from .attacks.pgd import NORMS, PRECISIONS
 from .methods import BASE_METHODS, STEP_PRECISIONS, InvalidSetting, compose_method
 
