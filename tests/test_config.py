@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +18,7 @@ from ratkit.config import (
     list_presets,
     load_config,
     method_label,
+    preset_description,
     preset_dir,
     resolved_attack,
     save_config,
@@ -46,6 +48,17 @@ def write(path, text: str):
 
 
 # --------------------------------------------------------------------------- presets
+
+
+def test_the_presets_table_is_each_presets_own_description(monkeypatch):
+    # configs/README.md's table can never drift from the presets: a row per preset, its text the
+    # first sentence of the preset's leading comment (what `rat presets` prints)
+    monkeypatch.delenv("RAT_CONFIG_DIR", raising=False)
+    readme = (preset_dir() / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([^`]+)` \| (.*) \|$", readme, flags=re.MULTILINE))
+    assert sorted(rows) == list_presets()
+    for name in list_presets():
+        assert rows[name] == preset_description(name), name
 
 
 def test_every_preset_loads_and_validates():
@@ -230,6 +243,13 @@ def test_unknown_key_in_dict_lists_known_fields():
 ])
 def test_each_rule_raises_naming_the_field(section, key, value):
     raises_config_error(f"{section}.{key}", config_from_dict, {section: {key: value}})
+
+
+@pytest.mark.parametrize("name", ["trades", "mart", "at"])
+def test_a_negative_beta_is_the_method_field_whatever_the_base(name):
+    # TRADES and MART refuse it themselves; AT has no beta, but switching method.name must not fail later
+    msg = raises_config_error("method.beta", config_from_dict, {"method": {"name": name, "beta": -1}})
+    assert msg == "method.beta: must be >= 0, got -1.0"  # the message it had before the methods checked it
 
 
 def test_type_error_message_shows_expected_and_got():

@@ -413,6 +413,13 @@ def test_synthetic_is_deterministic_balanced_and_split_specific():
     assert not torch.equal(test.x, a.x[:512])
 
 
+def test_the_split_names_are_written_once_and_synthetic_sizes_every_split():
+    from ratkit.data import info, synthetic
+
+    assert synthetic.SPLITS is info.SPLITS
+    assert tuple(synthetic.SPLIT_SIZES) == info.SPLITS
+
+
 def test_synthetic_classes_are_separable_by_whole_image_but_not_by_one_pixel():
     train, test = load_dataset("synthetic", "train"), load_dataset("synthetic", "test")
     means = torch.stack([train.x[train.y == k].mean(0) for k in range(10)]).flatten(1)

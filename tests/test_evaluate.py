@@ -84,8 +84,14 @@ def test_the_papers_protocol_is_the_scripts_settings():
                                                                              "last")
     with pytest.raises(ValueError):
         protocol_attack("cw30", 0.031, "Linf", "paper")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Linf only"):
         protocol_attack("pgd20", 0.5, "L2", "paper")
+    from ratkit.evaluate import check_protocol_norm  # the one rule, which `rat eval` asks too
+
+    with pytest.raises(ValueError, match="Linf only"):
+        check_protocol_norm("paper", "L2")
+    check_protocol_norm("paper", "Linf")
+    check_protocol_norm("ours", "L2")
     # -relu(true - other + kappa) of the scripts = min(margin, kappa) - kappa: the same gradient
     logits = torch.tensor([[80.0, 0.0, 1.0], [0.0, 2.0, 1.0]], requires_grad=True)
     y = torch.tensor([1, 1])

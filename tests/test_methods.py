@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ratkit.attacks import kl_to_target
-from ratkit.methods import (AT, AWP, MART, RAT, TRADES, NonFiniteLossError, Outputs, forward_outputs,
-                            head_gradient_sums, head_gradient_sums_autograd, soft_target_table, train_attack,
-                            trades_attack)
+from ratkit.methods import (AT, AWP, MART, RAT, TRADES, InvalidSetting, NonFiniteLossError, Outputs,
+                            forward_outputs, head_gradient_sums, head_gradient_sums_autograd, soft_target_table,
+                            train_attack, trades_attack)
 from ratkit.models import build_model
 
 EPS = 0.1
@@ -388,3 +388,12 @@ def test_the_kl_helper_refuses_unknown_reductions_and_probs_without_log_eps():
         kl_to_target(adv, torch.softmax(clean, 1), "sum")
     with pytest.raises(ValueError, match="log_eps"):
         kl_to_target(adv, torch.softmax(clean, 1), probs=torch.softmax(adv, 1))
+
+
+@pytest.mark.parametrize("base", [TRADES, MART])
+@pytest.mark.parametrize("beta", [-1, float("nan")])
+def test_trades_and_mart_refuse_a_negative_beta_naming_it(base, beta):
+    with pytest.raises(InvalidSetting, match="beta") as err:
+        base(beta=beta)
+    assert (err.value.method, err.value.setting) == (base.__name__, "beta")
+    base(beta=0.0)  # no robust term is allowed

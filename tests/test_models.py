@@ -263,3 +263,10 @@ def test_noise_target_names_ignore_parameter_names():
     model.conv = nn.Linear(2, 2)
     assert noise_target_names(model, "conv") == ["weird.weight"]
     assert noise_target_names(model, "linear") == ["conv.weight"]
+
+
+def test_the_cifar_models_default_statistics_are_the_registry_entry():
+    from ratkit.data import DATASETS
+    from ratkit.models import CIFAR10_MEAN, CIFAR10_STD
+
+    assert (CIFAR10_MEAN, CIFAR10_STD) == (DATASETS["cifar10"].mean, DATASETS["cifar10"].std)

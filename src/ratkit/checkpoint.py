@@ -38,8 +38,9 @@ def tensors_sha256(tensors: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``: a reader
+    (or a run interrupted at any moment) sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -54,6 +55,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_atomic_write_bytes = atomic_write_bytes  # its old, private name, for old imports
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
@@ -77,8 +81,8 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], meta: d
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     full_meta = {"format": FORMAT, "version": VERSION, "sha256": tensors_sha256(tensors), **meta}
     text = json.dumps(full_meta, sort_keys=True)
-    _atomic_write_bytes(target, save(tensors, metadata={_META_KEY: text}))
-    _atomic_write_bytes(target.with_suffix(".json"), (json.dumps(full_meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(target, save(tensors, metadata={_META_KEY: text}))
+    atomic_write_bytes(target.with_suffix(".json"), (json.dumps(full_meta, indent=2, sort_keys=True) + "\n").encode())
     return target
 
 

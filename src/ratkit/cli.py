@@ -73,15 +73,17 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
     keeps per-batch results so that a rerun of an interrupted evaluation resumes."""
     from .checkpoint import check_model_fits_data
     from .data.user import source_info
-    from .evaluate import (DEFAULT_ATTACKS, evaluate_test_set, format_report, paper_eps, parse_attacks,
-                           save_adversarial, write_report_files)
+    from .evaluate import (DEFAULT_ATTACKS, check_protocol_norm, evaluate_test_set, format_report, paper_eps,
+                           parse_attacks, save_adversarial, write_report_files)
 
     try:
         attacks = parse_attacks(args.attacks or ",".join(DEFAULT_ATTACKS[args.protocol]), args.protocol)
     except ValueError as exc:
         raise UserError(f"--attacks: {exc}") from None
-    if args.protocol == "paper" and args.norm != "Linf":
-        raise UserError("--protocol paper: the papers' protocol is Linf only")
+    try:
+        check_protocol_norm(args.protocol, args.norm)
+    except ValueError as exc:
+        raise UserError(f"--protocol {args.protocol}: {exc}") from None
     for flag in ("n", "aa_n"):
         value = getattr(args, flag)
         if value is not None and value <= 0:

@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-# choices are declared once, next to the code that implements them; the method's own settings
-# (RAT's, AWP's) are checked by building it (validate)
+# choices are declared once, next to the code that implements them; the methods' own settings
+# (beta, RAT's, AWP's) are checked by building them (validate). These imports bring in torch.
 from .attacks.pgd import NORMS, PRECISIONS
 from .methods import BASE_METHODS, STEP_PRECISIONS, InvalidSetting, compose_method
 
@@ -385,9 +385,11 @@ def _validate_attack_and_method(cfg: Config) -> None:
     _choice("attack.norm", a.norm, NORMS)
     _choice("attack.precision", a.precision, PRECISIONS)
     _choice("method.name", me.name, tuple(BASE_METHODS))
-    _check(me.beta >= 0, "method.beta", "must be >= 0", me.beta)
-    try:  # the constructors check RAT's and AWP's settings (all of them, even a wrapper's that is off)
-        compose_method(**method_settings(cfg, every_wrapper=True))
+    try:  # the constructors check every setting: RAT's and AWP's even when a wrapper is off, and beta on
+        # every base, though AT has none (so that switching method.name or a wrapper on cannot fail later)
+        settings = method_settings(cfg, every_wrapper=True)
+        for name in BASE_METHODS:
+            compose_method(**{**settings, "name": name})
     except InvalidSetting as exc:
         raise ConfigError(f"{_METHOD_FIELD_PREFIX.get(exc.method, 'method.')}{exc.setting}: {exc.rule}") from None
     except ValueError as exc:

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from .checkpoint import _atomic_write_bytes, tensors_sha256
+from .checkpoint import atomic_write_bytes, tensors_sha256
 
 MANIFEST = "manifest.json"
 
@@ -79,7 +79,7 @@ class ChunkStore:
                 if store.exists():
                     shutil.rmtree(store)
                 store.mkdir(parents=True)
-                _atomic_write_bytes(manifest, (json.dumps(key, indent=1, sort_keys=True) + "\n").encode())
+                atomic_write_bytes(manifest, (json.dumps(key, indent=1, sort_keys=True) + "\n").encode())
         return cls(store)
 
     def attack(self, name: str) -> "AttackChunks":
@@ -119,4 +119,4 @@ class AttackChunks:
         return {key: (t if key == "generator" else t.to(device)) for key, t in tensors.items()}
 
     def save(self, k: int, tensors: dict[str, Tensor]) -> None:
-        _atomic_write_bytes(self._path(k), save({key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}))
+        atomic_write_bytes(self._path(k), save({key: t.detach().to("cpu").contiguous() for key, t in tensors.items()}))

@@ -58,15 +58,20 @@ def paper_step(eps: float) -> float:
     return 0.003 if abs(eps - PAPER_EPS) < 1e-9 else eps / 10
 
 
+def check_protocol_norm(protocol: str, norm: str) -> None:
+    """The papers' protocol is written for Linf (their scripts' eps and steps): any other norm is refused."""
+    if protocol == "paper" and norm != "Linf":
+        raise ValueError("the papers' protocol is Linf only")
+
+
 def protocol_attack(name: str, eps: float, norm: str, protocol: str = "ours") -> PGDConfig:
     """The PGD-engine settings of a protocol's gradient attacks."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     if name not in DEFAULT_ATTACKS[protocol] or name in ("clean", "aa"):
         raise ValueError(f"{name!r} is not a PGD-engine attack of the {protocol!r} protocol")
+    check_protocol_norm(protocol, norm)
     if protocol == "paper":
-        if norm != "Linf":
-            raise ValueError("the papers' protocol is Linf only")
         loss, kappa = ("ce", None) if name == "pgd20" else ("cw", PAPER_CW_KAPPA)
         return PGDConfig(eps=eps, step_size=paper_step(eps), steps=20, norm=norm, loss=loss, kappa=kappa,
                          random_start="uniform", keep="last")

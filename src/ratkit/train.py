@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .attacks import BatchShard
-from .checkpoint import (CheckpointError, _atomic_write_bytes, checkpoint_path, check_model_fits_data, load_model,
+from .checkpoint import (CheckpointError, atomic_write_bytes, checkpoint_path, check_model_fits_data, load_model,
                          read_checkpoint)
 from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
                      evaluation_eps, method_label, method_settings, resolved_attack, save_config)
@@ -532,8 +532,8 @@ def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple])
     history = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
     history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
-    _atomic_write_bytes(path, yaml.safe_dump(history, sort_keys=False).encode())
-    _atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+    atomic_write_bytes(path, yaml.safe_dump(history, sort_keys=False).encode())
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
 
 
 def _resumed_run_dir(cfg: Config, run_dir: str | Path, rank: distributed.Rank, quiet: bool) -> Path:

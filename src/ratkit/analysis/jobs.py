@@ -16,13 +16,13 @@ from typing import Any, TYPE_CHECKING, Sequence, TypedDict
 import torch
 
 from .common import load_checkpoint_examples
-from .hessian import HessianResult, hessian_spectrum
+from .hessian import LOSSES, HessianResult, hessian_spectrum
 from .landscape import LandscapeResult, check_landscape_settings, loss_landscape
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack only from Python 3.11
 
-HESSIAN_LOSSES = ("clean", "adversarial", "both")
+HESSIAN_LOSSES = (*LOSSES, "both")  # the losses of one spectrum, or "both": each of them in turn
 
 
 class AnalysisInputs(TypedDict, total=False):
@@ -158,7 +158,7 @@ def run_hessian(
     loaded = _load(checkpoint, n, opts)
     label = checkpoint_label(loaded.path)
     job = JobOutput()
-    for kind in (("clean", "adversarial") if loss == "both" else (loss,)):
+    for kind in (LOSSES if loss == "both" else (loss,)):
         job.results.append(hessian_spectrum(
             loaded.model, loaded.x, loaded.y, loss=kind, eps=loaded.eps, top_k=top_k, max_iter=max_iter, tol=tol,
             probes=probes, params=params, batch_size=opts["batch_size"], seed=opts["seed"], label=label,

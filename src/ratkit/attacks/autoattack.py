@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..modes import model_mode, parameters_frozen
+from .pgd import NORMS
 
 
 def fit_to_classes(attack, classes: int) -> None:
@@ -58,8 +59,8 @@ def autoattack_correct(
     """
     from pyautoattack import AutoAttack  # imported lazily: it is only needed here
 
-    if norm not in ("Linf", "L2"):
-        raise ValueError(f"AutoAttack norm {norm!r}: expected 'Linf' or 'L2'")
+    if norm not in NORMS:
+        raise ValueError(f"AutoAttack norm {norm!r}: expected {' or '.join(map(repr, NORMS))}")
     logging.getLogger("auto-attack").setLevel(logging.WARNING)
     device = x.device
     correct = torch.zeros(len(x), dtype=torch.bool, device=device)

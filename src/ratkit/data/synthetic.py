@@ -8,17 +8,19 @@ import torch
 
 from .datasets import DATASETS, DatasetInfo
 from .errors import DataError
+from .info import SPLITS
 from .tensordata import TensorData
 
-__all__ = ["SPLITS", "synthetic_data", "synthetic_split"]
+__all__ = ["SPLITS", "SPLIT_SIZES", "synthetic_data", "synthetic_split"]
 
-SPLITS = {"train": (2048, 0), "test": (512, 1)}  # split -> (examples, seed) of load_dataset("synthetic", split)
+# split (one of SPLITS) -> (examples, seed) of load_dataset("synthetic", split)
+SPLIT_SIZES = {"train": (2048, 0), "test": (512, 1)}
 _TEMPLATE_SEED = 20230601  # templates are shared by all splits; only samples depend on `seed`
 
 
 def synthetic_split(info: DatasetInfo, split: str) -> TensorData:
     """What ``load_dataset("synthetic", split)`` returns: fixed size and seed per split."""
-    n, seed = SPLITS[split]
+    n, seed = SPLIT_SIZES[split]
     return synthetic_data(n, seed=seed, num_classes=info.num_classes, image_shape=info.image_shape)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import PGDConfig, kl_to_target
-from .base import BaseMethod, Outputs
+from .base import BaseMethod, InvalidSetting, Outputs
 
 
 @dataclass
@@ -31,6 +31,10 @@ class MART(BaseMethod):
     primary_term: ClassVar[str] = "adv_bce"
     attack_objective: ClassVar[str] = "ce"
     attack_start: ClassVar[str] = "normal"
+
+    def __post_init__(self) -> None:
+        if not self.beta >= 0:  # written so that NaN is refused too
+            raise InvalidSetting("MART", "beta", f"must be >= 0, got {self.beta}")
 
     def terms(self, out: Outputs):
         y = out.y

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 
 from ..attacks import PGDConfig, kl_to_target
-from .base import BaseMethod, Outputs
+from .base import BaseMethod, InvalidSetting, Outputs
 
 
 def trades_attack(eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
@@ -35,6 +35,10 @@ class TRADES(BaseMethod):
     primary_term: ClassVar[str] = "natural"
     attack_objective: ClassVar[str] = "kl"
     attack_start: ClassVar[str] = "normal"
+
+    def __post_init__(self) -> None:
+        if not self.beta >= 0:  # written so that NaN is refused too
+            raise InvalidSetting("TRADES", "beta", f"must be >= 0, got {self.beta}")
 
     def terms(self, out: Outputs):
         kl = kl_to_target(out.logits_adv, F.softmax(out.logits_clean, dim=1), "batchmean")

@@ -14,9 +14,11 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-# Default statistics for the CIFAR-style models (CIFAR-10 training set).
-CIFAR10_MEAN: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: tuple[float, ...] = (0.2471, 0.2435, 0.2616)
+from ..data.datasets import DATASETS
+
+# Default statistics for the CIFAR-style models: the CIFAR-10 training set's, as the dataset registry has them.
+CIFAR10_MEAN: tuple[float, ...] = DATASETS["cifar10"].mean
+CIFAR10_STD: tuple[float, ...] = DATASETS["cifar10"].std
 
 
 class RobustModel(nn.Module):
