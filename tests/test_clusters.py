@@ -350,7 +350,7 @@ def test_under_torchrun_only_rank_0_prints_the_time_budget_message(tmp_path):
 
     result = _run("train", json.dumps([*DISTRIBUTED_TINY, "train.time_budget_s=1e-6"]), tmp_path / "run", 0, 0,
                   ranks=2)
-    assert result.stdout.count("time budget of 0 s of training reached after epoch 1") == 1
+    assert result.stdout.count("time budget of 1e-06 s of training reached after epoch 1") == 1  # as given, not "0 s"
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1
 

@@ -105,9 +105,10 @@ def test_run_directory_holds_everything_a_user_needs(tmp_path):
     run = train(_synthetic(), tmp_path / "r", quiet=True)
     evaluate_run(run, _synthetic(), quiet=True)
     for name in ["config.yaml", "metrics.jsonl", "best.safetensors", "best.json", "last.safetensors",
-                 "last.json", "eval.json", "curves.png"]:
+                 "last.json", "eval.json", "eval.csv", "curves.png"]:
         assert (run / name).is_file(), name
-    assert load_config(run / "config.yaml") == _synthetic()
+    # the config as given, with what the run fixes at its start recorded: the validation eps
+    assert load_config(run / "config.yaml") == _synthetic("train.val_eps=0.1")
     report = json.loads((run / "eval.json").read_text())
     assert report["attacks"]["clean"]["n"] == 64
 
