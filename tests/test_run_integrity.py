@@ -67,3 +67,52 @@ def test_bad_model_arguments_are_one_line_and_leave_no_run_directory(tmp_path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model" in err
     assert not out.exists()
+
+
+def _npz(root: Path, seed: int = 0, n: int = 48) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for split, count in (("train", n), ("test", 16)):
+        np.savez(root / f"{split}.npz", x=rng.integers(0, 256, (count, 28, 28), dtype=np.uint8),
+                 y=np.arange(count) % 4)
+    return root
+
+
+def test_a_resume_on_other_data_is_refused_naming_what_changed_and_moved_files_are_allowed(tmp_path, capsys):
+    import shutil
+
+    data = _npz(tmp_path / "arrays")
+    run = tmp_path / "run"
+    settings = ["data.dataset=npz", f"data.data_dir={data}", "data.eps=0.1", "data.val_size=8", "train.val_n=8",
+                "train.batch_size=8", "train.epochs=1", "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16",
+                "attack.steps=1", "attack.step_size=null"]
+    train(load_config("fmnist-cpu", settings), run, quiet=True)
+    assert (run / "data-fingerprint.json").is_file()
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(data, moved)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--data-dir", str(moved), "--quiet", "--no-eval"]) == 0
+    other = _npz(tmp_path / "other", seed=1)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--data-dir", str(other), "--quiet", "--no-eval"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train split" in err and "differ" in err
+    fewer = _npz(tmp_path / "fewer", n=40)
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--data-dir", str(fewer), "--quiet", "--no-eval"]) == 2
+    assert "examples" in capsys.readouterr().err
+
+
+def test_a_last_saved_on_cuda_is_refused_on_cpu_in_one_line(tmp_path, capsys):
+    import torch
+
+    from ratkit.checkpoint import read_checkpoint, save_checkpoint
+
+    run = train(load_config("fmnist-cpu", TINY), tmp_path / "run", quiet=True)
+    tensors, meta = read_checkpoint(run / "last")
+    tensors["rng/generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    save_checkpoint(run / "last", tensors, {k: v for k, v in meta.items() if k not in ("sha256", "format", "version")})
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet", "--no-eval"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cuda" in err and "train.init_from" in err

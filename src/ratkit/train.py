@@ -46,7 +46,7 @@ from .config import (Config, ConfigError, apply_override, config_from_dict, conf
                      evaluation_eps, method_label, method_settings, resolved_attack, save_config)
 from .data import DataError, augment, iterate_batches, split_train_val
 from .data.streaming import StreamedData, iterate_streamed_batches
-from .data.user import load_split, source_info, with_statistics
+from .data.user import data_fingerprint, fingerprint_difference, load_split, source_info, with_statistics
 from .device import resolve_device
 from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
 from .methods import Method, NonFiniteLossError, StepPrecision, compose_method
@@ -316,6 +316,26 @@ class Trainer:
         self.progress = self.last.restore()
         self.log.rewrite(self.progress.history)
 
+    def data_fingerprints(self) -> dict:
+        return {"train": data_fingerprint(self.train_data), "val": data_fingerprint(self.val_data)}
+
+    def record_or_check_data(self, resume: bool) -> None:
+        """Record the fingerprint of the training and validation data (``data-fingerprint.json``) when
+        a run starts, and refuse a resume whose data differ (other files under ``--data-dir`` or
+        ``RAT_DATA_DIR``), naming what changed. A run from before the record gets one now."""
+        path = self.run_dir / DATA_FINGERPRINT_FILE
+        now = self.data_fingerprints()
+        if resume and path.is_file():
+            recorded = json.loads(path.read_text())
+            for split in ("train", "val"):
+                problem = fingerprint_difference(recorded.get(split, {}), now[split], split)
+                if problem is not None:
+                    raise ConfigError(f"data: {problem}; a resume must train on the run's own data "
+                                      f"(the same files may move: --data-dir, RAT_DATA_DIR)")
+            return
+        if self.rank.is_main:
+            atomic_write_bytes(path, (json.dumps(now, indent=1) + "\n").encode())
+
     def _validation_due(self, epoch: int) -> bool:
         """Whether ``epoch`` (1-based) is validated: every ``train.val_every``-th and the last. An
         epoch without validation cannot become ``best`` and does not count towards a collapse warning."""
@@ -463,6 +483,7 @@ def load_run_config(run_dir: str | Path) -> Config:
 RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_every",
                      "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
 HISTORY_FILE = "config-history.yaml"
+DATA_FINGERPRINT_FILE = "data-fingerprint.json"
 PREEMPTED_FILE = "preempted"
 
 
@@ -638,6 +659,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         raise
     except BaseException:
         if created and rank.is_main:  # a run that fails to start leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    try:
+        trainer.record_or_check_data(resume)
+    except ConfigError:
+        if created and rank.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if resume and (Path(run_dir) / "last.safetensors").exists():

@@ -256,3 +256,43 @@ def test_order(n: int) -> torch.Tensor:
     subset) is not the first classes alone."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(0))
 
+
+
+def data_fingerprint(data) -> dict:
+    """What identifies a split's data, cheap enough for every start: the number of examples, the
+    labels' counts, and a SHA-256 of the images and labels (in memory) or of the files' names
+    relative to the data directory and their sizes (streamed: nothing is decoded). Moving the same
+    files elsewhere keeps the fingerprint; other images change it.
+
+    Example: ``data_fingerprint(load_split(src, "train"))["n"]``"""
+    import hashlib
+
+    from .streaming import StreamedData
+
+    digest = hashlib.sha256()
+    y = data.y.cpu()
+    if isinstance(data, StreamedData):
+        files = data.dataset.files
+        root = Path(os.path.commonpath([str(f) for f in files])) if files else Path(".")
+        for i in data.indices.tolist():
+            f = Path(files[i])
+            digest.update(f"{f.relative_to(root)}:{f.stat().st_size}\n".encode())
+        kind = "file names and sizes"
+    else:
+        x = data.x.cpu().contiguous()
+        digest.update(x.numpy().tobytes() if x.dtype != torch.bfloat16 else x.float().numpy().tobytes())
+        kind = "images"
+    digest.update(y.numpy().tobytes())
+    counts = torch.bincount(y).tolist() if len(y) else []
+    return {"n": int(len(y)), "label_counts": counts, "sha256": digest.hexdigest(), "of": kind}
+
+
+def fingerprint_difference(recorded: dict, now: dict, split: str) -> str | None:
+    """A one-line description of how a split's data differ from the recorded fingerprint, or None."""
+    if recorded.get("sha256") == now.get("sha256"):
+        return None
+    if recorded.get("n") != now.get("n"):
+        return f"the {split} split has {now.get('n')} examples, the run's had {recorded.get('n')}"
+    if recorded.get("label_counts") != now.get("label_counts"):
+        return f"the {split} split's labels differ (per class {now.get('label_counts')}, the run's {recorded.get('label_counts')})"
+    return f"the {split} split's {now.get('of', 'images')} differ from the run's (same count and labels)"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import read_checkpoint, save_model
+from ..checkpoint import CheckpointError, read_checkpoint, save_model
 from ..methods import StepPrecision
 from .state import Progress
 
@@ -85,6 +85,13 @@ class LastCheckpoint:
     def restore(self) -> Progress:
         """Load ``last`` into the model, optimizer and generators (every rank); its progress."""
         tensors, meta = read_checkpoint(self.path, self.device)
+        saved = tensors["rng/generator"].cpu()
+        if saved.numel() != self.generator.get_state().numel():  # a CUDA generator's state on a CPU, or back
+            other = "cuda" if saved.numel() < self.generator.get_state().numel() else "cpu"
+            raise CheckpointError(f"{self.path}: saved on {other}, and its random generator state cannot go on "
+                                  f"on {self.device.type} (the data order and attacks would not continue the "
+                                  f"run); resume on {other} (train.device), or start a new run from its weights "
+                                  f"with train.init_from")
         self.model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
         _optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
         self.precision.load_state_dict(meta.get("grad_scaler") or {})
