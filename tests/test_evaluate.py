@@ -188,3 +188,33 @@ def test_autoattack_runs_with_the_parameters_frozen(monkeypatch):
     assert autoattack_correct(model, x, y, eps=0.1, batch_size=2, seed=0).all()
     assert len(seen) == 2 and not any(flag for flags in seen for flag in flags)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_every_list_of_attacks_derives_from_the_protocol_tables():
+    from ratkit.config import EvalConfig
+    from ratkit.evaluate import ATTACK_TITLES, ATTACKS, DEFAULT_ATTACKS, PROTOCOL_ATTACKS, PROTOCOLS
+    from ratkit.study.grid import DEFAULT_ATTACKS as STUDY_ATTACKS
+    from ratkit.study.plots import PLOTTED_KEYS
+    from ratkit.study.records import ACCURACY_KEYS
+
+    assert PROTOCOLS == tuple(PROTOCOL_ATTACKS) and ATTACKS == tuple(PROTOCOL_ATTACKS["ours"])
+    assert all(DEFAULT_ATTACKS[p] == tuple(PROTOCOL_ATTACKS[p]) for p in PROTOCOLS)
+    assert ACCURACY_KEYS == (*ATTACKS, "robust") and set(PLOTTED_KEYS) <= set(ACCURACY_KEYS)
+    assert EvalConfig().attacks == STUDY_ATTACKS == ",".join(ATTACKS)
+    assert all(ATTACK_TITLES[k] == a.title for t in PROTOCOL_ATTACKS.values() for k, a in t.items())
+
+
+def test_an_attack_added_to_the_table_runs_through_the_protocol(monkeypatch):
+    import ratkit.evaluate as ev
+
+    table = dict(ev.PROTOCOL_ATTACKS["ours"])
+    table["pgd5"] = ev.ProtocolAttack("PGD-5 (CE)", config=ev._ours_pgd(5, "ce"))
+    monkeypatch.setitem(ev.PROTOCOL_ATTACKS, "ours", table)
+    monkeypatch.setitem(ev.DEFAULT_ATTACKS, "ours", tuple(table))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(12, 1, 4, 4), torch.arange(12) % 3
+    report = ev.evaluate(model, x, y, dataset="synthetic", eps=0.1, attacks=ev.parse_attacks("clean,pgd5"),
+                         quiet=True)
+    assert report.attacks["pgd5"].accuracy <= report.attacks["clean"].accuracy
+    assert "PGD-5 (CE)" in ev.format_report(report)

@@ -27,6 +27,7 @@ import yaml
 # choices are declared once, next to the code that implements them; the methods' own settings
 # (beta, RAT's, AWP's) are checked by building them (validate). These imports bring in torch.
 from .attacks.pgd import NORMS, PRECISIONS
+from .evaluate import ATTACKS
 from .methods import BASE_METHODS, STEP_PRECISIONS, InvalidSetting, compose_method
 
 DEFAULT_PRESET = "fmnist-cpu"
@@ -160,7 +161,7 @@ class TrainConfig:
 class EvalConfig:
     """The final evaluation after training."""
 
-    attacks: str = "clean,fgsm,pgd20,cw30,aa"
+    attacks: str = ",".join(ATTACKS)  # every attack of our protocol (ratkit.evaluate.PROTOCOL_ATTACKS)
     n: int | None = None
     aa_n: int | None = 500
     batch_size: int = 256

@@ -24,6 +24,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -33,19 +34,50 @@ from .attacks import PGDConfig, advance_generator, autoattack_correct, fgsm_conf
 from .eval_chunks import AttackChunks, ChunkStore, fingerprint
 from .modes import model_mode
 
-ATTACKS = ("clean", "fgsm", "pgd20", "cw30", "aa")  # our protocol's
-PROTOCOLS = ("ours", "paper")
-DEFAULT_ATTACKS = {"ours": ATTACKS, "paper": ("clean", "pgd20", "cw20", "aa")}
-ATTACK_TITLES = {
-    "clean": "clean",
-    "fgsm": "FGSM",
-    "pgd20": "PGD-20 (CE)",
-    "cw20": "CW-20 (margin)",
-    "cw30": "CW-30 (margin)",
-    "aa": "AutoAttack (standard)",
-}
-PAPER_EPS = 0.031  # the scripts' rounding of 8/255
+# What an evaluation attack is: a title for the report, and how it runs. ``kind`` "clean" is the
+# unattacked pass, "autoattack" the pyautoattack adapter, "pgd" the one attack engine with the
+# settings ``config(eps, norm)`` returns; ``plotted``: shown in the studies' plots.
+@dataclass(frozen=True)
+class ProtocolAttack:
+    title: str
+    kind: str = "pgd"
+    config: Callable[[float, str], PGDConfig] | None = None
+    plotted: bool = True
+
+
+def _ours_pgd(steps: int, loss: str) -> Callable[[float, str], PGDConfig]:
+    return lambda eps, norm: PGDConfig(eps=eps, step_size=eps / 4, steps=steps, norm=norm, loss=loss, keep="best")
+
+
+def _paper_pgd(loss: str, kappa: float | None) -> Callable[[float, str], PGDConfig]:
+    return lambda eps, norm: PGDConfig(eps=eps, step_size=paper_step(eps), steps=20, norm=norm, loss=loss,
+                                       kappa=kappa, random_start="uniform", keep="last")
+
+
 PAPER_CW_KAPPA = 50.0
+
+# The protocols, one table each, in report order: every list of attack names, title and
+# accuracy key in ratkit derives from these (docs/extending.md, "Add an evaluation attack").
+PROTOCOL_ATTACKS: dict[str, dict[str, ProtocolAttack]] = {
+    "ours": {
+        "clean": ProtocolAttack("clean", kind="clean"),
+        "fgsm": ProtocolAttack("FGSM", config=lambda eps, norm: fgsm_config(eps, norm), plotted=False),
+        "pgd20": ProtocolAttack("PGD-20 (CE)", config=_ours_pgd(20, "ce")),
+        "cw30": ProtocolAttack("CW-30 (margin)", config=_ours_pgd(30, "cw")),
+        "aa": ProtocolAttack("AutoAttack (standard)", kind="autoattack"),
+    },
+    "paper": {
+        "clean": ProtocolAttack("clean", kind="clean"),
+        "pgd20": ProtocolAttack("PGD-20 (CE)", config=_paper_pgd("ce", None)),
+        "cw20": ProtocolAttack("CW-20 (margin)", config=_paper_pgd("cw", PAPER_CW_KAPPA)),
+        "aa": ProtocolAttack("AutoAttack (standard)", kind="autoattack"),
+    },
+}
+PROTOCOLS = tuple(PROTOCOL_ATTACKS)
+DEFAULT_ATTACKS = {name: tuple(table) for name, table in PROTOCOL_ATTACKS.items()}
+ATTACKS = DEFAULT_ATTACKS["ours"]  # our protocol's
+ATTACK_TITLES = {k: a.title for table in PROTOCOL_ATTACKS.values() for k, a in table.items()}
+PAPER_EPS = 0.031  # the scripts' rounding of 8/255
 
 
 def paper_eps(protocol_eps: float) -> float:
@@ -65,21 +97,14 @@ def check_protocol_norm(protocol: str, norm: str) -> None:
 
 
 def protocol_attack(name: str, eps: float, norm: str, protocol: str = "ours") -> PGDConfig:
-    """The PGD-engine settings of a protocol's gradient attacks."""
+    """The PGD-engine settings of a protocol's gradient attacks (its table's ``config``)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-    if name not in DEFAULT_ATTACKS[protocol] or name in ("clean", "aa"):
+    attack = PROTOCOL_ATTACKS[protocol].get(name)
+    if attack is None or attack.kind != "pgd":
         raise ValueError(f"{name!r} is not a PGD-engine attack of the {protocol!r} protocol")
     check_protocol_norm(protocol, norm)
-    if protocol == "paper":
-        loss, kappa = ("ce", None) if name == "pgd20" else ("cw", PAPER_CW_KAPPA)
-        return PGDConfig(eps=eps, step_size=paper_step(eps), steps=20, norm=norm, loss=loss, kappa=kappa,
-                         random_start="uniform", keep="last")
-    if name == "fgsm":
-        return fgsm_config(eps, norm)
-    if name == "pgd20":
-        return PGDConfig(eps=eps, step_size=eps / 4, steps=20, norm=norm, loss="ce", keep="best")
-    return PGDConfig(eps=eps, step_size=eps / 4, steps=30, norm=norm, loss="cw", keep="best")
+    return attack.config(eps, norm)
 
 
 def parse_attacks(text: str, protocol: str = "ours") -> tuple[str, ...]:
@@ -243,7 +268,8 @@ def evaluate(
         distributed.any_rank(False, device)  # the other ranks wait until rank 0 has prepared the directory
     with model_mode(model, False), torch.autocast(device.type, enabled=False), strict_float32():
         for name in attacks:
-            n = len(x) if name != "aa" or aa_n is None else min(aa_n, len(x))
+            kind = PROTOCOL_ATTACKS[protocol][name].kind
+            n = len(x) if kind != "autoattack" or aa_n is None else min(aa_n, len(x))
             keep = torch.zeros_like(x[:n]) if keep_adversarial else None
             started = time.perf_counter()
             correct = _attack_outcome(name, model, x[:n], y[:n], report, eps=eps, norm=norm, protocol=protocol,
@@ -280,17 +306,18 @@ def _attack_outcome(name: str, model: nn.Module, x: Tensor, y: Tensor, report: E
     # on the CPU whatever the model's device: the same random starts on a GPU as on the CPU, and
     # an interrupted evaluation can be resumed on another device (a chunk keeps this state)
     generator = torch.Generator().manual_seed(seed)
-    with progress(len(x), ATTACK_TITLES[name], "img", quiet=quiet, main=rank.is_main) as bar:
-        if name == "aa":
+    with progress(len(x), PROTOCOL_ATTACKS[protocol][name].title, "img", quiet=quiet, main=rank.is_main) as bar:
+        kind = PROTOCOL_ATTACKS[protocol][name].kind
+        if kind == "autoattack":
             if not quiet and rank.is_main:
                 print(f"AutoAttack (standard) on {len(x)} images: roughly 1 s per image for a small "
                       "robust CNN on a 2-core CPU.", file=sys.stderr)
             correct = autoattack_correct(model, x, y, eps=eps, norm=norm, batch_size=batch_size, seed=seed,
                                          progress=bar, skip=skip, keep=keep, chunks=chunks)
         else:
-            cfg = None if name == "clean" else protocol_attack(name, eps, norm, protocol)
+            cfg = None if kind == "clean" else protocol_attack(name, eps, norm, protocol)
             predicted = _predictions_under(model, x, y, cfg, batch_size, generator, bar, skip, keep, chunks)
-            if name == "clean":
+            if kind == "clean":
                 predicted = distributed.all_reduce_sum(predicted + 1) - 1  # -1 where another rank's
                 report.clean_predictions = predicted.tolist()
             correct = predicted == y
@@ -422,7 +449,8 @@ def format_report(report: EvalReport) -> str:
     ]
     for name, r in report.attacks.items():
         scope = f"{r.n}" if r.n == report.n_total else f"first {r.n}"
-        lines.append(f"{ATTACK_TITLES[name]:<24}{100 * r.accuracy:>9.2f}%{scope:>16}{r.seconds:>10.1f}")
+        title = PROTOCOL_ATTACKS.get(report.protocol, {}).get(name) or PROTOCOL_ATTACKS["ours"].get(name)
+        lines.append(f"{title.title if title else name:<24}{100 * r.accuracy:>9.2f}%{scope:>16}{r.seconds:>10.1f}")
     scope = f"{report.robust_n}" if report.robust_n == report.n_total else f"first {report.robust_n}"
     lines.append(f"{'robust (worst case)':<24}{100 * report.robust_accuracy:>9.2f}%{scope:>16}")
     lines.append(f"(worst case = correct under every attack above; test set has {report.n_total} images)")

@@ -525,6 +525,17 @@ def with_validation_eps(cfg: Config) -> Config:
     return config_from_dict(d)
 
 
+def same_run(recorded: Config, cfg: Config) -> bool:
+    """Whether a run directory's ``recorded`` config is the run ``cfg`` asks for: equal, except for
+    what a run fills in when it starts where ``cfg`` leaves it open (``train.val_eps``, a file
+    dataset's ``data.mean``/``data.std``)."""
+    a, b = config_to_dict(recorded), config_to_dict(cfg)
+    for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std")):
+        if b[section][key] is None:
+            a[section][key] = None
+    return a == b
+
+
 def validation_eps(cfg: Config) -> float:
     """The eps of validation: ``train.val_eps`` (recorded when the run started), else the evaluation eps."""
     return float(cfg.train.val_eps) if cfg.train.val_eps is not None else evaluation_eps(cfg)

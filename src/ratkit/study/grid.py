@@ -16,7 +16,9 @@ import yaml
 
 from ..config import Config, ConfigError, load_config
 
-DEFAULT_ATTACKS = "clean,fgsm,pgd20,cw30,aa"
+from ..evaluate import ATTACKS
+
+DEFAULT_ATTACKS = ",".join(ATTACKS)
 
 
 class StudyError(Exception):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-PLOTTED_KEYS = ("clean", "pgd20", "cw30", "aa", "robust")
+from ..evaluate import PROTOCOL_ATTACKS
+
+PLOTTED_KEYS = (*[k for k, a in PROTOCOL_ATTACKS["ours"].items() if a.plotted], "robust")
 
 
 def _pyplot():

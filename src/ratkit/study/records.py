@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 # the accuracies a record holds, in the order the tables show them ("robust": the worst case per image)
-ACCURACY_KEYS = ("clean", "fgsm", "pgd20", "cw30", "aa", "robust")
+from ..evaluate import ATTACKS
+
+ACCURACY_KEYS = (*ATTACKS, "robust")  # our protocol's attacks (ratkit.evaluate.PROTOCOL_ATTACKS), then the worst case
 
 
 def report_accuracy(report: dict) -> dict:

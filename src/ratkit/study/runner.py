@@ -53,12 +53,12 @@ def _training_complete(run_dir: Path, epochs: int) -> bool:
 
 def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool = True, log: Log = print) -> dict:
     """Train (or resume), evaluate and measure one run; returns its result record."""
-    from ..train import load_run_config, train
+    from ..train import load_run_config, same_run, train
 
     cfg = run_config(grid, name, seed)
     run_dir = out_dir / run_key(name, seed)
     if (run_dir / "last.safetensors").exists():
-        if load_run_config(run_dir) != cfg:
+        if not same_run(load_run_config(run_dir), cfg):
             raise StudyError(f"{run_dir}: holds a run with a different config; move it away or use another --out")
         if not _training_complete(run_dir, cfg.train.epochs):
             log(f"{run_key(name, seed)}: resuming")
