@@ -106,6 +106,7 @@ def test_own_data_and_model_train_evaluate_and_resume_bit_identical(tmp_path, us
     assert main(["eval", str(straight), "--attacks", "clean", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--model" in err and user_code.split(":")[0] in err
+    assert main(["eval", str(straight), "--trust-model-code", "--attacks", "clean", "--quiet", "--no-resume"]) == 0
 
 
 def test_own_data_without_eps_stops_with_one_line(tmp_path, user_code, capsys):

@@ -541,9 +541,10 @@ def _add_train_command(sub) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run exactly; with --epochs or --set it may change train.epochs, "
-                        "train.time_budget_s, train.checkpoint_every_s, train.val_n, train.collapse_*, "
-                        "data.data_dir and eval.* (recorded in RUN_DIR/config-history.yaml), nothing else")
+                   help="continue an interrupted run exactly; with --epochs or --set it may change train.epochs "
+                        "(not below the epochs trained), train.time_budget_s, train.checkpoint_every_s, "
+                        "train.val_every, train.collapse_*, data.data_dir (the same files) and eval.* (recorded in "
+                        "RUN_DIR/config-history.yaml), nothing else")
     p.add_argument("--full-eval", action="store_true", help="evaluate on all test images (AutoAttack too)")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")

@@ -44,13 +44,25 @@ class PreemptAtOnce:
         raise Preempted(signal.Signals(signum).name)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for name in PREEMPT_SIGNALS:
-                if hasattr(signal, name):  # no SIGUSR1 on Windows
-                    self._previous[name] = signal.signal(getattr(signal, name), self._handle)
+        self._previous = install_handlers(PREEMPT_SIGNALS, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for name, previous in self._previous.items():
-            signal.signal(getattr(signal, name), previous)
+        restore_handlers(self._previous)
         self._previous = {}
+
+
+def install_handlers(names, handler) -> dict:
+    """Install ``handler`` for the named signals (those this platform has; only the main thread
+    may); returns the previous handlers for :func:`restore_handlers`."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in names:
+            if hasattr(signal, name):  # no SIGUSR1 on Windows
+                previous[name] = signal.signal(getattr(signal, name), handler)
+    return previous
+
+
+def restore_handlers(previous: dict) -> None:
+    for name, handler in previous.items():
+        signal.signal(getattr(signal, name), handler)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
+from ..preemption import install_handlers, restore_handlers
 from .state import Progress
 
 
@@ -71,17 +72,11 @@ class StepBoundaryInterrupt:
             self.request, self.signal_name = self.PREEMPT, signal.Signals(signum).name
 
     def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for name in self.SIGNALS:
-                if hasattr(signal, name):  # no SIGUSR1 on Windows
-                    self._previous[name] = signal.signal(getattr(signal, name), self._handle)
+        self._previous = install_handlers(self.SIGNALS, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for name, previous in self._previous.items():
-            signal.signal(getattr(signal, name), previous)
+        restore_handlers(self._previous)
         self._previous = {}
 
 
