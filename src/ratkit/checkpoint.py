@@ -115,6 +115,25 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return {k: v.to(device) for k, v in tensors.items()}, meta
 
 
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's ratkit metadata from its header alone, without reading or verifying the
+    tensors (:func:`read_checkpoint` does both): for questions such as how many epochs ``last``
+    has trained, asked before the run is loaded anyway.
+
+    Example: ``read_checkpoint_meta("runs/a/last")["progress"]["epoch"]``"""
+    target = checkpoint_path(path)
+    if not target.is_file():
+        raise CheckpointError(f"{target}: no such checkpoint file")
+    try:
+        with open(target, "rb") as f:
+            length = f.read(8)
+            raw = length + f.read(int.from_bytes(length, "little"))
+        meta = json.loads(_header_metadata(raw)[_META_KEY])
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{target}: not a readable ratkit checkpoint header ({type(exc).__name__})") from None
+    return meta
+
+
 def _header_metadata(raw: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON)."""
     n = int.from_bytes(raw[:8], "little")

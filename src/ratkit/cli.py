@@ -126,11 +126,18 @@ def checkpoint_data(meta: dict, args):
 def model_code_policy(args):
     """What user model code the command line allows importing: ``--model module:callable`` names
     one, ``--trust-model-code`` allows any."""
-    from .models import ModelCodePolicy, is_user_model
+    from .models import ModelCodePolicy
 
-    named = getattr(args, "model", None)
-    return ModelCodePolicy(allowed=named if is_user_model(named) else None,
-                           trust_all=bool(getattr(args, "trust_model_code", False)))
+    return ModelCodePolicy.from_flags(getattr(args, "model", None), getattr(args, "trust_model_code", False))
+
+
+def add_model_code_args(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--trust-model-code`` of the commands that load a checkpoint (read by
+    :func:`model_code_policy`)."""
+    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
+                   help="allow importing this model code, which the checkpoint names (your own model)")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="allow importing whatever model code the checkpoint names")
 
 
 def eval_state_dir(args) -> Path | None:
@@ -203,18 +210,6 @@ def _train_overrides(args) -> list:
     return overrides + list(args.set)
 
 
-def cmd_train(args) -> int:
-    """``rat train``: a preemption at any moment exits 75 with a ``preempted`` file, resumable: at
-    a step boundary in the loop, at once during start-up and the final evaluation."""
-    from .preemption import PreemptAtOnce, Preempted
-
-    with PreemptAtOnce():
-        try:
-            return _train_and_evaluate(args)
-        except Preempted as exc:
-            return _preempted_outside_the_loop(exc)
-
-
 def _preempted_outside_the_loop(exc) -> int:
     from . import distributed
     from .train import PREEMPTED_FILE
@@ -229,7 +224,10 @@ def _preempted_outside_the_loop(exc) -> int:
     return EXIT_PREEMPTED
 
 
-def _train_and_evaluate(args) -> int:
+def cmd_train(args) -> int:
+    """``rat train``: a preemption at any moment exits 75 with a ``preempted`` file, resumable: at
+    a step boundary in the loop (the trainer), at once during start-up and the final evaluation
+    (:func:`main` catches the signals before anything heavy is imported)."""
     from . import distributed
     from .config import load_config
     from .preemption import Preempted
@@ -269,8 +267,7 @@ def _train_and_evaluate(args) -> int:
 
         cfg = load_run_config(run_dir)  # as the run recorded it (a file dataset's statistics included)
         try:  # a preemption here keeps the finished batches: --resume finishes the evaluation
-            evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet,
-                         model_code=policy or model_code_policy(args) if args.resume else None)
+            evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet, model_code=policy)
         except Preempted as exc:
             exc.run_dir = run_dir
             raise
@@ -454,10 +451,7 @@ def _add_analysis_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
-                   help="allow importing this model code, which the checkpoint names (your own model)")
-    p.add_argument("--trust-model-code", action="store_true",
-                   help="allow importing whatever model code the checkpoint names")
+    add_model_code_args(p)
     p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default {out})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -493,15 +487,13 @@ def _add_eval_command(sub) -> None:
     p.add_argument("--dataset", default=None, help="default: the checkpoint's dataset (folder, npz: your own files)")
     p.add_argument("--data-dir", default=None, help="dataset directory (else $RAT_DATA_DIR, else the Debian path)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
-                   help="allow importing this model code, which the checkpoint names (your own model)")
-    p.add_argument("--trust-model-code", action="store_true",
-                   help="allow importing whatever model code the checkpoint names")
+    add_model_code_args(p)
     _add_eval_args(p)
     p.set_defaults(func=cmd_eval)
 
 
 def _add_train_command(sub) -> None:
+    from .attacks.pgd import NORMS
     from .methods import BASE_METHODS
 
     p = sub.add_parser("train", help="train (default: RAT-TRADES on Fashion-MNIST, CPU preset) and evaluate",
@@ -530,7 +522,7 @@ def _add_train_command(sub) -> None:
     p.add_argument("--eps", type=float, default=None,
                    help="threat radius of training, validation and evaluation (data.eps; required for your own "
                         "data; the training attack's step becomes eps/4 unless --set attack.step_size=...)")
-    p.add_argument("--norm", choices=("Linf", "L2"), default=None, help="threat model (attack.norm; default Linf)")
+    p.add_argument("--norm", choices=NORMS, default=None, help="threat model (attack.norm; default Linf)")
     p.add_argument("--trust-model-code", action="store_true",
                    help="on --resume: import the model code (module:callable) the run's config names")
     p.add_argument("--epochs", type=int, default=None)

@@ -374,7 +374,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .models import ModelCodePolicy
 
-    policy = ModelCodePolicy(allowed=args.model, trust_all=args.trust_model_code)
+    policy = ModelCodePolicy.from_flags(args.model, args.trust_model_code)
     print("wrote {}, {}".format(*export_checkpoint(args.checkpoint, args.out, policy)))
     return 0
 
@@ -403,6 +403,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser("export", help="write a checkpoint's model as a plain state dict plus a JSON recipe")
     p.add_argument("checkpoint", help="run directory (uses best.safetensors) or .safetensors file")
     p.add_argument("--out", type=Path, required=True, help="state dict to write (FILE.pt); FILE.json goes beside")
+    # the flags of cli.add_model_code_args (the library does not import the CLI; they join it when
+    # rat import/export move into cli.py, issue 33)
     p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
                    help="allow importing this model code, which the checkpoint names (your own model)")
     p.add_argument("--trust-model-code", action="store_true",

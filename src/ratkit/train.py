@@ -41,10 +41,10 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed
 from .attacks import BatchShard
 from .checkpoint import (CheckpointError, atomic_write_bytes, checkpoint_path, check_model_fits_data, load_model,
-                         read_checkpoint)
+                         read_checkpoint, read_checkpoint_meta)
 from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
                      evaluation_eps, method_label, method_settings, resolved_attack, save_config)
-from .data import DataError, augment, iterate_batches, split_train_val
+from .data import augment, iterate_batches, split_train_val
 from .data.streaming import StreamedData, iterate_streamed_batches
 from .data.user import data_fingerprint, fingerprint_difference, load_split, source_info, with_statistics
 from .device import resolve_device
@@ -218,13 +218,13 @@ def _training_data(cfg: Config, device: torch.device, given=None):
         train_data = full
     if cfg.data.train_subset is not None:
         train_data = train_data.first(cfg.data.train_subset)
-    if hasattr(val_data, "load"):  # streamed: validation is small and read at every validated epoch
+    if isinstance(val_data, StreamedData):  # streamed: validation is small and read at every validated epoch
         val_data = val_data.load()
     val_data = val_data.as_float()  # converted once, not at every validation
     if len(train_data) < cfg.train.batch_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is more than the {len(train_data)} training "
                           "images (after the validation hold-out): no full batch, no step; lower it")
-    if not hasattr(train_data, "load"):
+    if not isinstance(train_data, StreamedData):
         train_data = train_data.to(device)
     return train_data, val_data.to(device), full.info
 
@@ -544,10 +544,9 @@ def validation_eps(cfg: Config) -> float:
 def check_resume_epochs(run_dir: Path, cfg: Config) -> None:
     """ConfigError when a resume asks for fewer epochs than the run has trained: the weights would
     keep the extra steps, so the run could never be what its config says."""
-    try:
-        _, meta = read_checkpoint(Path(run_dir) / "last")
-    except CheckpointError:
+    if not (Path(run_dir) / "last.safetensors").exists():
         return  # no last yet: the resume starts the run from its config
+    meta = read_checkpoint_meta(Path(run_dir) / "last")  # the header only: restoring reads the tensors
     done = int((meta.get("progress") or {}).get("epoch") or 0)
     if cfg.train.epochs < done:
         raise ConfigError(f"train.epochs: the run has already trained {done} epochs, {cfg.train.epochs} asked; "
@@ -570,8 +569,7 @@ def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple])
 
 def _resumed_run_dir(cfg: Config, run_dir: str | Path, rank: distributed.Rank, quiet: bool) -> Path:
     """The run directory of a resume, after checking and recording the config's changes."""
-    run_dir = Path(run_dir)
-    cfg = with_validation_eps(cfg)
+    run_dir = Path(run_dir)  # cfg has its validation eps recorded (train)
     changes = config_changes(with_validation_eps(load_run_config(run_dir)), cfg)
     check_resume_changes(changes)
     check_resume_epochs(run_dir, cfg)
@@ -646,14 +644,13 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     Example: ``train(load_config("fmnist-cpu", ["train.epochs=1"]), "runs/try")``"""
     rank = distributed.init_from_environment(resolve_device(cfg.train.device).type)
     initial, created = None, False
-    if not resume:
-        model_code = model_code or ModelCodePolicy(allowed=cfg.model.name)
     if resume:
         if is_user_model(cfg.model.name) and _given is None:
             check_model_code(cfg, model_code)  # before anything in the run directory changes
         cfg = with_validation_eps(cfg)
         run_dir = _resumed_run_dir(cfg, run_dir, rank, quiet)
     else:
+        model_code = model_code or ModelCodePolicy(allowed=cfg.model.name)  # a new run's config is the caller's
         if _given is None:
             cfg = with_data_statistics(cfg)  # before config.yaml is written: the run records them
         cfg = with_validation_eps(cfg)
@@ -665,17 +662,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, model_code=model_code,
                           **(_given or {}))
+        trainer.record_or_check_data(resume)
     except Preempted as exc:  # a notice during start-up: the run is kept, and --resume starts it
         exc.run_dir = run_dir
         raise
     except BaseException:
         if created and rank.is_main:  # a run that fails to start leaves nothing behind
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    try:
-        trainer.record_or_check_data(resume)
-    except ConfigError:
-        if created and rank.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if resume and (Path(run_dir) / "last.safetensors").exists():

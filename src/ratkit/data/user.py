@@ -106,14 +106,39 @@ def _scan(src: DataSource):
     return train, test
 
 
-def _npz_facts(src: DataSource) -> tuple[int, tuple[int, int, int], tuple[str, ...]]:
+def _npz_facts(src: DataSource, train: tuple | None = None) -> tuple[int, tuple[int, int, int], tuple[str, ...]]:
+    """(classes, image shape, class names) of an npz dataset, from its training arrays (``train``:
+    already loaded, else read here)."""
     from .formats.npz import load_npz_split, npz_class_names, npz_num_classes
 
-    x, y = load_npz_split(_directory(src), "train")
+    x, y = train if train is not None else load_npz_split(_directory(src), "train")
     given = npz_class_names(_directory(src))
     num_classes = npz_num_classes(y, given)
     names = given or tuple(f"class_{i}" for i in range(num_classes))
     return num_classes, tuple(int(d) for d in x.shape[1:]), tuple(names)
+
+
+def _folder_facts(src: DataSource, train) -> tuple[int, tuple[int, int, int], tuple[str, ...]]:
+    """(classes, image shape, class names) of a folder dataset from its scanned training split."""
+    h, w = _folder_shape(src, train)
+    return len(train.classes), (_folder_channels(src, train), h, w), tuple(train.classes)
+
+
+def _own_info(src: DataSource, num_classes: int, shape: tuple[int, ...], names: tuple[str, ...],
+              require_eps: bool = True) -> DatasetInfo:
+    """The facts of a dataset of your own (files, or data given from Python) as a DatasetInfo."""
+    if src.eps is None and require_eps:
+        raise DataError(f"{src.dataset}: the threat model cannot be guessed for your own data; "
+                        "give the radius with --eps E (data.eps), e.g. --eps 0.0314 for 8/255")
+    c = shape[0]
+    mean = tuple(src.mean) if src.mean is not None else (0.5,) * c
+    std = tuple(src.std) if src.std is not None else (0.25,) * c
+    if len(mean) != c or len(std) != c:
+        raise DataError(f"{src.dataset}: data.mean/data.std have {len(mean)}/{len(std)} values for {c} channels")
+    return DatasetInfo(name=src.dataset, num_classes=num_classes, image_shape=tuple(shape), mean=mean, std=std,
+                       linf_eps=float(src.eps or 0.0), l2_eps=float(src.eps or 0.0), hflip=bool(src.hflip),
+                       crop_padding=default_crop_padding(shape[1]) if src.crop_padding is None
+                       else int(src.crop_padding), class_names=names)
 
 
 def source_info(src: DataSource, require_eps: bool = True) -> DatasetInfo:
@@ -124,30 +149,16 @@ def source_info(src: DataSource, require_eps: bool = True) -> DatasetInfo:
     Example: ``source_info(DataSource("cifar10")).linf_eps`` is 8/255."""
     from .datasets import dataset_info
 
-    if src.dataset in FILE_DATASETS or src.dataset == GIVEN:
-        if src.eps is None and require_eps:
-            raise DataError(f"{src.dataset}: the threat model cannot be guessed for your own data; "
-                            "give the radius with --eps E (data.eps), e.g. --eps 0.0314 for 8/255")
-        if src.dataset == "folder":
-            train, _ = _scan(src)
-            channels, (h, w) = _folder_channels(src, train), _folder_shape(src, train)
-            num_classes, shape, names = len(train.classes), (channels, h, w), tuple(train.classes)
-        elif src.dataset == "npz":
-            num_classes, shape, names = _npz_facts(src)
-        else:
-            if src.num_classes is None or src.image_shape is None:
-                raise DataError("python: data given from Python records num_classes and image_shape")
-            num_classes, shape = int(src.num_classes), tuple(int(d) for d in src.image_shape)
-            names = tuple(f"class_{i}" for i in range(num_classes))
-        c = shape[0]
-        mean = tuple(src.mean) if src.mean is not None else (0.5,) * c
-        std = tuple(src.std) if src.std is not None else (0.25,) * c
-        if len(mean) != c or len(std) != c:
-            raise DataError(f"{src.dataset}: data.mean/data.std have {len(mean)}/{len(std)} values for {c} channels")
-        return DatasetInfo(name=src.dataset, num_classes=num_classes, image_shape=shape, mean=mean, std=std,
-                           linf_eps=float(src.eps or 0.0), l2_eps=float(src.eps or 0.0), hflip=bool(src.hflip),
-                           crop_padding=default_crop_padding(shape[1]) if src.crop_padding is None
-                           else int(src.crop_padding), class_names=names)
+    if src.dataset == "folder":
+        return _own_info(src, *_folder_facts(src, _scan(src)[0]), require_eps=require_eps)
+    if src.dataset == "npz":
+        return _own_info(src, *_npz_facts(src), require_eps=require_eps)
+    if src.dataset == GIVEN:
+        if src.num_classes is None or src.image_shape is None:
+            raise DataError("python: data given from Python records num_classes and image_shape")
+        num_classes = int(src.num_classes)
+        return _own_info(src, num_classes, tuple(int(d) for d in src.image_shape),
+                         tuple(f"class_{i}" for i in range(num_classes)), require_eps=require_eps)
     info = dataset_info(src.dataset)
     changes = {}
     if src.eps is not None:
@@ -219,22 +230,23 @@ def load_split(src: DataSource, split: str, *, stream: bool | None = None):
         data = load_dataset(src.dataset, split, data_dir=src.data_dir)
         info = source_info(src)
         return data if info == data.info else TensorData(data.x, data.y, info)
-    info = source_info(src)
     if src.dataset == "npz":
         from .formats.npz import check_label_range, load_npz_split
 
         if stream or (stream is None and src.stream):
             raise DataError("npz: an npz file is read whole; streaming (data.stream) is for folder datasets")
         x, y = load_npz_split(_directory(src), split)
+        info = _own_info(src, *_npz_facts(src, (x, y) if split == "train" else None))  # train.npz read once
         if tuple(x.shape[1:]) != info.image_shape:
             raise DataError(f"{_directory(src) / (split + '.npz')}: images of shape {tuple(x.shape[1:])}, "
                             f"train.npz has {info.image_shape}")
         check_label_range(_directory(src) / f"{split}.npz", y.numpy(), info.num_classes)
         return TensorData(x, y, info)
-    from .formats.folder import FolderImages, load_folder_split
+    from .formats.folder import FolderImages, load_folder_index
     from .streaming import StreamedData
 
-    train, test = _scan(src)
+    train, test = _scan(src)  # once: the facts and the files both come from this scan
+    info = _own_info(src, *_folder_facts(src, train))
     index = train if split == "train" else test
     channels, size = info.image_shape[0], info.image_shape[1:]
     image_size = tuple(src.image_size) if src.image_size is not None else None
@@ -243,7 +255,7 @@ def load_split(src: DataSource, split: str, *, stream: bool | None = None):
                         "set data.image_size: [H, W] to resize both")
     if _should_stream(src, len(index.files), info.image_shape) if stream is None else stream:
         return StreamedData(info, FolderImages(index, channels, image_size or tuple(size)))
-    x, y, _ = load_folder_split(_directory(src), split, channels=channels, image_size=image_size or tuple(size))
+    x, y, _ = load_folder_index(index, _directory(src), channels=channels, image_size=image_size or tuple(size))
     data = TensorData(x, y, info)
     if split == "test":  # files come class by class: a fixed shuffle makes "the first n" every class's
         data = data.subset(test_order(len(data)))

@@ -57,6 +57,12 @@ class ModelCodePolicy:
     allowed: str | None = None
     trust_all: bool = False
 
+    @classmethod
+    def from_flags(cls, model: str | None, trust_model_code: bool) -> "ModelCodePolicy":
+        """The policy of a command line's ``--model`` (only a ``module:callable`` name allows code)
+        and ``--trust-model-code``."""
+        return cls(allowed=model if is_user_model(model) else None, trust_all=bool(trust_model_code))
+
     def check(self, name: str, source: str) -> None:
         if self.trust_all or (self.allowed is not None and self.allowed == name):
             return

@@ -43,12 +43,11 @@ def selected_runs(grid: StudyGrid, only: list[str] | None) -> list[str]:
 
 
 def _training_complete(run_dir: Path, epochs: int) -> bool:
-    from ..checkpoint import read_checkpoint
+    from ..checkpoint import read_checkpoint_meta
 
     if not (run_dir / "last.safetensors").exists():
         return False
-    _, meta = read_checkpoint(run_dir / "last")
-    return meta["progress"]["epoch"] >= epochs
+    return read_checkpoint_meta(run_dir / "last")["progress"]["epoch"] >= epochs
 
 
 def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool = True, log: Log = print) -> dict:

@@ -257,8 +257,22 @@ def load_folder_split(
     Example: ``x, y, classes = load_folder_split(Path("flowers"), "test", image_size=(64, 64))``
     """
     directory = Path(directory)
-    index = scan_folder(directory, split)
-    c, (h, w) = _target(index, directory, channels, image_size)
+    return load_folder_index(scan_folder(directory, split), directory, channels=channels, image_size=image_size)
+
+
+def load_folder_index(
+    index: FolderIndex,
+    directory: Path,
+    *,
+    channels: int | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """:func:`load_folder_split` for a folder already scanned (``index``), so a caller that needed
+    the scan for the dataset's facts does not read every header again.
+
+    Example: ``x, y, classes = load_folder_index(scan_folder(root, "train"), root)``
+    """
+    c, (h, w) = _target(index, Path(directory), channels, image_size)
     x = np.empty((len(index), c, h, w), dtype=np.uint8)
     for i, path in enumerate(index.files):
         x[i] = _decode_checked(path, c, (h, w), image_size is not None)
