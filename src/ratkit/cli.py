@@ -628,14 +628,16 @@ def _add_study_executor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--executor", choices=("process", "local", "slurm"), default="process",
                    help="process: local processes, --jobs at a time (default); slurm: each run a SLURM job "
                         "that requeues itself when preempted and resumes; local: the same jobs on this machine")
-    g.add_argument("--partition", default=None, help="SLURM partition")
-    g.add_argument("--time", default=None, help="each job's time limit, minutes or [D-]H:MM:SS (required with "
-                                                "slurm); a run that needs longer is requeued and resumes")
-    g.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per job (local: the first N are visible)")
-    g.add_argument("--cpus-per-job", type=int, default=None, help="CPUs per job")
+    g.add_argument("--partition", default=None, metavar="P", help="SLURM partition")
+    g.add_argument("--time", default=None, metavar="MIN|H:MM:SS",
+                   help="each job's time limit, minutes or [D-]H:MM:SS (required with slurm); "
+                        "a run that needs longer is requeued and resumes")
+    g.add_argument("--gpus-per-job", type=int, default=None, metavar="N",
+                   help="GPUs per job (local: the first N are visible)")
+    g.add_argument("--cpus-per-job", type=int, default=None, metavar="N", help="CPUs per job")
     g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                    help="a further sbatch parameter, repeatable: --sbatch account=myproj --sbatch mem=32G")
-    g.add_argument("--executor-dir", type=Path, default=None,
+    g.add_argument("--executor-dir", type=Path, default=None, metavar="DIR",
                    help="submitit's job files and logs (default: OUT/submitit)")
 
 
