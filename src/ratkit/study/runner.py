@@ -174,12 +174,19 @@ def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os
     return write_aggregate(grid, results_dir) if aggregate_after else None
 
 
+def study_command(grid_path, name: str, seed: int, out_dir: Path, results_dir: Path,
+                  flags: Sequence[str] = ()) -> list[str]:
+    """The command line that runs one (configuration, seed) of a study on its own:
+    ``rat study --only NAME --seeds S --no-aggregate``, as every executor runs it."""
+    return [sys.executable, "-m", "ratkit", "study", "--grid", str(grid_path), "--only", name,
+            "--seeds", str(seed), "--out", str(out_dir), "--results", str(results_dir), "--no-aggregate", *flags]
+
+
 def _start_run(grid_path, name: str, seed: int, out_dir: Path, results_dir: Path, flags: Sequence[str],
                log: Log) -> tuple[str, subprocess.Popen, object]:
     """``rat study --only NAME --seeds S`` in its own process, its output in ``OUT/<config>-seed<s>.log``."""
     key = run_key(name, seed)
-    cmd = [sys.executable, "-m", "ratkit", "study", "--grid", str(grid_path), "--only", name,
-           "--seeds", str(seed), "--out", str(out_dir), "--results", str(results_dir), "--no-aggregate", *flags]
+    cmd = study_command(grid_path, name, seed, out_dir, results_dir, flags)
     logfile = open(out_dir / f"{key}.log", "w")
     log(f"{key}: started (log {out_dir / f'{key}.log'})")
     return key, subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT), logfile
