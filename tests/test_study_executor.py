@@ -1,17 +1,22 @@
 """Issue 35 §6: a study's runs as submitit jobs (`rat study --executor local|slurm`). A job whose
 run is preempted requeues itself and resumes; the study gathers and aggregates as with local
 processes. submitit's local executor runs real subprocesses, the same code path as SLURM up to
-the scheduler; the SLURM job script is checked with a stand-in sbatch."""
+the scheduler; the SLURM job script is checked with a stand-in sbatch. One process at a time
+works on a run (its lock), and a study started again waits on its live jobs instead of
+submitting them twice (stand-in sacct)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +29,8 @@ submitit = pytest.importorskip("submitit")
 from ratkit.study import StudyError, load_grid  # noqa: E402
 from ratkit.requeue import RequeueingJob  # noqa: E402
 from ratkit.study.cluster import (ExecutorSpec, make_executor, parse_sbatch, parse_time,  # noqa: E402
-                                  run_study_jobs)
+                                  read_jobs, run_study_jobs)
+from ratkit.study.lock import EXIT_IN_USE, RunInUse, hold_run, holder, wait_for_runs  # noqa: E402
 
 TINY = ["data.dataset=synthetic", "data.val_size=64", "data.train_subset=128", "train.epochs=3",
         "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=1", "train.batch_size=32",
@@ -88,11 +94,16 @@ def test_a_preempted_job_requeues_itself_and_its_run_resumes_to_the_uninterrupte
     assert "| a | 1 |" in (results / "results.md").read_text()
 
 
-def _stand_in_slurm(tmp_path: Path, monkeypatch) -> Path:
-    """``srun`` (submitit checks that it exists) and an ``sbatch`` that keeps the script it is given."""
+def _stand_in_slurm(tmp_path: Path, monkeypatch, sacct: str = "JobID|State|NodeList\n") -> Path:
+    """``srun`` (submitit checks that it exists), an ``sbatch`` that keeps the script it is given
+    (and counts its calls in ``sbatch-calls``) and an ``sacct`` that answers ``sacct``."""
     bin_dir, script = tmp_path / "bin", tmp_path / "submitted.sh"
     bin_dir.mkdir()
-    for name, body in (("srun", "exit 1\n"), ("sbatch", f'cp "$1" {script}\necho "Submitted batch job 4242"\n')):
+    (tmp_path / "sacct.txt").write_text(sacct)
+    for name, body in (("srun", "exit 1\n"),
+                       ("sbatch", f'cp "$1" {script}\necho x >> {tmp_path / "sbatch-calls"}\n'
+                                  f'echo "Submitted batch job 4242"\n'),
+                       ("sacct", f'cat {tmp_path / "sacct.txt"}\n')):
         (bin_dir / name).write_text("#!/bin/sh\n" + body)
         (bin_dir / name).chmod(stat.S_IRWXU)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -150,6 +161,105 @@ def test_a_job_requeues_on_rats_exit_code_for_preempted_and_starts_its_command_w
     from ratkit.requeue import EXIT_PREEMPTED as job_code
 
     assert job_code == EXIT_PREEMPTED == 75
+    from ratkit.requeue import EXIT_IN_USE as job_in_use
+
+    assert job_in_use == EXIT_IN_USE == 73
     loaded = subprocess.run([sys.executable, "-c", "import sys, ratkit.requeue; print('torch' in sys.modules)"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, check=True)
     assert loaded.stdout.strip() == "False"
+
+
+HOLD = """import sys, time
+from pathlib import Path
+from ratkit.study.lock import hold_run
+with hold_run(Path(sys.argv[1]), sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def _first_process(runs: Path, key: str) -> subprocess.Popen:
+    """A process that holds ``key``'s run lock until it is killed, as a ``rat study`` on the run would."""
+    first = subprocess.Popen([sys.executable, "-c", HOLD, str(runs), key], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": SRC})
+    assert first.stdout.readline().strip() == "held"
+    return first
+
+
+def test_a_second_process_leaves_a_run_in_use_alone_and_the_lock_is_free_once_the_first_is_killed(tmp_path):
+    grid, runs, results = _grid_file(tmp_path), tmp_path / "runs", tmp_path / "results"
+    first = _first_process(runs, "a-seed0")
+    try:
+        # the command each executor runs for one run, started a second time
+        second = subprocess.run([sys.executable, "-m", "ratkit", "study", "--grid", str(grid), "--only", "a",
+                                 "--seeds", "0", "--out", str(runs), "--results", str(results), "--no-aggregate"],
+                                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
+        assert second.returncode == EXIT_IN_USE, second.stdout + second.stderr
+        said = [line for line in second.stdout.splitlines() if "a-seed0" in line]
+        assert len(said) == 1 and re.search(rf"a-seed0: in use by another process \(pid {first.pid} on host "
+                                            rf"{re.escape(socket.gethostname())}, since \d{{4}}-\d\d-\d\d "
+                                            rf"\d\d:\d\d:\d\d\); skipped$", said[0]), second.stdout
+        assert not (runs / "a-seed0").exists() and not results.exists()  # the run untouched
+        with pytest.raises(RunInUse, match=f"pid {first.pid}"):
+            with hold_run(runs, "a-seed0", patience_s=0):
+                pass
+    finally:
+        first.send_signal(signal.SIGKILL)  # no chance to clean up: the operating system drops the lock
+        first.wait()
+    assert f"pid {first.pid}" in (runs / "a-seed0.lock").read_text()  # the dead holder's line stays ...
+    assert holder(runs, "a-seed0") is None  # ... and does not hold the run
+    with hold_run(runs, "a-seed0", patience_s=0):
+        assert f"pid {os.getpid()}" in (runs / "a-seed0.lock").read_text()
+    assert (runs / "a-seed0.lock").read_text() == ""  # released: free
+
+
+def test_a_study_gives_no_job_to_a_run_in_use_and_waits_for_it_before_it_aggregates(tmp_path):
+    grid, runs = load_grid(_grid_file(tmp_path)), tmp_path / "runs"
+    first = _first_process(runs, "a-seed0")
+    try:
+        who = holder(runs, "a-seed0")
+        assert who.startswith(f"pid {first.pid} on host {socket.gethostname()}, since ")
+        messages = []
+        with pytest.raises(RunInUse) as refused:  # not aggregating: it says so, and does not wait
+            run_study_jobs(tmp_path / "tiny.yaml", grid, runs, tmp_path / "results", ExecutorSpec("local"),
+                           only=["a"], log=messages.append, aggregate_after=False)
+        assert refused.value.keys == ["a-seed0"]
+        assert messages == [f"a-seed0: in use by another process ({who}); no job, waiting for it"]
+        assert not (runs / "submitit").exists() and not (runs / "jobs.json").exists()
+        threading.Timer(1.0, first.kill).start()  # the first process ends while the study waits
+        messages.clear()
+        wait_for_runs(runs, ["a-seed0"], log=messages.append, poll_s=0.05)
+        assert messages == [f"a-seed0: waiting for the process that has it ({who})"]
+        assert holder(runs, "a-seed0") is None
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_job_that_finds_its_run_in_use_ends_without_failing_and_without_a_requeue(tmp_path):
+    log = tmp_path / "a-seed0.log"
+    job = RequeueingJob("a-seed0", [sys.executable, "-c", f"import sys; sys.exit({EXIT_IN_USE})"], log)
+    assert job() == EXIT_IN_USE  # returned, not raised; a requeue would exit (and need a job environment)
+    assert log.read_text().splitlines()[-1] == f"== a-seed0: exit {EXIT_IN_USE}"
+
+
+def test_a_study_started_again_waits_on_its_live_slurm_job_instead_of_submitting_it_again(tmp_path, monkeypatch):
+    # a-seed0's job from the first `rat study` still runs; b-seed0's was cancelled
+    _stand_in_slurm(tmp_path, monkeypatch, sacct="JobID|State|NodeList\n4241|RUNNING|node1\n"
+                                                 "4241.batch|RUNNING|node1\n4240|CANCELLED by 1000|node2\n")
+    grid, runs, folder = load_grid(_grid_file(tmp_path)), tmp_path / "runs", tmp_path / "runs" / "submitit"
+    folder.mkdir(parents=True)
+    recorded = {key: {"executor": "slurm", "job_id": job_id, "folder": str(folder), "submitted": "2025-01-01 00:00:00"}
+                for key, job_id in (("a-seed0", "4241"), ("b-seed0", "4240"))}
+    (runs / "jobs.json").write_text(json.dumps(recorded))
+    for job_id in ("4241", "4242"):  # each job's result, as submitit leaves it when the job ends
+        (folder / f"{job_id}_0_result.pkl").write_bytes(pickle.dumps(("success", 0)))
+    messages = []
+    run_study_jobs(tmp_path / "tiny.yaml", grid, runs, tmp_path / "results", ExecutorSpec("slurm", time_min=10),
+                   log=messages.append, aggregate_after=False, poll_s=0.01)
+    assert "a-seed0: job 4241 from before is RUNNING; waiting on it, not submitting again" in messages
+    assert any(m.startswith("b-seed0: submitted as job 4242") for m in messages)
+    assert "a-seed0: done" in messages and "b-seed0: done" in messages
+    assert (tmp_path / "sbatch-calls").read_text() == "x\n"  # one sbatch: b-seed0's
+    jobs = read_jobs(runs)
+    assert jobs["a-seed0"] == recorded["a-seed0"] and jobs["b-seed0"]["job_id"] == "4242"

@@ -383,6 +383,7 @@ def _study_grid(args):
 
 def cmd_study(args) -> int:
     from .study import StudyError, run_study, run_study_parallel, write_aggregate
+    from .study.lock import EXIT_IN_USE, RunInUse
 
     grid_path, grid, seeds = _study_grid(args)
     results = Path(args.results or Path("docs") / "results" / grid.name)
@@ -409,6 +410,8 @@ def cmd_study(args) -> int:
             result = run_study(grid, out, results, only=only, quiet=args.quiet, on_result=on_result, **common)
     except StudyError as exc:
         raise UserError(str(exc)) from None
+    except RunInUse:  # --no-aggregate: runs left to the process that has them (logged); the executor waits
+        return EXIT_IN_USE
     if args.no_aggregate:
         return 0
     print((results / "results.md").read_text(), end="")

@@ -16,7 +16,9 @@ resumably. The job:
   submitit's job environment: ``scontrol requeue`` on SLURM; on the local executor the requeue
   exit code, on which submitit's controller starts the job again (6 attempts at most). The next
   attempt runs the same command, which resumes;
-* otherwise returns the command's name (exit 0) or fails, naming its log.
+* when the command exits 73 (``rat study``: the run is in use by another process, a duplicate
+  job), ends without a requeue and without failing, returning 73; otherwise returns 0 (exit 0) or
+  fails, naming its log.
 
 Why the job takes the signals over while the child runs, instead of leaving them to submitit's
 own handler: that handler calls :meth:`RequeueingJob.checkpoint` and requeues at once, without
@@ -38,11 +40,13 @@ from typing import Sequence
 from .preemption import PREEMPT_SIGNALS, install_handlers, restore_handlers
 
 EXIT_PREEMPTED = 75  # rat's exit code for "preempted, resumable" (ratkit.cli.EXIT_PREEMPTED)
+EXIT_IN_USE = 73  # rat study: "the run is in use by another process, left to it" (ratkit.study.lock.EXIT_IN_USE)
 
 
 class RequeueingJob:
     """``command`` as a submitit job named ``key``, its output appended to ``log_path``;
-    requeued while the command says it was preempted (see the module's docstring). Returns ``key``.
+    requeued while the command says it was preempted (see the module's docstring). Returns the
+    command's exit code: 0, or :data:`EXIT_IN_USE` when another process has the run.
 
     >>> executor = submitit.AutoExecutor("runs/study/submitit", cluster="slurm")
     >>> executor.submit(RequeueingJob("trades-seed0", ["rat", "study", "--only", "trades", "--seeds", "0"],
@@ -52,7 +56,7 @@ class RequeueingJob:
     def __init__(self, key: str, command: Sequence[str], log_path: Path):
         self.key, self.command, self.log_path = key, list(command), Path(log_path)
 
-    def __call__(self) -> str:
+    def __call__(self) -> int:
         own = _submitit_signal()
         spare = own.name not in PREEMPT_SIGNALS  # the child ignores the signal it has no use for
         with open(self.log_path, "a") as log:
@@ -69,7 +73,10 @@ class RequeueingJob:
             print(f"{self.key}: {notices.received} passed on to the command", flush=True)
         if code == 0:
             print(f"{self.key}: done", flush=True)
-            return self.key
+            return code
+        if code == EXIT_IN_USE:  # a duplicate job: the process that has the run finishes it
+            print(f"{self.key}: in use by another process; left to it", flush=True)
+            return code
         if preempted:
             print(f"{self.key}: preempted (exit {code}); requeued to resume", flush=True)
             _requeue_this_job()
