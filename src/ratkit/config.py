@@ -308,7 +308,7 @@ def _unknown(name: str, known) -> ConfigError:
 
 def _wrapper_settings(key: str, value: Any, strict: bool = False) -> dict | None:
     """``method.<key>`` checked against the wrapper's arguments (names and types; the wrapper checks
-    their values): None when the wrapper is off, else the mapping in canonical form."""
+    their values): None when the wrapper is off, else the mapping with its values coerced."""
     name, wrapper = f"method.{key}", WRAPPERS[key]
     arguments = wrapper_arguments(wrapper)
     if value is None:
@@ -611,7 +611,7 @@ def _load_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict:
         if found is None:
             raise ConfigError(f"base: {base!r} not found next to {path} nor among the presets")
         base_path = found.resolve()
-    # each level converted: a flat key then overrides its base file's, and a base's nested key the flat one below
+    # converted at every level, so that a file's keys, flat or nested, override its base's
     return upgrade_flat_method(_deep_merge(_load_chain(base_path, (*stack, path)), _wrapper_switches(data)))
 
 
@@ -639,7 +639,9 @@ def upgrade_flat_method(d: dict) -> dict:
     it is). The flat form of earlier releases means the same there: ``rat: true`` with ``alpha: 0.1``
     becomes ``rat: {alpha: 0.1}``, ``awp: true`` with ``awp_gamma: 0.01`` becomes ``awp: {gamma: 0.01}``;
     the flat arguments of a wrapper that is off (``rat: false``, ``awp`` unset) are dropped, as they had
-    no effect. A flat key given beside the wrapper's mapping wins (it is the later ``--set``).
+    no effect. A flat key given beside the wrapper's mapping wins (it is the later ``--set``). As every
+    mapping is then filled in with the class's defaults (:class:`MethodConfig`), a run directory an
+    earlier release wrote is the same run (``train.same_run``) as its settings in the nested form.
 
     Example: ``upgrade_flat_method({"method": {"rat": True, "alpha": 0.1}})`` is
     ``{"method": {"rat": {"alpha": 0.1}}}``."""
@@ -776,7 +778,7 @@ def method_settings(cfg: Config) -> dict:
     m, a = cfg.method, cfg.attack
     eps, step_size = resolved_attack(cfg)
     return dict(name=m.name, eps=eps, steps=a.steps, step_size=step_size, norm=a.norm, precision=a.precision,
-                beta=m.beta, **{key: None if getattr(m, key) is None else dict(getattr(m, key)) for key in WRAPPERS})
+                beta=m.beta, rat=None if m.rat is None else dict(m.rat), awp=None if m.awp is None else dict(m.awp))
 
 
 def method_label(cfg: Config) -> str:
