@@ -243,10 +243,10 @@ def test_the_config_and_build_method_accept_exact_head():
 
 
 @pytest.mark.parametrize("overrides,field", [
-    (["method.taylor=exact-head", "method.clean_terms=always"], "method.clean_terms"),
-    (["method.taylor=exact-head", "method.pairing=reference"], "method.pairing"),
-    (["method.taylor=exact-head", "method.taylor_sigma=0"], "method.taylor_sigma"),
-    (["method.taylor_sigma=1e-3"], "method.taylor_sigma"),
+    (["method.taylor=exact-head", "method.clean_terms=always"], "method.rat.clean_terms"),
+    (["method.taylor=exact-head", "method.pairing=reference"], "method.rat.pairing"),
+    (["method.taylor=exact-head", "method.taylor_sigma=0"], "method.rat.taylor_sigma"),
+    (["method.rat.taylor_sigma=1e-3"], "method.rat.taylor_sigma"),
 ])
 def test_the_config_names_the_field_of_a_setting_exact_head_cannot_use(overrides, field):
     with pytest.raises(ConfigError) as info:

@@ -84,11 +84,12 @@ def test_unknown_base_method_names_list_the_registry():
         load_config("fmnist-cpu", ["method.name=pgd"])
 
 
-def test_the_config_names_the_field_of_a_setting_a_wrapper_refuses_even_when_the_wrapper_is_off():
-    for overrides, message in [(["method.alpha=2"], "method.alpha: must be in [0, 1], got 2.0"),
-                               (["method.rat=false", "method.sigma=-1"], "method.sigma: must be >= 0, got -1.0"),
-                               (["method.awp_gamma=-1"], "method.awp_gamma: must be >= 0, got -1.0"),
-                               (["method.awp_warmup=-2"], "method.awp_warmup: must be >= 0")]:
+def test_the_config_names_the_field_of_a_setting_a_wrapper_refuses():
+    for overrides, message in [(["method.rat.alpha=2"], "method.rat.alpha: must be in [0, 1], got 2.0"),
+                               (["method.alpha=2"], "method.rat.alpha: must be in [0, 1], got 2.0"),
+                               (["method.rat.sigma=-1"], "method.rat.sigma: must be >= 0, got -1.0"),
+                               (["method.awp.gamma=-1"], "method.awp.gamma: must be >= 0, got -1.0"),
+                               (["method.awp=true", "method.awp_warmup=-2"], "method.awp.warmup: must be >= 0")]:
         with pytest.raises(ConfigError) as info:
             load_config("fmnist-cpu", overrides)
         assert str(info.value).startswith(message)

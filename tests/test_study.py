@@ -198,7 +198,7 @@ def test_the_grid_files_in_configs_studies_are_valid():
     core = load_grid(STUDIES / "core.yaml")
     assert set(core.runs) == {"trades", "rat-trades", "awp-trades", "awp-rat-trades", "rat-exact-trades"} and core.seeds == [0, 1, 2]
     cfg = run_config(core, "awp-rat-trades", 2)
-    assert cfg.method.awp and cfg.method.rat and cfg.train.seed == 2 and cfg.data.dataset == "fashion-mnist"
+    assert cfg.method.awp is not None and cfg.method.rat is not None and cfg.train.seed == 2 and cfg.data.dataset == "fashion-mnist"
     for path in sorted(STUDIES.glob("*.yaml")):  # every grid file builds every run's configuration
         grid = load_grid(path)
         assert grid.runs, path.name
@@ -208,7 +208,7 @@ def test_the_grid_files_in_configs_studies_are_valid():
     regime, pilot = load_grid(STUDIES / "regime.yaml"), load_grid(STUDIES / "regime-pilot-6.yaml")
     for name in ("at", "trades"):
         assert run_config(regime, name, 0) == run_config(pilot, name, 0)
-    assert run_config(regime, "rat-exact-at", 0).method.taylor == "exact-head"
+    assert run_config(regime, "rat-exact-at", 0).method.rat["taylor"] == "exact-head"
     # each regime ablation is the regime grid's rat-trades with one setting changed
     ablations, reference = load_grid(STUDIES / "regime-ablations.yaml"), run_config(regime, "rat-trades", 0)
     for spec in ("checkpoints", "eval", "hessian", "landscape", "outputs"):
@@ -217,25 +217,25 @@ def test_the_grid_files_in_configs_studies_are_valid():
     assert set(ablations.runs) == set(changed)
     for name, fields in changed.items():
         cfg = run_config(ablations, name, 0)
-        assert all(getattr(cfg.method, k) != getattr(reference.method, k) for k in fields)
-        assert replace(reference, method=replace(reference.method, **fields)) == cfg, name
+        assert all(cfg.method.rat[k] != reference.method.rat[k] for k in fields)
+        assert replace(reference, method=replace(reference.method, rat={**reference.method.rat, **fields})) == cfg, name
     # each exact-head ablation is the regime grid's rat-exact-trades with one setting changed
     exact, reference = load_grid(STUDIES / "regime-exact-ablations.yaml"), run_config(regime, "rat-exact-trades", 0)
     for spec in ("checkpoints", "eval", "hessian", "landscape", "outputs"):
         assert getattr(exact, spec) == getattr(regime, spec), spec
-    assert exact.seeds == [0, 1] and reference.method.taylor == "exact-head"
+    assert exact.seeds == [0, 1] and reference.method.rat["taylor"] == "exact-head"
     changed = {"exact-first-order-only": {"order": [1]}, "exact-second-order-only": {"order": [2]},
                "exact-alpha-0.1": {"alpha": 0.1}, "exact-alpha-0.4": {"alpha": 0.4},
                "exact-taylor-sigma-0.12": {"taylor_sigma": 0.12}}
     assert set(exact.runs) == set(changed)
     for name, fields in changed.items():
         cfg = run_config(exact, name, 0)
-        assert all(getattr(cfg.method, k) != getattr(reference.method, k) for k in fields)
-        assert replace(reference, method=replace(reference.method, **fields)) == cfg, name
+        assert all(cfg.method.rat[k] != reference.method.rat[k] for k in fields)
+        assert replace(reference, method=replace(reference.method, rat={**reference.method.rat, **fields})) == cfg, name
     # the TrH controls are the exact-head runs with the trace term alone
     for control, exact_name, base in (("trh-trades", "rat-exact-trades", "trades"), ("trh-at", "rat-exact-at", "at")):
         cfg, ref = run_config(regime, control, 0), run_config(regime, exact_name, 0)
-        assert replace(ref, method=replace(ref.method, taylor="trh")) == cfg, control
+        assert replace(ref, method=replace(ref.method, rat={**ref.method.rat, "taylor": "trh"})) == cfg, control
         assert (control, base) in regime.pairs and (exact_name, control) in regime.pairs
     # the budget runs differ from the core grid's seed-0 runs in the number of epochs only
     budget = load_grid(STUDIES / "budget.yaml")
@@ -248,8 +248,8 @@ def test_the_grid_files_in_configs_studies_are_valid():
 def test_bad_grids_are_refused_with_one_line(tmp_path):
     with pytest.raises(StudyError, match="pair"):
         _grid(tmp_path, pairs=[["rat-trades", "mart"]])
-    with pytest.raises(StudyError, match="method.alpha"):
-        _grid(tmp_path, runs={"bad": ["method.alpha=3"]}, pairs=[])
+    with pytest.raises(StudyError, match="method.rat.alpha"):
+        _grid(tmp_path, runs={"bad": ["method.rat.alpha=3"]}, pairs=[])
     (tmp_path / "x.yaml").write_text("name: x\nrunz: {}\n")
     result = run_rat("study", "--grid", str(tmp_path / "x.yaml"))
     assert result.returncode == 2 and "runz" in result.stderr and len(result.stderr.strip().splitlines()) == 1

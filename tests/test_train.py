@@ -156,10 +156,10 @@ def test_learning_rate_schedules():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--set", "method.alpha=2"], "method.alpha"),
+    (["--set", "method.alpha=2"], "method.rat.alpha"),
     (["--set", "optim.lrr=0.1"], "optim.lrr"),
     (["--epochs", "0"], "train.epochs"),
-    (["--method", "trades", "--set", "method.pairing=original"], "method.pairing"),
+    (["--method", "trades", "--set", "method.pairing=original"], "method.rat.pairing"),
     (["--config", "no-such-preset"], "no-such-preset"),
 ])
 def test_bad_config_gets_one_line_naming_the_field_and_exit_2(args, needle):

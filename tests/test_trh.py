@@ -142,7 +142,7 @@ def test_the_config_builds_trh_and_names_the_field_it_refuses():
     assert isinstance(method, RAT) and method.taylor == "trh" and method.taylor_sigma == 1e-2
     with pytest.raises(ConfigError) as info:
         load_config("fmnist-cpu", ["method.taylor=trh", "method.order=[1]"])
-    assert str(info.value).startswith("method.order")
+    assert str(info.value).startswith("method.rat.order")
 
 
 @pytest.mark.parametrize("base", ["trades", "at"])

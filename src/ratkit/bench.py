@@ -46,14 +46,20 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import dataset_info
-from .methods import BASE_METHODS, Method, StepPrecision, compose_method
+from .methods import Method, StepPrecision, compose_method
 from .models import build_model, model_kwargs_for
 
 BENCHMARKS_DIR_ENV = "RAT_BENCHMARKS_DIR"
 
-CONFIGS = ("at", "rat-at", "trades", "rat-trades", "mart", "rat-mart", "awp-trades", "awp-rat-trades",
-           "rat-exact-trades", "rat-exact-at", "naive-trades", "naive-rat-trades")
+# the library's configurations: name -> (base method, RAT's keyword arguments, AWP's; None: no wrapper),
+# built by compose_method; every argument not given is the class's default (the papers' values)
+METHODS = {"at": ("at", None, None), "rat-at": ("at", {}, None), "trades": ("trades", None, None),
+           "rat-trades": ("trades", {}, None), "mart": ("mart", None, None), "rat-mart": ("mart", {}, None),
+           "awp-trades": ("trades", None, {}), "awp-rat-trades": ("trades", {}, {}),
+           "rat-exact-trades": ("trades", {"taylor": "exact-head"}, None),
+           "rat-exact-at": ("at", {"taylor": "exact-head"}, None)}
 NAIVE = ("naive-trades", "naive-rat-trades")
+CONFIGS = (*METHODS, *NAIVE)
 
 # ratio name -> (numerator, denominator) configurations
 TIME_RATIOS = {
@@ -89,9 +95,8 @@ TARGETS = {
 
 @dataclass
 class BenchSettings:
-    """What to time. The defaults are the paper's training recipe (10 attack steps of eps/4,
-    TRADES beta 6, RAT alpha 0.2 sigma 1e-4, AWP gamma 5e-3, SGD momentum 0.9) on the
-    dataset's shape."""
+    """What to time. The defaults are the paper's training recipe (10 attack steps of eps/4, each
+    method with its class's defaults, SGD momentum 0.9) on the dataset's shape."""
 
     dataset: str = "fashion-mnist"
     model: str = "smallcnn"
@@ -134,16 +139,13 @@ def bench_model(settings: BenchSettings, seed: int | None = None) -> nn.Module:
 
 
 def bench_method(name: str, eps: float, attack_steps: int, precision: str = "float32") -> Method:
-    """A library method by its benchmark name, with the paper's hyperparameters.
+    """A library method by its benchmark name (:data:`METHODS`), with the classes' defaults.
 
     Example: ``bench_method("awp-rat-trades", 8 / 255, 10)`` is AWP(RAT(TRADES)), attack steps of eps / 4."""
-    base_name = name.replace("awp-", "").replace("rat-", "").replace("exact-", "")
-    if base_name not in BASE_METHODS:
-        raise ValueError(f"unknown benchmark configuration {name!r}; expected one of {', '.join(CONFIGS)}")
-    rat = {"alpha": 0.2, "sigma": 1e-4, "taylor": "exact-head" if "-exact-" in name else "analytic"}
-    awp = {"gamma": 5e-3}
-    return compose_method(base_name, eps, steps=attack_steps, step_size=eps / 4, precision=precision, beta=6.0,
-                          rat=rat if "rat-" in name else None, awp=awp if name.startswith("awp-") else None)
+    if name not in METHODS:
+        raise ValueError(f"unknown benchmark configuration {name!r}; expected one of {', '.join(METHODS)}")
+    base, rat, awp = METHODS[name]
+    return compose_method(base, eps, steps=attack_steps, step_size=eps / 4, precision=precision, rat=rat, awp=awp)
 
 
 StepFn = Callable[[nn.Module, torch.optim.Optimizer, Tensor, Tensor, torch.Generator], object]
@@ -156,9 +158,10 @@ def make_step(name: str, settings: BenchSettings) -> StepFn:
         naive = naive_module()
         if naive is None:
             raise FileNotFoundError("benchmarks/naive_trades.py not found; set $RAT_BENCHMARKS_DIR")
-        common = dict(eps=eps, step_size=eps / 4, steps=settings.attack_steps, beta=6.0)
+        rat = bench_method("rat-trades", eps, settings.attack_steps)  # the library's settings, for the naive copies
+        common = dict(eps=eps, step_size=eps / 4, steps=settings.attack_steps, beta=rat.base.beta)
         if name == "naive-rat-trades":
-            loss_fn, common = naive.naive_rat_trades_loss, {**common, "alpha": 0.2, "sigma": 1e-4}
+            loss_fn, common = naive.naive_rat_trades_loss, {**common, "alpha": rat.alpha, "sigma": rat.sigma}
         else:
             loss_fn = naive.naive_trades_loss
 

@@ -3,11 +3,18 @@
 Why plain dataclasses + ``yaml.safe_load``: a run's whole configuration is then one JSON-able
 dict (saved next to every checkpoint), and every mistake is caught once, up front, by
 :func:`validate`, with a one-line :class:`ConfigError` that starts with the dotted field name
-(``method.alpha: must be in [0, 1], got 2.0``) instead of failing hours into training.
+(``method.rat.alpha: must be in [0, 1], got 2.0``) instead of failing hours into training.
 
 Loading order (:func:`load_config`): the ``base:`` chain of YAML files (deep-merged, the
 file itself on top), then the ``section.key=value`` overrides, then type checking and
 coercion (:func:`config_from_dict`), then :func:`validate`.
+
+The method section names the base method and its ``beta``, and holds the wrappers as mappings of
+their constructors' keyword arguments: ``method.rat: {alpha: 0.1}`` is ``RAT(base, alpha=0.1)``,
+``method.rat: null`` no RAT. The defaults live in the classes only (:func:`wrapper_arguments`). The
+flat keys of earlier releases (``method.alpha``, ``method.awp_gamma``, ``rat: true``) are converted
+wherever a config is read (:func:`upgrade_flat_method`), so old files, run directories and
+``--set`` overrides keep their meaning.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import yaml
 # (beta, RAT's, AWP's) are checked by building them (validate). These imports bring in torch.
 from .attacks.pgd import NORMS, PRECISIONS
 from .evaluate import ATTACKS
-from .methods import BASE_METHODS, STEP_PRECISIONS, InvalidSetting, compose_method
+from .methods import AWP, BASE_METHODS, RAT, STEP_PRECISIONS, TRADES, InvalidSetting, Method, compose_method
 
 DEFAULT_PRESET = "fmnist-cpu"
 CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
@@ -92,23 +99,47 @@ class AttackConfig:
     precision: str = "float32"  # "bfloat16": attack under bf16 autocast (faster; docs/performance.md)
 
 
+# the method section's wrappers: its key -> the class whose keyword arguments the key's mapping holds
+WRAPPERS: dict[str, type[Method]] = {"rat": RAT, "awp": AWP}
+
+
+def wrapper_arguments(wrapper: type[Method]) -> dict[str, tuple[Any, Any]]:
+    """The keyword arguments of a wrapper that a config holds, ``{name: (annotation, default)}``, read
+    from the class, so that the config keeps no second copy of them: every field but the method it
+    wraps (``RAT.base``, ``AWP.method``: an object, not a value). Tuples read as lists (YAML has none).
+
+    Example: ``wrapper_arguments(AWP)`` is ``{"gamma": (float | None, None), "warmup": (int, 0)}``."""
+    hints = typing.get_type_hints(wrapper)
+    out = {}
+    for f in dataclasses.fields(wrapper):
+        tp = hints[f.name]
+        if not f.init or (isinstance(tp, type) and issubclass(tp, Method)):
+            continue
+        if typing.get_origin(tp) is tuple:
+            tp = list[typing.get_args(tp)[0]]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[f.name] = (tp, _jsonable(default))
+    return out
+
+
 @dataclass
 class MethodConfig:
     name: str = "trades"  # a base method: a key of ratkit.methods.BASE_METHODS
-    beta: float = 6.0
-    rat: bool = True
-    alpha: float = 0.2
-    sigma: float = 1e-4
-    order: list[int] = field(default_factory=lambda: [1, 2])
-    pairing: str = "fixed"
-    clean_terms: str = "auto"  # RAT's clean-output terms: auto = only for bases with a clean CE (TRADES)
-    noise_layers: str = "conv"
-    # the authors' soft targets (analytic | autograd), exact-head, or its TrH control trh (docs/method.md)
-    taylor: str = "analytic"
-    taylor_sigma: float | None = None  # exact-head and trh: null = relative terms; a float = absolute sigma on the head
-    awp: bool = False
-    awp_gamma: float | None = None  # null: the AWP authors' value for the base, 5e-3 TRADES/MART, 1e-2 AT
-    awp_warmup: int = 0  # AWP from this epoch on, counted from 1 as in the authors' scripts (0 and 1: from the first)
+    beta: float = TRADES.beta  # TRADES' and MART's weight of the robust term (their default); AT has none
+    # the wrappers AWP(RAT(base)): null (or false) = off; a mapping = the wrapper's keyword arguments
+    # (wrapper_arguments), the class's defaults where left out ({}: all of them); true = on, with the
+    # arguments given so far (a base file's, an earlier --set) or the defaults
+    rat: dict | None = field(default_factory=dict)
+    awp: dict | None = None
+
+    def __post_init__(self) -> None:
+        # a wrapper's mapping holds every argument, the class's defaults filled in: a run records all of
+        # them, and a converted flat config equals the same settings written in the nested form
+        for key, wrapper in WRAPPERS.items():
+            given = getattr(self, key)
+            if isinstance(given, dict):
+                defaults = {name: default for name, (_, default) in wrapper_arguments(wrapper).items()}
+                setattr(self, key, {**defaults, **given})
 
 
 @dataclass
@@ -275,12 +306,30 @@ def _unknown(name: str, known) -> ConfigError:
     return ConfigError(f"{name}: unknown field; known: {', '.join(known)}")
 
 
+def _wrapper_settings(key: str, value: Any, strict: bool = False) -> dict | None:
+    """``method.<key>`` checked against the wrapper's arguments (names and types; the wrapper checks
+    their values): None when the wrapper is off, else the mapping with its values coerced."""
+    name, wrapper = f"method.{key}", WRAPPERS[key]
+    arguments = wrapper_arguments(wrapper)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected null (off) or a mapping of {wrapper.__name__}'s arguments "
+                          f"({', '.join(arguments)}), got {value!r}")
+    for arg in value:
+        if arg not in arguments:
+            raise _unknown(f"{name}.{arg}", arguments)
+    return {arg: _coerce(f"{name}.{arg}", v, arguments[arg][0], strict) for arg, v in value.items()}
+
+
 def config_from_dict(d: dict) -> Config:
-    """Build a validated :class:`Config` from plain data; missing keys take the defaults."""
+    """Build a validated :class:`Config` from plain data; missing keys take the defaults. A method
+    section in the flat form of earlier releases is converted (:func:`upgrade_flat_method`)."""
     if d is None:
         d = {}
     if not isinstance(d, dict):
         raise ConfigError(f"config: expected a mapping of sections, got {type(d).__name__}")
+    d = upgrade_flat_method(d)
     sections = {}
     for sec, body in d.items():
         if sec not in SECTIONS:
@@ -294,7 +343,10 @@ def config_from_dict(d: dict) -> Config:
         for key, value in body.items():
             if key not in types_:
                 raise _unknown(f"{sec}.{key}", types_)
-            kwargs[key] = _coerce(f"{sec}.{key}", value, types_[key])
+            if sec == "method" and key in WRAPPERS:
+                kwargs[key] = _wrapper_settings(key, value)
+            else:
+                kwargs[key] = _coerce(f"{sec}.{key}", value, types_[key])
         sections[sec] = SECTIONS[sec](**kwargs)
     cfg = Config(**sections)
     validate(cfg)
@@ -386,13 +438,16 @@ def _validate_attack_and_method(cfg: Config) -> None:
     _choice("attack.norm", a.norm, NORMS)
     _choice("attack.precision", a.precision, PRECISIONS)
     _choice("method.name", me.name, tuple(BASE_METHODS))
-    try:  # the constructors check every setting: RAT's and AWP's even when a wrapper is off, and beta on
-        # every base, though AT has none (so that switching method.name or a wrapper on cannot fail later)
-        settings = method_settings(cfg, every_wrapper=True)
+    for key in WRAPPERS:
+        _wrapper_settings(key, getattr(me, key), strict=True)
+    try:  # the constructors check every setting, and beta on every base, though AT has none (so that
+        # switching method.name cannot fail later)
+        settings = method_settings(cfg)
         for name in BASE_METHODS:
             compose_method(**{**settings, "name": name})
     except InvalidSetting as exc:
-        raise ConfigError(f"{_METHOD_FIELD_PREFIX.get(exc.method, 'method.')}{exc.setting}: {exc.rule}") from None
+        where = {wrapper.__name__: f"method.{key}." for key, wrapper in WRAPPERS.items()}.get(exc.method, "method.")
+        raise ConfigError(f"{where}{exc.setting}: {exc.rule}") from None
     except ValueError as exc:
         raise ConfigError(f"method: {exc}") from None
 
@@ -543,7 +598,7 @@ def _load_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict:
     data = _read_yaml(path)
     base = data.pop("base", None)
     if base is None:
-        return data
+        return upgrade_flat_method(data)
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"base: expected a file name, got {base!r} (in {path})")
     candidate = (path.parent / base).expanduser()
@@ -556,7 +611,53 @@ def _load_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict:
         if found is None:
             raise ConfigError(f"base: {base!r} not found next to {path} nor among the presets")
         base_path = found.resolve()
-    return _deep_merge(_load_chain(base_path, (*stack, path)), data)
+    # converted at every level, so that a file's keys, flat or nested, override its base's
+    return upgrade_flat_method(_deep_merge(_load_chain(base_path, (*stack, path)), _wrapper_switches(data)))
+
+
+# the method keys of the flat MethodConfig of earlier releases: old key -> (wrapper, its argument)
+FLAT_METHOD_KEYS = {"alpha": ("rat", "alpha"), "sigma": ("rat", "sigma"), "order": ("rat", "order"),
+                    "pairing": ("rat", "pairing"), "clean_terms": ("rat", "clean_terms"),
+                    "noise_layers": ("rat", "noise_layers"), "taylor": ("rat", "taylor"),
+                    "taylor_sigma": ("rat", "taylor_sigma"), "awp_gamma": ("awp", "gamma"),
+                    "awp_warmup": ("awp", "warmup")}
+
+
+def _wrapper_switches(d: dict) -> dict:
+    """``d`` with the wrappers' switches as the nested form has them: ``true`` an empty mapping (which
+    merges over a base file's mapping, keeping its arguments), ``false`` null."""
+    method = d.get("method")
+    if not isinstance(method, dict) or not any(isinstance(method.get(key), bool) for key in WRAPPERS):
+        return d
+    switched = {key: ({} if value else None) if isinstance(value, bool) and key in WRAPPERS else value
+                for key, value in method.items()}
+    return {**d, "method": switched}
+
+
+def upgrade_flat_method(d: dict) -> dict:
+    """A raw config mapping with its method section in the nested form (a new dict; ``d`` is left as
+    it is). The flat form of earlier releases means the same there: ``rat: true`` with ``alpha: 0.1``
+    becomes ``rat: {alpha: 0.1}``, ``awp: true`` with ``awp_gamma: 0.01`` becomes ``awp: {gamma: 0.01}``;
+    the flat arguments of a wrapper that is off (``rat: false``, ``awp`` unset) are dropped, as they had
+    no effect. A flat key given beside the wrapper's mapping wins (it is the later ``--set``). As every
+    mapping is then filled in with the class's defaults (:class:`MethodConfig`), a run directory an
+    earlier release wrote is the same run (``train.same_run``) as its settings in the nested form.
+
+    Example: ``upgrade_flat_method({"method": {"rat": True, "alpha": 0.1}})`` is
+    ``{"method": {"rat": {"alpha": 0.1}}}``."""
+    d = _wrapper_switches(d)
+    method = d.get("method")
+    if not isinstance(method, dict) or not set(method) & set(FLAT_METHOD_KEYS):
+        return d
+    method = {key: value for key, value in method.items() if key not in FLAT_METHOD_KEYS}
+    defaults = MethodConfig()
+    for key in WRAPPERS:
+        given = {arg: d["method"][old] for old, (wrapper, arg) in FLAT_METHOD_KEYS.items()
+                 if wrapper == key and old in d["method"]}
+        current = method.get(key, getattr(defaults, key))
+        if given and isinstance(current, dict):
+            method[key] = {**current, **given}
+    return {**d, "method": method}
 
 
 def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
@@ -565,7 +666,9 @@ def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
     ``--out 2024-05-01`` or ``--out null`` name a directory, not a date or None) to a raw
     config dict in place.
 
-    Deeper paths reach into dict fields: ``model.kwargs.hidden=100``.
+    Deeper paths reach into dict fields: ``model.kwargs.hidden=100``, ``method.rat.alpha=0.1`` (which
+    switches RAT on if it was off). The flat method keys of earlier releases (``method.alpha=0.1``,
+    ``method.awp_gamma=0.01``) are accepted and converted by :func:`config_from_dict`.
     """
     typed = isinstance(override, tuple) and len(override) == 2 and isinstance(override[0], str)
     if not typed and (not isinstance(override, str) or "=" not in override):
@@ -579,7 +682,7 @@ def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
     if sec not in SECTIONS:
         raise ConfigError(f"{key}: unknown section {sec!r}; known: {', '.join(SECTIONS)}")
     types_ = _field_types(sec)
-    if name not in types_:
+    if name not in types_ and not (sec == "method" and len(parts) == 2 and name in FLAT_METHOD_KEYS):
         raise _unknown(f"{sec}.{name}", types_)
     try:
         value = override[1] if typed else yaml.safe_load(text)
@@ -588,6 +691,8 @@ def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
     node = d.get(sec)
     if not isinstance(node, dict):
         node = d[sec] = {}
+    if sec == "method" and len(parts) == 2 and name in WRAPPERS and value is True and isinstance(node.get(name), dict):
+        return d  # on already: --rat keeps the arguments given so far
     for p in parts[1:-1]:
         child = node.get(p)
         if not isinstance(child, dict):
@@ -668,31 +773,21 @@ def data_source(cfg: Config):
                       workers=d.workers)
 
 
-# where a method's settings live in MethodConfig: RAT.alpha is method.alpha, AWP.gamma is method.awp_gamma
-_METHOD_FIELD_PREFIX = {"AWP": "method.awp_"}
-
-
-def method_settings(cfg: Config, every_wrapper: bool = False) -> dict:
-    """The configured method as ``compose_method``'s arguments: ``compose_method(**method_settings(cfg))``.
-
-    ``every_wrapper``: RAT's and AWP's settings even where method.rat or method.awp is off (so
-    that :func:`validate` checks them all, and switching a wrapper on cannot fail later)."""
+def method_settings(cfg: Config) -> dict:
+    """The configured method as ``compose_method``'s arguments: ``compose_method(**method_settings(cfg))``."""
     m, a = cfg.method, cfg.attack
     eps, step_size = resolved_attack(cfg)
-    rat = dict(alpha=m.alpha, sigma=m.sigma, order=tuple(m.order), pairing=m.pairing, noise_layers=m.noise_layers,
-               taylor=m.taylor, taylor_sigma=m.taylor_sigma, clean_terms=m.clean_terms)
-    awp = dict(gamma=m.awp_gamma, warmup=m.awp_warmup)
     return dict(name=m.name, eps=eps, steps=a.steps, step_size=step_size, norm=a.norm, precision=a.precision,
-                beta=m.beta, rat=rat if m.rat or every_wrapper else None, awp=awp if m.awp or every_wrapper else None)
+                beta=m.beta, rat=None if m.rat is None else dict(m.rat), awp=None if m.awp is None else dict(m.awp))
 
 
 def method_label(cfg: Config) -> str:
     """Short name of the training method, e.g. ``awp-rat-trades``; used in run directory names."""
     parts = []
-    if cfg.method.awp:
+    if cfg.method.awp is not None:
         parts.append("awp")
-    if cfg.method.rat:
-        parts.append({"exact-head": "rat-exact", "trh": "rat-trh"}.get(cfg.method.taylor, "rat"))
+    if cfg.method.rat is not None:
+        parts.append({"exact-head": "rat-exact", "trh": "rat-trh"}.get(cfg.method.rat.get("taylor"), "rat"))
     parts.append(cfg.method.name)
     return "-".join(parts)
 
@@ -703,6 +798,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "FLAT_METHOD_KEYS",
     "MethodConfig",
     "ModelConfig",
     "OptimConfig",
@@ -720,5 +816,8 @@ __all__ = [
     "protocol_eps",
     "resolved_attack",
     "save_config",
+    "upgrade_flat_method",
     "validate",
+    "WRAPPERS",
+    "wrapper_arguments",
 ]

@@ -308,7 +308,7 @@ def preset_estimate(preset: str, steps: dict[str, dict], costs: dict) -> dict:
     cfg = load_config(preset)
     name, epochs = method_label(cfg), cfg.train.epochs
     steps_per_epoch = (CIFAR10_SIZES["train"] - cfg.data.val_size) // cfg.train.batch_size
-    warm = min(cfg.method.awp_warmup, epochs) if cfg.method.awp else 0
+    warm = min(cfg.method.awp["warmup"], epochs) if cfg.method.awp is not None else 0
     no_awp = name.removeprefix("awp-")
     training_h = {precision: steps_per_epoch * (warm * t["configs"][no_awp]["median_s_per_step"]
                                                 + (epochs - warm) * t["configs"][name]["median_s_per_step"]) / 3600

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import any_rank, average, unwrap
-from .base import InvalidSetting, LossOutput, Method, NonFiniteLossError, StepPrecision
+from .base import BaseMethod, InvalidSetting, LossOutput, Method, NonFiniteLossError, StepPrecision
 
 _EPS = 1e-20
 
@@ -77,7 +77,7 @@ class AWP(Method):
         if not isinstance(self.method, Method):
             raise TypeError(f"AWP wraps a method, got {type(self.method).__name__}")
         if self.gamma is None:
-            self.gamma = getattr(innermost(self.method), "awp_gamma", 5e-3)
+            self.gamma = getattr(innermost(self.method), "awp_gamma", BaseMethod.awp_gamma)
         if self.gamma < 0:
             raise InvalidSetting("AWP", "gamma", f"must be >= 0, got {self.gamma}")
         if self.warmup < 0:
