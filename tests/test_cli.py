@@ -7,7 +7,7 @@ import torch
 
 from helpers import run_rat as _rat
 
-from ratkit.checkpoint import save_model
+from ratkit.checkpoints import save_model
 from ratkit.cli import main
 from ratkit.models import build_model, model_spec
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from ratkit.bench import ratio_ci
-from ratkit.device_check import (EXIT_NO_DEVICE, RATIOS, PRESETS, TIMED_CONFIGS, TOLERANCES, DeviceCheckSettings,
-                                 Net, median_ci, format_check, preset_estimate, run_device_check, step_errors)
+from ratkit.bench.device_check import (EXIT_NO_DEVICE, RATIOS, PRESETS, TIMED_CONFIGS, TOLERANCES,
+                                       DeviceCheckSettings, Net, median_ci, format_check, preset_estimate,
+                                       run_device_check, step_errors)
 
 ROOT = Path(__file__).resolve().parents[1]
 

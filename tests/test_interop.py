@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ratkit.checkpoint import load_model, save_model
-from ratkit.interop import InteropError, add_commands, export_checkpoint, import_state_dict
+from ratkit.checkpoints import InteropError, export_checkpoint, import_state_dict, load_model, save_model
+from ratkit.checkpoints.foreign import add_commands
 from ratkit.models import build_model, model_spec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "interop.md"

@@ -71,7 +71,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 def run_eval(model, meta: dict, args, device: torch.device, label: str, state_dir: Path | None = None):
     """Load the test split the checkpoint was trained for and run the protocol on it; ``state_dir``
     keeps per-batch results so that a rerun of an interrupted evaluation resumes."""
-    from .checkpoint import check_model_fits_data
+    from .checkpoints import check_model_fits_data
     from .data.user import source_info
     from .evaluate import (DEFAULT_ATTACKS, check_protocol_norm, evaluate_test_set, format_report, paper_eps,
                            parse_attacks, save_adversarial, write_report_files)
@@ -117,7 +117,7 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
 def checkpoint_data(meta: dict, args):
     """The data a checkpoint is evaluated on (:func:`ratkit.checkpoint.recorded_data`), with the
     command line's ``--dataset``/``--data-dir``/``--eps``."""
-    from .checkpoint import recorded_data
+    from .checkpoints import recorded_data
 
     return recorded_data(meta, dataset=getattr(args, "dataset", None), data_dir=getattr(args, "data_dir", None),
                          eps=getattr(args, "eps", None))
@@ -144,7 +144,7 @@ def eval_state_dir(args) -> Path | None:
     """Where ``rat eval`` keeps its per-batch results: --state-dir, else beside the checkpoint
     (``best.safetensors`` -> ``best.eval-state/``) when that directory is writable; none with
     --no-resume or for an untrained model."""
-    from .checkpoint import checkpoint_path
+    from .checkpoints import checkpoint_path
 
     if args.no_resume:
         return None
@@ -159,7 +159,7 @@ def eval_state_dir(args) -> Path | None:
 def cmd_eval(args) -> int:
     import torch
 
-    from .checkpoint import load_model
+    from .checkpoints import load_model
     from .data import dataset_info
     from .distributed import init_from_environment, rank_device
     from .models import build_model, model_kwargs_for, model_spec
@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets (rat train --config NAME) with what each is")
     p.set_defaults(func=cmd_presets)
 
-    from .interop import add_commands
+    from .checkpoints.foreign import add_commands
 
     add_commands(sub)  # rat import, rat export
     _add_eval_command(sub)
@@ -650,10 +650,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from .checkpoint import CheckpointError
+    from .checkpoints import CheckpointError, InteropError
     from .config import ConfigError
     from .data import DataError
-    from .interop import InteropError
     from .preemption import Preempted
 
     args = build_parser().parse_args(argv)

@@ -138,7 +138,7 @@ def load_checkpoint_examples(
     built-in). ``model_code``: see :func:`ratkit.checkpoint.load_model`. Raises
     ``CheckpointError``/``DataError`` with a one-line reason.
     """
-    from ..checkpoint import check_model_fits_data, checkpoint_path, load_model, recorded_data
+    from ..checkpoints import check_model_fits_data, checkpoint_path, load_model, recorded_data
     from ..data.user import load_split, source_info
 
     if n < 1:

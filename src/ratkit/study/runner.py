@@ -43,7 +43,7 @@ def selected_runs(grid: StudyGrid, only: list[str] | None) -> list[str]:
 
 
 def _training_complete(run_dir: Path, epochs: int) -> bool:
-    from ..checkpoint import read_checkpoint_meta
+    from ..checkpoints import read_checkpoint_meta
 
     if not (run_dir / "last.safetensors").exists():
         return False

@@ -160,8 +160,8 @@ def _file_sha256(path: Path) -> str:
 
 def _model_kwargs(dataset: str, model: str, mean, std, model_kwargs) -> dict[str, Any]:
     """Constructor arguments as training would pass them, with no normalisation by default."""
-    from .data import DataError, dataset_info
-    from .models import model_kwargs_for
+    from ..data import DataError, dataset_info
+    from ..models import model_kwargs_for
 
     try:
         info = dataset_info(dataset)
@@ -184,10 +184,10 @@ def import_user_model(path, model: str, source, out, mean=None, std=None, model_
     Example: ``import_user_model("net.pt", "nets:Net", DataSource("folder", data_dir="imgs"), "net.safetensors")``"""
     import dataclasses
 
-    from .checkpoint import save_model
-    from .data import DataError
-    from .data.user import source_info
-    from .models import build_user_model
+    from .native import save_model
+    from ..data import DataError
+    from ..data.user import source_info
+    from ..models import build_user_model
 
     path = Path(path)
     raw, found = read_state_dict(path)
@@ -219,8 +219,8 @@ def import_user_model(path, model: str, source, out, mean=None, std=None, model_
 
 
 def _import(path, model, dataset, out, mean, std, model_kwargs) -> tuple[Path, dict[str, Any]]:
-    from .checkpoint import save_model
-    from .models import build_from_spec, model_spec
+    from .native import save_model
+    from ..models import build_from_spec, model_spec
 
     path = Path(path)
     raw, found = read_state_dict(path)
@@ -306,8 +306,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, model_code=None) 
 
         export_checkpoint("runs/cifar10-trades/best.safetensors", "trades.pt")
     """
-    from .checkpoint import CheckpointError, checkpoint_path, load_model
-    from .models.registry import resolve
+    from .native import CheckpointError, checkpoint_path, load_model
+    from ..models.registry import resolve
 
     out = Path(out)
     if out.suffix == ".json":
@@ -317,7 +317,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, model_code=None) 
     except CheckpointError as exc:
         raise InteropError(str(exc)) from None
     spec = meta["model"]
-    from .models import is_user_model
+    from ..models import is_user_model
 
     if is_user_model(spec["name"]):  # the user's own module: its own keys, rebuilt by their code
         state = {k: v.detach().cpu().contiguous() for k, v in net.net.state_dict().items()}
@@ -351,8 +351,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, model_code=None) 
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from .data.user import FILE_DATASETS, DataSource
-    from .models import is_user_model
+    from ..data.user import FILE_DATASETS, DataSource
+    from ..models import is_user_model
 
     if is_user_model(args.model):
         source = DataSource(args.dataset, data_dir=args.data_dir, eps=args.eps,
@@ -372,7 +372,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .models import ModelCodePolicy
+    from ..models import ModelCodePolicy
 
     policy = ModelCodePolicy.from_flags(args.model, args.trust_model_code)
     print("wrote {}, {}".format(*export_checkpoint(args.checkpoint, args.out, policy)))

@@ -38,29 +38,29 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed
-from .attacks import BatchShard
-from .checkpoint import (CheckpointError, atomic_write_bytes, checkpoint_path, check_model_fits_data, load_model,
-                         read_checkpoint, read_checkpoint_meta)
-from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
-                     evaluation_eps, method_label, method_settings, resolved_attack, save_config)
-from .data import augment, iterate_batches, split_train_val
-from .data.streaming import StreamedData, iterate_streamed_batches
-from .data.user import data_fingerprint, fingerprint_difference, load_split, source_info, with_statistics
-from .device import resolve_device
-from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
-from .methods import Method, NonFiniteLossError, StepPrecision, compose_method
-from .preemption import Preempted
-from .models import build_from_spec, model_kwargs_for, model_spec
-from .models.user import ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
+from .. import distributed
+from ..attacks import BatchShard
+from ..checkpoints import (CheckpointError, atomic_write_bytes, checkpoint_path, check_model_fits_data, load_model,
+                           read_checkpoint, read_checkpoint_meta)
+from ..config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
+                      evaluation_eps, method_label, method_settings, resolved_attack, save_config)
+from ..data import augment, iterate_batches, split_train_val
+from ..data.streaming import StreamedData, iterate_streamed_batches
+from ..data.user import data_fingerprint, fingerprint_difference, load_split, source_info, with_statistics
+from ..device import resolve_device
+from ..evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
+from ..methods import Method, NonFiniteLossError, StepPrecision, compose_method
+from ..preemption import Preempted
+from ..models import build_from_spec, model_kwargs_for, model_spec
+from ..models.user import ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
 
 # the trainer's observers and state (ratkit.training); imported here, also for the callers of ratkit.train
-from .training.checkpoints import BestCheckpoint, LastCheckpoint
-from .training.collapse import robust_collapse
-from .training.run_log import RunLog, plot_curves
-from .training.state import EpochSums, Progress
-from .training.stopping import (StepBoundaryInterrupt, StopConditions, TrainingInterrupted, TrainingPreempted,
-                                TrainingStopped)
+from .checkpoints import BestCheckpoint, LastCheckpoint
+from .collapse import robust_collapse
+from .run_log import RunLog, plot_curves
+from .state import EpochSums, Progress
+from .stopping import (StepBoundaryInterrupt, StopConditions, TrainingInterrupted, TrainingPreempted,
+                       TrainingStopped)
 
 
 # ----------------------------------------------------------------------------- building

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, read_checkpoint, save_model
+from ..checkpoints import CheckpointError, read_checkpoint, save_model
 from ..methods import StepPrecision
 from .state import Progress
 

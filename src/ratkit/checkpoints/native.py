@@ -168,7 +168,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         print(meta["dataset"], meta["model"]["name"])
         model, meta = load_model("runs/mine", model_code=ModelCodePolicy(allowed="nets:Net"))
     """
-    from .models import UntrustedModelCode, build_from_spec
+    from ..models import UntrustedModelCode, build_from_spec
 
     tensors, meta = read_checkpoint(path, device)
     spec = meta.get("model")
@@ -195,7 +195,7 @@ def trained_shape(meta: dict[str, Any]) -> tuple[tuple[int, ...] | None, int | N
     data = meta.get("data")
     if isinstance(data, dict) and data.get("image_shape"):
         return tuple(int(d) for d in data["image_shape"]), data.get("num_classes")
-    from .data import DATASETS
+    from ..data import DATASETS
 
     info = DATASETS.get(meta.get("dataset"))
     if info is not None:
@@ -231,8 +231,8 @@ def recorded_data(meta: dict[str, Any], dataset: str | None = None, data_dir: st
     Example: ``source_info(recorded_data(read_checkpoint("runs/a/best")[1])).num_classes``"""
     import dataclasses
 
-    from .config import ConfigError, config_from_dict, data_source
-    from .data.user import DataSource
+    from ..config import ConfigError, config_from_dict, data_source
+    from ..data.user import DataSource
 
     recorded = None
     if isinstance(meta.get("data_source"), dict):  # rat import of a user's model: its data as given there

@@ -162,7 +162,7 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         report = _evaluate_given(out, load_run_config(out), test, info, quiet)
     best = out / "best.safetensors"
     if best.exists():
-        from ..checkpoint import read_checkpoint
+        from ..checkpoints import read_checkpoint
 
         tensors, _ = read_checkpoint(best)
         wrapped.load_state_dict({k[len("model/"):]: v.to(next(wrapped.parameters()).device)
@@ -180,7 +180,7 @@ def _evaluate_given(run_dir: Path, cfg, test, info: DatasetInfo, quiet: bool) ->
     """The protocol (``eval.*`` of the run's config) on the best checkpoint, on in-memory test data."""
     import json
 
-    from ..checkpoint import load_model
+    from ..checkpoints import load_model
     from ..config import evaluation_eps
     from ..device import resolve_device
     from ..evaluate import evaluate, format_report, parse_attacks

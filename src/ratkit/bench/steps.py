@@ -45,9 +45,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import dataset_info
-from .methods import BASE_METHODS, Method, StepPrecision, compose_method
-from .models import build_model, model_kwargs_for
+from ..data import dataset_info
+from ..methods import BASE_METHODS, Method, StepPrecision, compose_method
+from ..models import build_model, model_kwargs_for
 
 BENCHMARKS_DIR_ENV = "RAT_BENCHMARKS_DIR"
 
@@ -116,7 +116,7 @@ class BenchSettings:
 
 def naive_module():
     """``benchmarks/naive_trades.py`` (or $RAT_BENCHMARKS_DIR's), or None outside a source tree."""
-    root = os.environ.get(BENCHMARKS_DIR_ENV) or Path(__file__).resolve().parents[2] / "benchmarks"
+    root = os.environ.get(BENCHMARKS_DIR_ENV) or Path(__file__).resolve().parents[3] / "benchmarks"
     path = Path(root) / "naive_trades.py"
     if not path.exists():
         return None
@@ -404,10 +404,10 @@ def step_peak_memory(name: str, settings: BenchSettings) -> dict:
 def measure_memory(name: str, settings: BenchSettings) -> dict:
     """:func:`step_peak_memory` in a fresh subprocess, so configurations cannot affect each other."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    src = str(Path(__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     payload = json.dumps({"name": name, "settings": asdict(settings)})
-    proc = subprocess.run([sys.executable, "-c", "import sys; from ratkit.bench import _memory_worker; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; from ratkit.bench.steps import _memory_worker; "
                            "_memory_worker(sys.argv[1])", payload],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
