@@ -113,7 +113,8 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
     from ..config import load_config
     from ..models import WrappedModel, find_classifier_head, wrap
     from ..models.user import user_model_spec
-    from ..train import load_run_config, resume_config, train as run_training
+    from .loop import train as run_training
+    from .rundir import load_run_config, resume_config
 
     x, y = _as_tensors(train, "train")
     classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
