@@ -45,12 +45,12 @@ from ..attacks import pgd
 from ..config import load_config, method_label
 from ..data import dataset_info
 from ..data.synthetic import synthetic_data
-from ..device import resolve_device
+from ..device import environment, resolve_device
 from ..evaluate import evaluate, parse_attacks, protocol_attack, strict_float32
 from ..models import build_model, model_kwargs_for
 from ..modes import model_mode
-from .steps import (TARGETS, TIME_RATIOS, BenchSettings, bench_method, dominant_precision, environment, ratio_ci,
-                    ratios, summarise_times, time_configs)
+from .steps import (TARGETS, TIME_RATIOS, BenchSettings, bench_method, dominant_precision, ratio_ci, ratios,
+                    summarise_times, time_configs)
 
 EXIT_NO_DEVICE = 69  # sysexits.h EX_UNAVAILABLE: nothing to check on this machine; not a failure of the check
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..data import dataset_info
+from ..device import environment
 from ..methods import BASE_METHODS, Method, StepPrecision, compose_method
 from ..models import build_model, model_kwargs_for
 
@@ -466,21 +466,6 @@ def width_kwargs(model: str, kwargs: dict, multiplier: float) -> tuple[str, dict
 
 
 # ----------------------------------------------------------------------------- the whole run
-
-
-def environment(device: str) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                env["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return env
 
 
 def ratios(configs: dict[str, dict], memory: dict[str, dict] | None) -> dict[str, float]:

@@ -82,8 +82,7 @@ def record_run(grid: StudyGrid, name: str, seed: int, run_dir: Path, *, quiet: b
     Needs only ``best.*`` and ``metrics.jsonl``, so a run trained elsewhere can be evaluated on
     another machine without its ``last`` checkpoint (the record says where the evaluation ran);
     a grid's ``last`` is then left out, and added later when the checkpoint is there."""
-    from ..bench import environment
-    from ..device import resolve_device
+    from ..device import environment, resolve_device
     from ..train import evaluate_run
 
     cfg = run_config(grid, name, seed)
