@@ -14,7 +14,6 @@ See docs/interop.md for which script needs which.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import json
@@ -218,7 +217,8 @@ def import_user_model(path, model: str, source, out, mean=None, std=None, model_
     return save_model(out, net, spec, meta), {**meta, "model": spec}
 
 
-def _import(path, model, dataset, out, mean, std, model_kwargs) -> tuple[Path, dict[str, Any]]:
+def import_layout(path, model, dataset, out, mean, std, model_kwargs) -> tuple[Path, dict[str, Any]]:
+    """:func:`import_state_dict`, returning the checkpoint's metadata as well (``rat import`` prints it)."""
     from .native import save_model
     from ..models import build_from_spec, model_spec
 
@@ -291,7 +291,7 @@ def import_state_dict(
 
         import_state_dict("model-wideres-epoch76.pt", "wrn-34-10", "cifar10", "trades.safetensors")
     """
-    return _import(path, model, dataset, out, mean, std, model_kwargs)[0]
+    return import_layout(path, model, dataset, out, mean, std, model_kwargs)[0]
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, model_code=None) -> tuple[Path, Path]:
@@ -348,65 +348,3 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, model_code=None) 
     json_path = out.with_suffix(".json")
     json_path.write_text(json.dumps(recipe, indent=2) + "\n")
     return out, json_path
-
-
-def _cmd_import(args: argparse.Namespace) -> int:
-    from ..data.user import FILE_DATASETS, DataSource
-    from ..models import is_user_model
-
-    if is_user_model(args.model):
-        source = DataSource(args.dataset, data_dir=args.data_dir, eps=args.eps,
-                            channels=args.channels, image_size=tuple(args.image_size) if args.image_size else None)
-        path, meta = import_user_model(args.state_dict, args.model, source, args.out, args.mean, args.std,
-                                       head=args.head)
-        print(f"{meta['imported_from']['file']}: {args.model} (head {meta['model']['head']}) for {args.dataset}; "
-              f"wrote {path}")
-        return 0
-    if args.dataset in FILE_DATASETS:
-        raise InteropError(f"--dataset {args.dataset}: your own data goes with your own model (--model module:callable)")
-    path, meta = _import(args.state_dict, args.model, args.dataset, args.out, args.mean, args.std, None)
-    kw, source = meta["model"]["kwargs"], meta["imported_from"]
-    print(f"{source['file']}: layout {source['layout']} -> {meta['model']['name']} ({meta['dataset']}, "
-          f"mean {kw['mean']}, std {kw['std']}); wrote {path}")
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from ..models import ModelCodePolicy
-
-    policy = ModelCodePolicy.from_flags(args.model, args.trust_model_code)
-    print("wrote {}, {}".format(*export_checkpoint(args.checkpoint, args.out, policy)))
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    """Register ``rat import`` and ``rat export`` on the CLI's subparsers."""
-    p = subparsers.add_parser("import", help="turn a plain PyTorch state dict (TRADES, AWP, ...) into a checkpoint")
-    p.add_argument("state_dict", type=Path, help=".pt/.pth file (read with weights_only=True)")
-    p.add_argument("--model", default=None,
-                   help="ratkit model, e.g. wrn-34-10, preactresnet18 (default: what the file looks like), or your "
-                        "own module.path:callable whose state dict the file is (its own keys)")
-    p.add_argument("--dataset", required=True, help="dataset the weights were trained on, e.g. cifar10")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--mean", type=float, nargs="+", default=None,
-                   help="normalisation the authors' script applied before the network (default 0: none)")
-    p.add_argument("--std", type=float, nargs="+", default=None, help="see --mean (default 1)")
-    p.add_argument("--data-dir", default=None, help="your own data (--dataset folder or npz): its directory")
-    p.add_argument("--eps", type=float, default=None, help="your own data: the threat radius to record")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="your own folder data: force channels")
-    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="your own folder data: the size images are resized to")
-    p.add_argument("--head", default=None, help="your own model: the path of its classifier nn.Linear "
-                                                "(default: found by the number of classes)")
-    p.set_defaults(func=_cmd_import)
-
-    p = subparsers.add_parser("export", help="write a checkpoint's model as a plain state dict plus a JSON recipe")
-    p.add_argument("checkpoint", help="run directory (uses best.safetensors) or .safetensors file")
-    p.add_argument("--out", type=Path, required=True, help="state dict to write (FILE.pt); FILE.json goes beside")
-    # the flags of cli.add_model_code_args (the library does not import the CLI; they join it when
-    # rat import/export move into cli.py, issue 33)
-    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
-                   help="allow importing this model code, which the checkpoint names (your own model)")
-    p.add_argument("--trust-model-code", action="store_true",
-                   help="allow importing whatever model code the checkpoint names")
-    p.set_defaults(func=_cmd_export)
