@@ -1,4 +1,4 @@
-"""Specifications of the device check (`scripts/device_check.sh`, `ratkit.device_check`), run here on
+"""Specifications of the device check (`scripts/device_check.sh`, `ratkit.bench.device_check`), run here on
 the CPU against the CPU with tiny sizes, so that the GPU script cannot rot between GPU runs."""
 
 import json

@@ -1,4 +1,4 @@
-"""Specifications of the trainer's observers and state (ratkit.training), apart from the loop."""
+"""Specifications of the trainer's observers and state (ratkit.train), apart from the loop."""
 
 import json
 

@@ -116,7 +116,7 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
 
 
 def checkpoint_data(meta: dict, args):
-    """The data a checkpoint is evaluated on (:func:`ratkit.checkpoint.recorded_data`), with the
+    """The data a checkpoint is evaluated on (:func:`ratkit.checkpoints.recorded_data`), with the
     command line's ``--dataset``/``--data-dir``/``--eps``."""
     from .checkpoints import recorded_data
 

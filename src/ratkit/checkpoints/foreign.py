@@ -1,4 +1,4 @@
-"""``rat import`` / ``rat export``: plain PyTorch state dicts in and out of ratkit checkpoints.
+"""Plain PyTorch state dicts in and out of ratkit checkpoints (``rat import`` / ``rat export``).
 
 Published robust models (TRADES, MART, AWP, RAT, robust-overfitting) ship as ``.pt`` state
 dicts of the authors' own modules.  Importing renames their tensors onto ratkit's models

@@ -237,7 +237,7 @@ def evaluate(
     on those examples, where every attack ran. ``keep_adversarial`` keeps, per example, the
     input of the worst case (:func:`worst_case_examples`) in ``report.adversarial``.
     ``state_dir`` keeps every attack's per-batch results on disk until the report is complete, so a
-    rerun of an interrupted evaluation resumes there, to identical numbers (:mod:`ratkit.eval_chunks`).
+    rerun of an interrupted evaluation resumes there, to identical numbers (:mod:`ratkit.evaluate.chunks`).
 
     Under torchrun the batches are dealt out to the ranks (batch k to rank k mod N), each
     attacked exactly as one process would attack it, and the per-example results are summed
