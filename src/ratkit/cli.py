@@ -384,6 +384,7 @@ def _study_grid(args):
 
 def cmd_study(args) -> int:
     from .study import StudyError, run_study, run_study_parallel, write_aggregate
+    from .study.lock import EXIT_IN_USE, RunInUse
 
     grid_path, grid, seeds = _study_grid(args)
     results = Path(args.results or Path("docs") / "results" / grid.name)
@@ -392,11 +393,17 @@ def cmd_study(args) -> int:
     common = dict(seeds=seeds, log=log, aggregate_after=not args.no_aggregate, evaluate_only=args.evaluate_only)
     try:
         only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
-        if args.jobs < 1:
+        if args.jobs is not None and args.jobs < 1:
             raise StudyError(f"--jobs: must be >= 1, got {args.jobs}")
+        spec = _study_executor(args)
         if args.aggregate_only:
             result = write_aggregate(grid, results)
-        elif args.jobs > 1:
+        elif spec is not None:
+            from .study.cluster import run_study_jobs
+
+            result = run_study_jobs(grid_path, grid, out, results, spec, jobs=args.jobs, only=only,
+                                    child_args=["--commit"] if args.commit else [], **common)
+        elif (args.jobs or 1) > 1:
             result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, only=only,
                                         child_args=["--commit"] if args.commit else [], **common)
         else:
@@ -404,11 +411,32 @@ def cmd_study(args) -> int:
             result = run_study(grid, out, results, only=only, quiet=args.quiet, on_result=on_result, **common)
     except StudyError as exc:
         raise UserError(str(exc)) from None
+    except RunInUse:  # --no-aggregate: runs left to the process that has them (logged); the executor waits
+        return EXIT_IN_USE
     if args.no_aggregate:
         return 0
     print((results / "results.md").read_text(), end="")
     print(f"wrote {results / 'results.json'}, {results / 'results.md'}" + "".join(f", {f}" for f in result["files"]))
     return 0
+
+
+def _study_executor(args):
+    """``rat study --executor local|slurm`` and its flags as an ExecutorSpec; None for ``process``."""
+    from .study import StudyError
+
+    if args.executor == "process":
+        given = [f for f in ("partition", "time", "gpus_per_job", "cpus_per_job", "sbatch", "executor_dir")
+                 if getattr(args, f) not in (None, [])]
+        if given:
+            raise StudyError(f"{', '.join('--' + f.replace('_', '-') for f in given)}: only with --executor "
+                             f"local or slurm")
+        return None
+    from .study.cluster import ExecutorSpec, parse_sbatch, parse_time
+
+    return ExecutorSpec(args.executor, partition=args.partition,
+                        time_min=None if args.time is None else parse_time(args.time),
+                        gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+                        sbatch=parse_sbatch(args.sbatch), folder=args.executor_dir)
 
 
 def _analysis_common(args) -> dict:
@@ -615,13 +643,34 @@ def _add_study_command(sub) -> None:
     p.add_argument("--commit", action="store_true", help="git-commit each run's result file as it finishes, "
                    "with the aggregate remade from all result files")
     p.add_argument("--aggregate-only", action="store_true", help="only aggregate the result files there are")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs at a time, each in its own process (default 1; more for a GPU or many cores)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs at a time, each in its own process (default 1; more for a GPU or many cores); "
+                        "with --executor local or slurm, jobs queued at a time (default all)")
     p.add_argument("--no-aggregate", action="store_true", help="run, but leave the aggregate for later")
     p.add_argument("--evaluate-only", action="store_true",
                    help="train nothing: evaluate and measure the trained runs in --out that have no result yet")
     p.add_argument("--quiet", action="store_true")
+    _add_study_executor_args(p)
     p.set_defaults(func=cmd_study)
+
+
+def _add_study_executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("executor", "where each run goes; local and slurm need submitit "
+                                         "(pip install 'ratkit[cluster]'), see docs/scaling.md")
+    g.add_argument("--executor", choices=("process", "local", "slurm"), default="process",
+                   help="process: local processes, --jobs at a time (default); slurm: each run a SLURM job "
+                        "that requeues itself when preempted and resumes; local: the same jobs on this machine")
+    g.add_argument("--partition", default=None, metavar="P", help="SLURM partition")
+    g.add_argument("--time", default=None, metavar="MIN|H:MM:SS",
+                   help="each job's time limit, minutes or [D-]H:MM:SS (required with slurm); "
+                        "a run that needs longer is requeued and resumes")
+    g.add_argument("--gpus-per-job", type=int, default=None, metavar="N",
+                   help="GPUs per job (local: the first N are visible)")
+    g.add_argument("--cpus-per-job", type=int, default=None, metavar="N", help="CPUs per job")
+    g.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further sbatch parameter, repeatable: --sbatch account=myproj --sbatch mem=32G")
+    g.add_argument("--executor-dir", type=Path, default=None, metavar="DIR",
+                   help="submitit's job files and logs (default: OUT/submitit)")
 
 
 def _add_landscape_command(sub) -> None:

@@ -4,6 +4,8 @@
 * :mod:`.runner`: training, evaluating and recording each (configuration, seed), resumably, one
   at a time or each in its own process; every result file is handed to an ``on_result`` callback
   (the command line's ``--commit`` commits it: the library never runs git);
+* :mod:`.cluster`: each run as a submitit job instead (``--executor slurm``, or ``local``), which
+  requeues itself when preempted and resumes (submitit is imported only to submit);
 * :mod:`.measurements`: what is measured beyond the protocol (the last checkpoint, Hessian,
   landscape, output scale), as a registry; a measurement added to a grid later is added to the
   existing result files from the run directories, without retraining;
@@ -17,6 +19,7 @@
 """
 
 from .aggregate import FLATNESS_KEYS, aggregate, epoch_seconds, flatness_values, paired_t_p_value
+from .cluster import ExecutorSpec, run_study_jobs
 from .grid import (
     DEFAULT_EVAL,
     EvalSpec,
@@ -50,6 +53,7 @@ __all__ = [
     "FLATNESS_KEYS",
     "MEASUREMENTS",
     "EvalSpec",
+    "ExecutorSpec",
     "HessianSpec",
     "LandscapeSpec",
     "MeasuredRun",
@@ -78,6 +82,7 @@ __all__ = [
     "run_key",
     "run_one",
     "run_study",
+    "run_study_jobs",
     "run_study_parallel",
     "selected_runs",
     "unavailable_measurements",

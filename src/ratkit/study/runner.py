@@ -8,7 +8,12 @@
   stopped, and on a new machine it picks up from the committed result files;
 * a result file that lacks a measurement the grid now asks for gets just that measurement added
   from the run directory, when its checkpoint is still there (:mod:`.measurements`); nothing is
-  retrained or re-evaluated.
+  retrained or re-evaluated;
+* one process at a time works on a run: it holds ``OUT/<config>-seed<s>.lock`` (:mod:`.lock`).
+  A second ``rat study`` on the same ``OUT`` leaves a run it finds in use to the process that has
+  it and, before it aggregates, waits until that process is done with it; with
+  ``--no-aggregate`` it exits 73 instead (``rat study --only NAME --seeds S``, as every executor
+  runs a run: the executor then waits).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Callable, Sequence
 
 from ..config import config_to_dict
 from .grid import StudyError, StudyGrid, run_config, run_key
+from .lock import EXIT_IN_USE, RunInUse, hold_run, wait_for_runs
 from .measurements import add_measurement, measurement_checkpoint, missing_measurements, unavailable_measurements
 from .records import report_accuracy, write_json_atomic
 from .report import write_aggregate
@@ -158,28 +164,55 @@ def run_study(grid: StudyGrid, out_dir: str | os.PathLike, results_dir: str | os
     out_dir, results_dir = Path(out_dir), Path(results_dir)
     seeds = grid.seeds if seeds is None else seeds
     names = selected_runs(grid, only)
+    in_use = []
     for seed in seeds:  # seed-major: after the first seed every configuration has a result
         for name in names:
             key = run_key(name, seed)
             result = results_dir / f"{key}.json"
-            done = _study_run(grid, name, seed, out_dir, result, evaluate_only=evaluate_only, quiet=quiet, log=log)
-            if done is None:
-                continue
-            record, message = done
-            write_json_atomic(result, record)
-            log(f"{key}: done, {result}")
-            if on_result is not None:
-                on_result([result], message)
+            try:
+                with hold_run(out_dir, key, log=log):
+                    done = _study_run(grid, name, seed, out_dir, result, evaluate_only=evaluate_only,
+                                      quiet=quiet, log=log)
+                    if done is None:
+                        continue
+                    record, message = done
+                    write_json_atomic(result, record)
+                    log(f"{key}: done, {result}")
+                    if on_result is not None:
+                        on_result([result], message)
+            except RunInUse as exc:
+                log(str(exc))
+                in_use.append(key)
+    return finish_study(grid, out_dir, results_dir, in_use, aggregate_after=aggregate_after, log=log)
+
+
+def finish_study(grid: StudyGrid, out_dir: Path, results_dir: Path, in_use: Sequence[str], *,
+                 aggregate_after: bool, log: Log) -> dict | None:
+    """The aggregate (unless not asked), once the runs left to another process (``in_use``) are
+    no longer in its hands; without the aggregate, :class:`~.lock.RunInUse` names those runs."""
+    if in_use and not aggregate_after:
+        raise RunInUse(in_use, f"left to the processes that have them: {', '.join(in_use)}")
+    wait_for_runs(out_dir, in_use, log=log)
+    for key in in_use:
+        if not (results_dir / f"{key}.json").exists():
+            log(f"{key}: the process that had it ended without a result; running the study again runs it")
     return write_aggregate(grid, results_dir) if aggregate_after else None
+
+
+def study_command(grid_path, name: str, seed: int, out_dir: Path, results_dir: Path,
+                  flags: Sequence[str] = ()) -> list[str]:
+    """The command line that runs one (configuration, seed) of a study on its own:
+    ``rat study --only NAME --seeds S --no-aggregate``, as every executor runs it."""
+    return [sys.executable, "-m", "ratkit", "study", "--grid", str(grid_path), "--only", name,
+            "--seeds", str(seed), "--out", str(out_dir), "--results", str(results_dir), "--no-aggregate", *flags]
 
 
 def _start_run(grid_path, name: str, seed: int, out_dir: Path, results_dir: Path, flags: Sequence[str],
                log: Log) -> tuple[str, subprocess.Popen, object]:
     """``rat study --only NAME --seeds S`` in its own process, its output in ``OUT/<config>-seed<s>.log``."""
     key = run_key(name, seed)
-    cmd = [sys.executable, "-m", "ratkit", "study", "--grid", str(grid_path), "--only", name,
-           "--seeds", str(seed), "--out", str(out_dir), "--results", str(results_dir), "--no-aggregate", *flags]
-    logfile = open(out_dir / f"{key}.log", "w")
+    cmd = study_command(grid_path, name, seed, out_dir, results_dir, flags)
+    logfile = open(out_dir / f"{key}.log", "a")  # appended: a second study's process on the run must not empty it
     log(f"{key}: started (log {out_dir / f'{key}.log'})")
     return key, subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT), logfile
 
@@ -203,7 +236,7 @@ def run_study_parallel(grid_path: str | os.PathLike, grid: StudyGrid, out_dir: s
     queue = [(name, seed) for seed in (grid.seeds if seeds is None else seeds) for name in names]
     flags = [*child_args, *(["--evaluate-only"] if evaluate_only else [])]
     out_dir.mkdir(parents=True, exist_ok=True)
-    running, failed = [], []
+    running, failed, in_use = [], [], []
     while queue or running:
         while queue and len(running) < jobs:
             running.append(_start_run(grid_path, *queue.pop(0), out_dir, results_dir, flags, log))
@@ -212,9 +245,13 @@ def run_study_parallel(grid_path: str | os.PathLike, grid: StudyGrid, out_dir: s
             key, proc, logfile = item
             logfile.close()
             running.remove(item)
+            if proc.returncode == EXIT_IN_USE:
+                in_use.append(key)
+                log(f"{key}: in use by another process; left to it (see {out_dir / f'{key}.log'})")
+                continue
             if proc.returncode != 0:
                 failed.append(key)
             log(f"{key}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}")
     if failed:
         log(f"failed runs (see their logs in {out_dir}): {', '.join(failed)}")
-    return write_aggregate(grid, results_dir) if aggregate_after else None
+    return finish_study(grid, out_dir, results_dir, in_use, aggregate_after=aggregate_after, log=log)
