@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from ratkit.bench import CONFIGS, BenchSettings, _runner, _synthetic_batches
+from ratkit.bench.steps import CONFIGS, BenchSettings, _runner, _synthetic_batches
 
 
 def main() -> None:

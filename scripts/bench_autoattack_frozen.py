@@ -18,7 +18,7 @@ import time
 import torch
 from pyautoattack import AutoAttack
 
-from ratkit.checkpoint import load_model
+from ratkit.checkpoints import load_model
 from ratkit.data import load_dataset
 from ratkit.modes import parameters_frozen
 

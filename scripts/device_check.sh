@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 19's device check on one GPU (about 8 minutes): GPU against CPU correctness, the
 # training steps' throughput, RAT's ratios with intervals, and the 200-epoch estimates; it
-# prints a summary and writes docs/performance/gpu.json (ratkit.device_check, docs/performance.md).
+# prints a summary and writes docs/performance/gpu.json (ratkit.bench.device_check, docs/performance.md).
 # Without a CUDA device it exits at once with status 69 (EX_UNAVAILABLE) and a message.
 #
 #   scripts/device_check.sh                         # the whole check, docs/performance/gpu.json

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Several study grids at once on one GPU: each argument is one `rat study` command line (its grid
-# first, then its flags), and every (configuration, seed) of it runs in its own process
-# (`--jobs`), since one small Fashion-MNIST run leaves a large GPU mostly idle. Each grid's runs go
-# to RUNS/study-<grid>, its result files to RESULTS/<grid>. Stops waiting after STUDY_SECONDS
+# Several study grids at once on one GPU: each argument is one `rat study` command line (its grid,
+# a name in configs/studies/ or a file, first, then its flags), and every (configuration, seed) of
+# it runs in its own process (`--jobs`), since one small Fashion-MNIST run leaves a large GPU mostly
+# idle. Each grid's runs go to RUNS/study-<grid>, its result files to RESULTS/<grid> (<grid>: the
+# name, or the file's name without .yaml). Stops waiting after STUDY_SECONDS
 # (default 450); runs that finished have their result file in RESULTS, the others resume from RUNS
 # with the same command (the study runner resumes and skips what is done).
 #
 #   scripts/gpu_studies.sh "bases --jobs 12" "rat-at-diagnosis --seeds 0 --jobs 6 --no-aggregate"
-#   RESULTS=/tmp/res RUNS=/tmp/runs STUDY_SECONDS=3600 scripts/gpu_studies.sh "regime-pilot-2 --jobs 2"
+#   RESULTS=/tmp/res RUNS=/tmp/runs STUDY_SECONDS=3600 scripts/gpu_studies.sh "docs/results/pilots/regime-pilot-2.yaml --jobs 2"
 #   scripts/gpu_studies.sh "bases --evaluate-only --jobs 12"     # evaluate runs trained elsewhere
 #
 # Defaults: RESULTS=docs/results RUNS=runs PY=python3; OMP_NUM_THREADS=1 unless set.
@@ -38,14 +39,16 @@ nvidia-smi -L 2>/dev/null
 started=$(date +%s)
 for spec in "$@"; do
   read -r grid flags <<< "$spec"
+  name=$(basename "$grid" .yaml)
   # shellcheck disable=SC2086  # the flags are meant to split
   timeout "$LIMIT" "$PY" -m ratkit study --grid "$grid" $flags \
-    --out "$RUNS/study-$grid" --results "$RESULTS/$grid" > "$RUNS/study-$grid.log" 2>&1 &
+    --out "$RUNS/study-$name" --results "$RESULTS/$name" > "$RUNS/study-$name.log" 2>&1 &
 done
 wait
 echo "studies stopped after $(( $(date +%s) - started )) s"
 for spec in "$@"; do
   read -r grid _ <<< "$spec"
-  echo "== $grid: $(ls "$RESULTS/$grid" 2>/dev/null | wc -l) result files"
-  cat "$RUNS/study-$grid.log"
+  name=$(basename "$grid" .yaml)
+  echo "== $name: $(ls "$RESULTS/$name" 2>/dev/null | wc -l) result files"
+  cat "$RUNS/study-$name.log"
 done

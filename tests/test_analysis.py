@@ -319,7 +319,7 @@ SMALL = dict(num_classes=10, in_channels=1, mean=(0.5,), std=(0.25,), channels=(
 
 
 def _checkpoint(directory, seed=0):
-    from ratkit.checkpoint import save_model
+    from ratkit.checkpoints import save_model
     from ratkit.models import build_model, model_spec
 
     torch.manual_seed(seed)

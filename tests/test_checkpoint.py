@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ratkit.checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from ratkit.checkpoints import CheckpointError, load_model, read_checkpoint, save_model
 from ratkit.models import build_model, model_spec
 
 KW = dict(num_classes=10, in_channels=1, mean=(0.3,), std=(0.4,), channels=(4, 8), hidden=16)
@@ -63,7 +63,7 @@ def test_unknown_model_name_in_metadata_is_refused(tmp_path):
 
 
 def test_atomic_write_bytes_replaces_the_file_whole_and_keeps_its_old_name(tmp_path):
-    from ratkit import checkpoint
+    from ratkit.checkpoints import native as checkpoint
 
     assert checkpoint._atomic_write_bytes is checkpoint.atomic_write_bytes  # old imports keep working
     path = tmp_path / "sub" / "f.bin"

@@ -7,7 +7,7 @@ import torch
 
 from helpers import run_rat as _rat
 
-from ratkit.checkpoint import save_model
+from ratkit.checkpoints import save_model
 from ratkit.cli import main
 from ratkit.models import build_model, model_spec
 
@@ -91,3 +91,33 @@ def test_rat_eval_untrained_smallcnn_runs_on_cifar10(tmp_path, capsys):
     assert main(["eval", "--untrained", "smallcnn", "--dataset", "cifar10", "--data-dir", str(tmp_path),
                  "--attacks", "clean,fgsm", "--quiet"]) == 0
     assert "FGSM" in capsys.readouterr().out
+
+
+def test_importing_the_cli_imports_no_torch():
+    """The CLI imports the library where it uses it, so that ``rat train`` installs its preemption
+    handlers (:func:`ratkit.cli.main`) before anything heavy is imported."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import SRC
+
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", "import sys, ratkit.cli; "
+                           "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_the_commands_that_load_a_checkpoint_share_one_pair_of_model_code_flags():
+    from ratkit.cli import build_parser, model_code_policy
+    from ratkit.models import ModelCodePolicy
+
+    parser = build_parser()
+    for command in (["eval", "ck"], ["export", "ck", "--out", "m.pt"], ["landscape", "ck"], ["hessian", "ck"]):
+        named = parser.parse_args([*command, "--model", "nets:Net"])
+        trusted = parser.parse_args([*command, "--trust-model-code"])
+        assert model_code_policy(named) == ModelCodePolicy(allowed="nets:Net"), command
+        assert model_code_policy(trusted) == ModelCodePolicy(trust_all=True), command
+        assert model_code_policy(parser.parse_args(command)) == ModelCodePolicy(), command

@@ -15,7 +15,7 @@ import yaml
 from helpers import SRC
 from test_train import TINY, _history, _synthetic, _weights
 
-from ratkit.checkpoint import read_checkpoint, save_model
+from ratkit.checkpoints import read_checkpoint, save_model
 from ratkit.config import ConfigError, load_config
 from ratkit.data import dataset_info
 from ratkit.train import (Trainer, TrainingInterrupted, TrainingPreempted, build_model_from_config, learning_rate,

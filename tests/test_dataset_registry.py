@@ -148,3 +148,17 @@ def test_rat_train_runs_one_epoch_on_a_registered_dataset_with_nothing_else_chan
     assert report["dataset"] == "tiny-mnist"
     assert report["eps"] == pytest.approx(TINY_MNIST.linf_eps)
     assert report["attacks"]["clean"]["n"] == 64
+
+
+def test_the_parsers_read_the_facts_of_a_dataset_never_the_registry():
+    """The arrows run one way: the registry (datasets.py) imports the format parsers, and they, like
+    every module the registry sits on, import the facts from data/info.py, never datasets.py."""
+    import ast
+
+    data = Path(__file__).resolve().parents[1] / "src" / "ratkit" / "data"
+    below = [*sorted((data / "formats").glob("*.py")), *(data / f for f in ("info.py", "tensordata.py", "errors.py",
+                                                                              "streaming.py", "transforms.py"))]
+    for path in below:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module is None or "datasets" not in node.module.split("."), f"{path.name}: {node.module}"

@@ -1,4 +1,4 @@
-"""Specifications of the device check (`scripts/device_check.sh`, `ratkit.device_check`), run here on
+"""Specifications of the device check (`scripts/device_check.sh`, `ratkit.bench.device_check`), run here on
 the CPU against the CPU with tiny sizes, so that the GPU script cannot rot between GPU runs."""
 
 import json
@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from ratkit.bench import ratio_ci
-from ratkit.device_check import (EXIT_NO_DEVICE, RATIOS, PRESETS, TIMED_CONFIGS, TOLERANCES, DeviceCheckSettings,
-                                 Net, median_ci, format_check, preset_estimate, run_device_check, step_errors)
+from ratkit.bench.device_check import (EXIT_NO_DEVICE, RATIOS, PRESETS, TIMED_CONFIGS, TOLERANCES,
+                                       DeviceCheckSettings, Net, median_ci, format_check, preset_estimate,
+                                       run_device_check, step_errors)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ratkit.attacks import PGDConfig, advance_generator, pgd
-from ratkit.checkpoint import read_checkpoint
+from ratkit.checkpoints import read_checkpoint
 from ratkit.models import build_model
 
 HERE = Path(__file__).resolve().parent
@@ -99,7 +99,7 @@ def test_torchrun_rat_train_trains_on_two_ranks_and_rank_0_writes_the_run(tmp_pa
 
 
 def test_torchrun_rat_eval_prints_one_report_equal_to_the_single_process_one(tmp_path):
-    from ratkit.checkpoint import save_model
+    from ratkit.checkpoints import save_model
     from ratkit.models import model_spec
 
     kwargs = dict(num_classes=10, in_channels=1, channels=[4, 8], hidden=16, input_size=[28, 28])

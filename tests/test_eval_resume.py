@@ -4,8 +4,8 @@ evaluation is float32 on GPUs too (TF32 off inside, restored after)."""
 import pytest
 import torch
 
-import ratkit.evaluate as evaluate_module
-from ratkit.eval_chunks import AttackChunks, ChunkStore
+import ratkit.evaluate.protocol as evaluate_module
+from ratkit.evaluate.chunks import AttackChunks, ChunkStore
 from ratkit.evaluate import evaluate
 from ratkit.models import build_model
 

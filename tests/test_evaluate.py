@@ -205,7 +205,7 @@ def test_every_list_of_attacks_derives_from_the_protocol_tables():
 
 
 def test_an_attack_added_to_the_table_runs_through_the_protocol(monkeypatch):
-    import ratkit.evaluate as ev
+    import ratkit.evaluate.protocol as ev
 
     table = dict(ev.PROTOCOL_ATTACKS["ours"])
     table["pgd5"] = ev.ProtocolAttack("PGD-5 (CE)", config=ev._ours_pgd(5, "ce"))

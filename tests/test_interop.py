@@ -5,7 +5,6 @@ The foreign networks below are written out here with the authors' module names a
 test saves the state dict such a script would save and compares logits after the import.
 """
 
-import argparse
 import json
 import re
 from collections import OrderedDict
@@ -16,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ratkit.checkpoint import load_model, save_model
-from ratkit.interop import InteropError, add_commands, export_checkpoint, import_state_dict
+from ratkit.checkpoints import InteropError, export_checkpoint, import_state_dict, load_model, save_model
+from ratkit.cli import build_parser
 from ratkit.models import build_model, model_spec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "interop.md"
@@ -338,12 +337,10 @@ def test_export_refuses_a_missing_checkpoint_and_a_json_target(tmp_path):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="rat")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    return parser
+    return build_parser()
 
 
-def test_add_commands_registers_import_and_export(tmp_path, capsys):
+def test_rat_import_and_rat_export_parse_and_run(tmp_path, capsys):
     foreign = randomised(TradesWideResNet(10, 1))
     torch.save(foreign.state_dict(), tmp_path / "model.pt")
     args = _parser().parse_args(["import", str(tmp_path / "model.pt"), "--model", "wrn-10-1", "--dataset", "cifar10",

@@ -125,7 +125,7 @@ def test_a_checkpoint_naming_model_code_never_imports_it_without_permission(tmp_
     # a checkpoint whose metadata names a module that would write a file when imported
     import json
 
-    from ratkit.checkpoint import read_checkpoint, save_checkpoint
+    from ratkit.checkpoints import read_checkpoint, save_checkpoint
 
     evil = f"evil_{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "imported.txt"

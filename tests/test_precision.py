@@ -223,7 +223,7 @@ def test_float16_run_interrupted_and_resumed_ends_bit_identical(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut", quiet=True, on_step=interrupt)
     resumed = train(cfg, tmp_path / "cut", resume=True, quiet=True)
-    from ratkit.checkpoint import read_checkpoint
+    from ratkit.checkpoints import read_checkpoint
 
     a, meta_a = read_checkpoint(Path(whole) / "last")
     b, meta_b = read_checkpoint(Path(resumed) / "last")

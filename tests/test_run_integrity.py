@@ -106,7 +106,7 @@ def test_a_resume_on_other_data_is_refused_naming_what_changed_and_moved_files_a
 def test_a_last_saved_on_cuda_is_refused_on_cpu_in_one_line(tmp_path, capsys):
     import torch
 
-    from ratkit.checkpoint import read_checkpoint, save_checkpoint
+    from ratkit.checkpoints import read_checkpoint, save_checkpoint
 
     run = train(load_config("fmnist-cpu", TINY), tmp_path / "run", quiet=True)
     tensors, meta = read_checkpoint(run / "last")

@@ -16,6 +16,7 @@ TINY = ["data.dataset=synthetic", "data.val_size=128", "data.train_subset=256", 
         "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
         "train.val_n=64", "optim.lr=0.002"]
 STUDIES = Path(__file__).resolve().parents[1] / "src" / "ratkit" / "configs" / "studies"
+PILOTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "pilots"  # a research log, not presets
 # torch itself warns when forward-mode AD (the Hessian) first loads its decompositions
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -199,13 +200,14 @@ def test_the_grid_files_in_configs_studies_are_valid():
     assert set(core.runs) == {"trades", "rat-trades", "awp-trades", "awp-rat-trades", "rat-exact-trades"} and core.seeds == [0, 1, 2]
     cfg = run_config(core, "awp-rat-trades", 2)
     assert cfg.method.awp is not None and cfg.method.rat is not None and cfg.train.seed == 2 and cfg.data.dataset == "fashion-mnist"
-    for path in sorted(STUDIES.glob("*.yaml")):  # every grid file builds every run's configuration
+    # every grid file builds every run's configuration
+    for path in [*sorted(STUDIES.glob("*.yaml")), *sorted(PILOTS.glob("*.yaml"))]:
         grid = load_grid(path)
         assert grid.runs, path.name
         for run_name in grid.runs:
             assert run_config(grid, run_name, grid.seeds[0]).train.seed == grid.seeds[0]
     # the regime grid's base runs are pilot 6's, so that pilot's trained runs count as its seed 0
-    regime, pilot = load_grid(STUDIES / "regime.yaml"), load_grid(STUDIES / "regime-pilot-6.yaml")
+    regime, pilot = load_grid(STUDIES / "regime.yaml"), load_grid(PILOTS / "regime-pilot-6.yaml")
     for name in ("at", "trades"):
         assert run_config(regime, name, 0) == run_config(pilot, name, 0)
     assert run_config(regime, "rat-exact-at", 0).method.rat["taylor"] == "exact-head"
@@ -439,7 +441,7 @@ def test_an_attack_only_later_seeds_have_is_aggregated_over_those_seeds(tmp_path
 
 
 def test_the_regime_pilot_grid_evaluates_best_and_last_and_the_checkpoints_option_is_checked(tmp_path):
-    pilot = load_grid(STUDIES / "regime-pilot.yaml")
+    pilot = load_grid(PILOTS / "regime-pilot.yaml")
     assert pilot.checkpoints == ["best", "last"] and set(pilot.runs) == {"trades", "at"} and pilot.seeds == [0]
     assert pilot.hessian is None and pilot.landscape is None and pilot.outputs == study.OutputsSpec(n=1000)
     cfg = run_config(pilot, "at", 0)

@@ -11,7 +11,7 @@ import torch
 from helpers import SRC
 from helpers import run_rat as _rat
 
-from ratkit.checkpoint import load_model, read_checkpoint
+from ratkit.checkpoints import load_model, read_checkpoint
 from ratkit.config import load_config
 from ratkit.methods import TRADES
 from ratkit.train import TrainingStopped, evaluate_run, learning_rate, train
@@ -74,7 +74,7 @@ def test_best_checkpoint_is_chosen_on_validation_robust_accuracy(tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import ratkit.train as train_module
+    import ratkit.train.loop as train_module
 
     calls = {"n": 0}
 
@@ -114,7 +114,7 @@ def test_run_directory_holds_everything_a_user_needs(tmp_path):
 
 
 def test_validation_and_final_evaluation_use_the_protocol_eps_unless_eval_eps_is_set(tmp_path, monkeypatch, capsys):
-    import ratkit.train as train_module
+    import ratkit.train.loop as train_module
     from ratkit.config import evaluation_eps
     from ratkit.data import dataset_info
 
@@ -133,7 +133,7 @@ def test_validation_and_final_evaluation_use_the_protocol_eps_unless_eval_eps_is
 
 
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
-    from ratkit.checkpoint import CheckpointError
+    from ratkit.checkpoints import CheckpointError
 
     train(_synthetic("train.epochs=1"), tmp_path / "r", quiet=True)
     with pytest.raises(CheckpointError, match="--resume"):

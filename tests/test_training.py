@@ -1,13 +1,13 @@
-"""Specifications of the trainer's observers and state (ratkit.training), apart from the loop."""
+"""Specifications of the trainer's observers and state (ratkit.train), apart from the loop."""
 
 import json
 
 import pytest
 import torch
 
-from ratkit.training.run_log import RunLog
-from ratkit.training.state import EpochSums, Progress
-from ratkit.training.stopping import StepBoundaryInterrupt, StopConditions, TrainingPreempted
+from ratkit.train.run_log import RunLog
+from ratkit.train.state import EpochSums, Progress
+from ratkit.train.stopping import StepBoundaryInterrupt, StopConditions, TrainingPreempted
 
 # the `progress` of a `last` written mid-epoch before EpochSums existed (a RAT-TRADES run)
 SAVED_PROGRESS = {

@@ -1,4 +1,5 @@
-"""The ``rat`` command: a thin layer over the library. Nothing below imports it.
+"""The ``rat`` command: a thin layer over the library, every subcommand and its flags; and the
+device check's command line (:func:`device_check_main`). Nothing below imports it.
 
 User errors (bad data, bad checkpoint, bad config) print one line on stderr and exit 2.
 ``rat train`` stopped by SIGTERM or SIGUSR1 exits 75 (EX_TEMPFAIL: preempted, resumable), by
@@ -71,7 +72,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 def run_eval(model, meta: dict, args, device: torch.device, label: str, state_dir: Path | None = None):
     """Load the test split the checkpoint was trained for and run the protocol on it; ``state_dir``
     keeps per-batch results so that a rerun of an interrupted evaluation resumes."""
-    from .checkpoint import check_model_fits_data
+    from .checkpoints import check_model_fits_data
     from .data.user import source_info
     from .evaluate import (DEFAULT_ATTACKS, check_protocol_norm, evaluate_test_set, format_report, paper_eps,
                            parse_attacks, save_adversarial, write_report_files)
@@ -115,9 +116,9 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
 
 
 def checkpoint_data(meta: dict, args):
-    """The data a checkpoint is evaluated on (:func:`ratkit.checkpoint.recorded_data`), with the
+    """The data a checkpoint is evaluated on (:func:`ratkit.checkpoints.recorded_data`), with the
     command line's ``--dataset``/``--data-dir``/``--eps``."""
-    from .checkpoint import recorded_data
+    from .checkpoints import recorded_data
 
     return recorded_data(meta, dataset=getattr(args, "dataset", None), data_dir=getattr(args, "data_dir", None),
                          eps=getattr(args, "eps", None))
@@ -144,7 +145,7 @@ def eval_state_dir(args) -> Path | None:
     """Where ``rat eval`` keeps its per-batch results: --state-dir, else beside the checkpoint
     (``best.safetensors`` -> ``best.eval-state/``) when that directory is writable; none with
     --no-resume or for an untrained model."""
-    from .checkpoint import checkpoint_path
+    from .checkpoints import checkpoint_path
 
     if args.no_resume:
         return None
@@ -159,7 +160,7 @@ def eval_state_dir(args) -> Path | None:
 def cmd_eval(args) -> int:
     import torch
 
-    from .checkpoint import load_model
+    from .checkpoints import load_model
     from .data import dataset_info
     from .distributed import init_from_environment, rank_device
     from .models import build_model, model_kwargs_for, model_spec
@@ -472,6 +473,35 @@ def cmd_hessian(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from .checkpoints import InteropError, import_layout, import_user_model
+    from .data.user import FILE_DATASETS, DataSource
+    from .models import is_user_model
+
+    if is_user_model(args.model):
+        source = DataSource(args.dataset, data_dir=args.data_dir, eps=args.eps,
+                            channels=args.channels, image_size=tuple(args.image_size) if args.image_size else None)
+        path, meta = import_user_model(args.state_dict, args.model, source, args.out, args.mean, args.std,
+                                       head=args.head)
+        print(f"{meta['imported_from']['file']}: {args.model} (head {meta['model']['head']}) for {args.dataset}; "
+              f"wrote {path}")
+        return 0
+    if args.dataset in FILE_DATASETS:
+        raise InteropError(f"--dataset {args.dataset}: your own data goes with your own model (--model module:callable)")
+    path, meta = import_layout(args.state_dict, args.model, args.dataset, args.out, args.mean, args.std, None)
+    kw, source = meta["model"]["kwargs"], meta["imported_from"]
+    print(f"{source['file']}: layout {source['layout']} -> {meta['model']['name']} ({meta['dataset']}, "
+          f"mean {kw['mean']}, std {kw['std']}); wrote {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .checkpoints import export_checkpoint
+
+    print("wrote {}, {}".format(*export_checkpoint(args.checkpoint, args.out, model_code_policy(args))))
+    return 0
+
+
 def _add_analysis_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--n", type=int, default=256, help="use the first N test images (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seeds the directions / probes and the attack")
@@ -494,9 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets (rat train --config NAME) with what each is")
     p.set_defaults(func=cmd_presets)
 
-    from .interop import add_commands
-
-    add_commands(sub)  # rat import, rat export
+    _add_import_command(sub)
+    _add_export_command(sub)
     _add_eval_command(sub)
     _add_train_command(sub)
     _add_bench_command(sub)
@@ -677,6 +706,35 @@ def _add_hessian_command(sub) -> None:
     p.set_defaults(func=cmd_hessian)
 
 
+def _add_import_command(sub) -> None:
+    p = sub.add_parser("import", help="turn a plain PyTorch state dict (TRADES, AWP, ...) into a checkpoint")
+    p.add_argument("state_dict", type=Path, help=".pt/.pth file (read with weights_only=True)")
+    p.add_argument("--model", default=None,
+                   help="ratkit model, e.g. wrn-34-10, preactresnet18 (default: what the file looks like), or your "
+                        "own module.path:callable whose state dict the file is (its own keys)")
+    p.add_argument("--dataset", required=True, help="dataset the weights were trained on, e.g. cifar10")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--mean", type=float, nargs="+", default=None,
+                   help="normalisation the authors' script applied before the network (default 0: none)")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="see --mean (default 1)")
+    p.add_argument("--data-dir", default=None, help="your own data (--dataset folder or npz): its directory")
+    p.add_argument("--eps", type=float, default=None, help="your own data: the threat radius to record")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="your own folder data: force channels")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="your own folder data: the size images are resized to")
+    p.add_argument("--head", default=None, help="your own model: the path of its classifier nn.Linear "
+                                                "(default: found by the number of classes)")
+    p.set_defaults(func=cmd_import)
+
+
+def _add_export_command(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint's model as a plain state dict plus a JSON recipe")
+    p.add_argument("checkpoint", help="run directory (uses best.safetensors) or .safetensors file")
+    p.add_argument("--out", type=Path, required=True, help="state dict to write (FILE.pt); FILE.json goes beside")
+    add_model_code_args(p)
+    p.set_defaults(func=cmd_export)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``rat`` command. For ``rat train`` the preemption signals are caught before anything
     heavy is imported: a notice during start-up exits 75, resumable, not 143 (the default action)."""
@@ -699,10 +757,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    from .checkpoint import CheckpointError
+    from .checkpoints import CheckpointError, InteropError
     from .config import ConfigError
     from .data import DataError
-    from .interop import InteropError
     from .preemption import Preempted
 
     args = build_parser().parse_args(argv)
@@ -720,3 +777,51 @@ def _main(argv: list[str]) -> int:
         print(f"rat {args.command}: {'preempted' if preempted else 'interrupted'}", file=sys.stderr)
         code = EXIT_PREEMPTED if preempted else 130
     return code
+
+
+# ----------------------------------------------------------------------------- the device check
+
+
+def device_check_main(argv: list[str] | None = None) -> int:
+    """The command line of the device check (:mod:`ratkit.bench.device_check`). Not a ``rat``
+    subcommand: ``python -m ratkit.device_check`` runs it, as ``scripts/device_check.sh`` does."""
+    from dataclasses import replace
+
+    import torch
+
+    from .bench.device_check import EXIT_NO_DEVICE, DeviceCheckSettings, format_check, run_device_check
+    from .device import resolve_device as resolve
+
+    p = argparse.ArgumentParser(prog="device_check", description="Issue 19's device check: GPU against CPU "
+                                "correctness, training-step throughput, RAT's ratios with intervals and the "
+                                "presets' 200-epoch estimates (docs/performance.md, 'Device check').")
+    d = DeviceCheckSettings()
+    p.add_argument("--out", default="docs/performance/gpu.json", help="the JSON to write")
+    p.add_argument("--device", default=d.device, help="the device checked (default cuda)")
+    p.add_argument("--reference", default=d.reference, help="the device it is checked against (default cpu)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="timing rounds per precision")
+    p.add_argument("--steps-per-round", type=int, default=d.steps_per_round)
+    p.add_argument("--aa-images", type=int, default=d.aa_images)
+    p.add_argument("--correctness-only", action="store_true", help="skip the throughput and the estimates")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("device_check: no GPU here (torch.cuda.is_available() is False), so nothing was checked. Run it "
+              "on a machine with a CUDA device and a CUDA build of torch; tests/test_device_check.py runs the "
+              "check's CPU side.", file=sys.stderr)
+        return EXIT_NO_DEVICE
+    try:
+        device, reference = resolve(args.device), resolve(args.reference)
+    except ValueError as exc:
+        p.error(str(exc))
+    settings = replace(d, device=str(device), reference=str(reference), rounds=args.rounds,
+                       steps_per_round=args.steps_per_round, aa_images=args.aa_images,
+                       throughput=not args.correctness_only)
+    started = time.perf_counter()
+    result = run_device_check(settings, lambda m: print(f"[{time.perf_counter() - started:6.0f} s] {m}",
+                                                        file=sys.stderr, flush=True))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(format_check(result))
+    print(f"wrote {out}")
+    return 0 if result["correctness"]["rat_trades_step"]["passed"] else 1

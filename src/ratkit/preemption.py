@@ -5,7 +5,7 @@ final evaluation, ``rat train`` stops at once on such a signal: :class:`PreemptA
 :class:`Preempted`, the command writes the ``preempted`` file and exits 75, and ``rat train
 --resume`` continues (a run without ``last`` starts from its recorded config; an evaluation from
 its finished batches). The training loop itself stops at a step boundary instead
-(:class:`ratkit.training.stopping.StepBoundaryInterrupt`), which takes the signals over while it runs.
+(:class:`ratkit.train.stopping.StepBoundaryInterrupt`), which takes the signals over while it runs.
 
 Free of torch and of the rest of ratkit, so the CLI installs it before any heavy import.
 """

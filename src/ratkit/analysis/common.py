@@ -135,10 +135,10 @@ def load_checkpoint_examples(
 
     The dataset is the one recorded in the checkpoint (a file dataset with its recorded settings)
     unless ``dataset`` overrides it; eps is the run's threat radius (the dataset's Linf eps for a
-    built-in). ``model_code``: see :func:`ratkit.checkpoint.load_model`. Raises
+    built-in). ``model_code``: see :func:`ratkit.checkpoints.load_model`. Raises
     ``CheckpointError``/``DataError`` with a one-line reason.
     """
-    from ..checkpoint import check_model_fits_data, checkpoint_path, load_model, recorded_data
+    from ..checkpoints import check_model_fits_data, checkpoint_path, load_model, recorded_data
     from ..data.user import load_split, source_info
 
     if n < 1:

@@ -54,7 +54,7 @@ def autoattack_correct(
     ``p.grad`` (measured: the verdicts and images are bitwise the same, about 6% faster). ``skip(k)`` true leaves chunk k to another rank (its
     entries stay False): pyautoattack re-seeds every attack per call, so a chunk's result does
     not depend on the chunks before it, and sharding by chunk is exact. ``keep`` (a tensor
-    like x) receives AutoAttack's output. ``chunks`` (an :class:`~ratkit.eval_chunks.AttackChunks`)
+    like x) receives AutoAttack's output. ``chunks`` (an :class:`~ratkit.evaluate.chunks.AttackChunks`)
     keeps each chunk's verdicts on disk and restores those an interrupted run finished.
     """
     from pyautoattack import AutoAttack  # imported lazily: it is only needed here

@@ -28,7 +28,7 @@ from .errors import DataError
 from .tensordata import TensorData, uint8_to_float
 
 if TYPE_CHECKING:
-    from .datasets import DatasetInfo
+    from .info import DatasetInfo
 
 __all__ = ["StreamedData", "available_memory", "fits_in_memory", "iterate_streamed_batches"]
 

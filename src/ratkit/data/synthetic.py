@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from .datasets import DATASETS, DatasetInfo
+from .datasets import DATASETS  # its entry; datasets.py imports this module only when it loads it
 from .errors import DataError
-from .info import SPLITS
+from .info import SPLITS, DatasetInfo
 from .tensordata import TensorData
 
 __all__ = ["SPLITS", "SPLIT_SIZES", "synthetic_data", "synthetic_split"]

@@ -49,7 +49,7 @@ def selected_runs(grid: StudyGrid, only: list[str] | None) -> list[str]:
 
 
 def _training_complete(run_dir: Path, epochs: int) -> bool:
-    from ..checkpoint import read_checkpoint_meta
+    from ..checkpoints import read_checkpoint_meta
 
     if not (run_dir / "last.safetensors").exists():
         return False
@@ -88,8 +88,7 @@ def record_run(grid: StudyGrid, name: str, seed: int, run_dir: Path, *, quiet: b
     Needs only ``best.*`` and ``metrics.jsonl``, so a run trained elsewhere can be evaluated on
     another machine without its ``last`` checkpoint (the record says where the evaluation ran);
     a grid's ``last`` is then left out, and added later when the checkpoint is there."""
-    from ..bench import environment
-    from ..device import resolve_device
+    from ..device import environment, resolve_device
     from ..train import evaluate_run
 
     cfg = run_config(grid, name, seed)

@@ -113,7 +113,8 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
     from ..config import load_config
     from ..models import WrappedModel, find_classifier_head, wrap
     from ..models.user import user_model_spec
-    from ..train import load_run_config, resume_config, train as run_training
+    from .loop import train as run_training
+    from .rundir import load_run_config, resume_config
 
     x, y = _as_tensors(train, "train")
     classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
@@ -162,7 +163,7 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         report = _evaluate_given(out, load_run_config(out), test, info, quiet)
     best = out / "best.safetensors"
     if best.exists():
-        from ..checkpoint import read_checkpoint
+        from ..checkpoints import read_checkpoint
 
         tensors, _ = read_checkpoint(best)
         wrapped.load_state_dict({k[len("model/"):]: v.to(next(wrapped.parameters()).device)
@@ -180,7 +181,7 @@ def _evaluate_given(run_dir: Path, cfg, test, info: DatasetInfo, quiet: bool) ->
     """The protocol (``eval.*`` of the run's config) on the best checkpoint, on in-memory test data."""
     import json
 
-    from ..checkpoint import load_model
+    from ..checkpoints import load_model
     from ..config import evaluation_eps
     from ..device import resolve_device
     from ..evaluate import evaluate, format_report, parse_attacks

@@ -29,10 +29,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from . import distributed
-from .attacks import PGDConfig, advance_generator, autoattack_correct, fgsm_config, pgd
-from .eval_chunks import AttackChunks, ChunkStore, fingerprint
-from .modes import model_mode
+from .. import distributed
+from ..attacks import PGDConfig, advance_generator, autoattack_correct, fgsm_config, pgd
+from .chunks import AttackChunks, ChunkStore, fingerprint
+from ..modes import model_mode
 
 # What an evaluation attack is: a title for the report, and how it runs. ``kind`` "clean" is the
 # unattacked pass, "autoattack" the pyautoattack adapter, "pgd" the one attack engine with the
@@ -237,7 +237,7 @@ def evaluate(
     on those examples, where every attack ran. ``keep_adversarial`` keeps, per example, the
     input of the worst case (:func:`worst_case_examples`) in ``report.adversarial``.
     ``state_dir`` keeps every attack's per-batch results on disk until the report is complete, so a
-    rerun of an interrupted evaluation resumes there, to identical numbers (:mod:`ratkit.eval_chunks`).
+    rerun of an interrupted evaluation resumes there, to identical numbers (:mod:`ratkit.evaluate.chunks`).
 
     Under torchrun the batches are dealt out to the ranks (batch k to rank k mod N), each
     attacked exactly as one process would attack it, and the per-example results are summed
@@ -250,7 +250,7 @@ def evaluate(
     skip = (lambda k: k % rank.world_size != rank.rank) if rank.distributed else None
     device = next(model.parameters()).device
     if x.dtype == torch.uint8:  # images held as bytes (your own files): [0, 255] -> [0, 1], as training sees them
-        from .data.tensordata import uint8_to_float
+        from ..data.tensordata import uint8_to_float
 
         x = uint8_to_float(x)
     x = x.to(device=device, dtype=torch.float32)
@@ -300,7 +300,7 @@ def _attack_outcome(name: str, model: nn.Module, x: Tensor, y: Tensor, report: E
     """One attack of the protocol on (x, y): per example, whether the model stays right, gathered
     over the ranks (each example is attacked by one). The clean pass also fills the report's
     clean predictions."""
-    from .progress import progress
+    from ..progress import progress
 
     rank = distributed.current()
     # on the CPU whatever the model's device: the same random starts on a GPU as on the CPU, and
@@ -358,7 +358,7 @@ def evaluate_test_set(model: nn.Module, dataset, *, data_dir=None, n: int | None
     records the full test-set size so the table can say "first n".
 
     Example: ``print(format_report(evaluate_test_set(model, "fashion-mnist", n=1000, eps=0.1, aa_n=500)))``"""
-    from .data.user import DataSource, load_split
+    from ..data.user import DataSource, load_split
 
     src = dataset if isinstance(dataset, DataSource) else DataSource(dataset, data_dir=data_dir)
     test = load_split(src, "test", stream=False)

@@ -2,7 +2,7 @@
 
 ``last`` holds everything a resume needs: weights, optimizer state, the states of the random
 generators, float16's gradient scaler (as the ``grad_scaler`` metadata) and the
-:class:`~ratkit.training.state.Progress` (as the ``progress`` metadata); it
+:class:`~ratkit.train.state.Progress` (as the ``progress`` metadata); it
 is written after every epoch, on a stop, and mid-epoch every ``train.checkpoint_every_s``
 seconds of training. ``best`` holds the weights of the epoch with the highest validation
 PGD-20 accuracy (never the test set), with the epoch and its validation numbers.
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, read_checkpoint, save_model
+from ..checkpoints import CheckpointError, read_checkpoint, save_model
 from ..methods import StepPrecision
 from .state import Progress
 

@@ -1,8 +1,9 @@
 """The trainer: the epoch loop (:class:`Trainer`) and :func:`train`, which starts or resumes a run.
 
-The loop hands over at step and epoch boundaries to its observers in :mod:`ratkit.training`:
-the run log (console, metrics.jsonl, TensorBoard, curves.png), the ``last`` and ``best``
-checkpoints, and the stop conditions (time budget, non-finite loss, Ctrl-C, preemption).
+The loop hands over at step and epoch boundaries to its observers, the other modules of
+:mod:`ratkit.train`: the run log (console, metrics.jsonl, TensorBoard, curves.png), the ``last``
+and ``best`` checkpoints, and the stop conditions (time budget, non-finite loss, Ctrl-C,
+preemption); :mod:`.rundir` makes the run directory, and checks and records what a resume changes.
 
 Every run directory holds ``config.yaml``, ``metrics.jsonl``, ``best.*`` (by validation
 robust accuracy, never the test set), ``last.*`` (everything needed to resume), ``eval.json``
@@ -18,13 +19,12 @@ convolutions for the whole of training (evaluation turns that off again).
 
 For clusters: SIGTERM and SIGUSR1 stop the run at a step boundary with ``last`` saved
 (:class:`TrainingPreempted`, a ``preempted`` file in the run directory); ``train.checkpoint_every_s``
-saves ``last`` mid-epoch; a resume may change the fields of :data:`RESUME_CHANGEABLE` (recorded in
-``config-history.yaml``); ``train.init_from`` starts a new run from a checkpoint's weights.
+saves ``last`` mid-epoch; a resume may change the fields of :data:`~.rundir.RESUME_CHANGEABLE`
+(recorded in ``config-history.yaml``); ``train.init_from`` starts a new run from a checkpoint's weights.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -38,29 +38,29 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed
-from .attacks import BatchShard
-from .checkpoint import (CheckpointError, atomic_write_bytes, checkpoint_path, check_model_fits_data, load_model,
-                         read_checkpoint, read_checkpoint_meta)
-from .config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
-                     evaluation_eps, method_label, method_settings, resolved_attack, save_config)
-from .data import augment, iterate_batches, split_train_val
-from .data.streaming import StreamedData, iterate_streamed_batches
-from .data.user import data_fingerprint, fingerprint_difference, load_split, source_info, with_statistics
-from .device import resolve_device
-from .evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
-from .methods import Method, NonFiniteLossError, StepPrecision, compose_method
-from .preemption import Preempted
-from .models import build_from_spec, model_kwargs_for, model_spec
-from .models.user import ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
+from .. import distributed
+from ..attacks import BatchShard
+from ..checkpoints import CheckpointError, checkpoint_path, check_model_fits_data, load_model, read_checkpoint
+from ..config import (Config, ConfigError, config_to_dict, data_source, evaluation_eps, method_label, method_settings,
+                      resolved_attack)
+from ..data import augment, iterate_batches, split_train_val
+from ..data.streaming import StreamedData, iterate_streamed_batches
+from ..data.user import data_fingerprint, load_split, source_info
+from ..device import resolve_device
+from ..evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
+from ..methods import Method, NonFiniteLossError, StepPrecision, compose_method
+from ..preemption import Preempted
+from ..models import build_from_spec, model_kwargs_for, model_spec
+from ..models.user import ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
 
-# the trainer's observers and state (ratkit.training); imported here, also for the callers of ratkit.train
-from .training.checkpoints import BestCheckpoint, LastCheckpoint
-from .training.collapse import robust_collapse
-from .training.run_log import RunLog, plot_curves
-from .training.state import EpochSums, Progress
-from .training.stopping import (StepBoundaryInterrupt, StopConditions, TrainingInterrupted, TrainingPreempted,
-                                TrainingStopped)
+# the trainer's observers and state, and its run directory
+from .checkpoints import BestCheckpoint, LastCheckpoint
+from .collapse import robust_collapse
+from .run_log import RunLog
+from .rundir import (PREEMPTED_FILE, default_run_dir, new_run_dir, record_or_check_data, resumed_run_dir,
+                     validation_eps, with_data_statistics, with_validation_eps)
+from .state import EpochSums, Progress
+from .stopping import StepBoundaryInterrupt, StopConditions, TrainingInterrupted, TrainingPreempted
 
 
 # ----------------------------------------------------------------------------- building
@@ -174,12 +174,6 @@ def epoch_order_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def default_run_dir(cfg: Config) -> Path:
-    """runs/<dataset>-<method>-seed<seed>-<time>: a new directory for every run, never a clash."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.data.dataset}-{method_label(cfg)}-seed{cfg.train.seed}-{stamp}"
 
 
 def run_meta(cfg: Config, info=None) -> dict:
@@ -320,21 +314,8 @@ class Trainer:
         return {"train": data_fingerprint(self.train_data), "val": data_fingerprint(self.val_data)}
 
     def record_or_check_data(self, resume: bool) -> None:
-        """Record the fingerprint of the training and validation data (``data-fingerprint.json``) when
-        a run starts, and refuse a resume whose data differ (other files under ``--data-dir`` or
-        ``RAT_DATA_DIR``), naming what changed. A run from before the record gets one now."""
-        path = self.run_dir / DATA_FINGERPRINT_FILE
-        now = self.data_fingerprints()
-        if resume and path.is_file():
-            recorded = json.loads(path.read_text())
-            for split in ("train", "val"):
-                problem = fingerprint_difference(recorded.get(split, {}), now[split], split)
-                if problem is not None:
-                    raise ConfigError(f"data: {problem}; a resume must train on the run's own data "
-                                      f"(the same files may move: --data-dir, RAT_DATA_DIR)")
-            return
-        if self.rank.is_main:
-            atomic_write_bytes(path, (json.dumps(now, indent=1) + "\n").encode())
+        """:func:`~ratkit.train.rundir.record_or_check_data` on this run's training and validation data."""
+        record_or_check_data(self.run_dir, self.data_fingerprints(), resume, self.rank.is_main)
 
     def _validation_due(self, epoch: int) -> bool:
         """Whether ``epoch`` (1-based) is validated: every ``train.val_every``-th and the last. An
@@ -454,143 +435,6 @@ class Trainer:
 # ----------------------------------------------------------------------------- entry points
 
 
-def prepare_run(cfg: Config, out: str | Path | None = None) -> Path:
-    run_dir = Path(out or cfg.train.out or default_run_dir(cfg))
-    if (run_dir / "last.safetensors").exists():
-        raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "metrics.jsonl").write_text("")
-    return run_dir
-
-
-def load_run_config(run_dir: str | Path) -> Config:
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: no config.yaml, not a run directory")
-    return config_from_dict(yaml.safe_load(path.read_text()))
-
-
-# What a resume may change: how long the run goes on, how often it saves, how it is validated,
-# evaluated and where its data lie; never what a training step computes (model, method, data,
-# seed, batch, optimizer, attack, precision), since the saved state would then continue a
-# different run.
-# The validation set-up (train.val_eps, train.val_n) is the run's own: a best chosen at one eps or on
-# one set of images cannot be compared with epochs validated otherwise; eval.* (the final evaluation)
-# may still change.
-RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_every",
-                     "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
-HISTORY_FILE = "config-history.yaml"
-DATA_FINGERPRINT_FILE = "data-fingerprint.json"
-PREEMPTED_FILE = "preempted"
-
-
-def config_changes(old: Config, new: Config) -> dict[str, tuple]:
-    """``{"section.key": (old, new)}`` for every field that differs."""
-    a, b = config_to_dict(old), config_to_dict(new)
-    return {f"{sec}.{key}": (a[sec][key], b[sec][key]) for sec in a for key in a[sec] if a[sec][key] != b[sec][key]}
-
-
-def check_resume_changes(changes: dict[str, tuple]) -> None:
-    """ConfigError naming the first changed field a resume may not change."""
-    for name, (old, new) in changes.items():
-        if name not in RESUME_CHANGEABLE and f"{name.split('.')[0]}.*" not in RESUME_CHANGEABLE:
-            raise ConfigError(f"{name}: cannot change when resuming (the run has {old!r}, asked {new!r}); "
-                              f"a resume may change {', '.join(RESUME_CHANGEABLE)}. Start a new run instead "
-                              f"(train.init_from=RUN_DIR starts it from this run's weights)")
-
-
-def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The run's config.yaml with ``section.key=value`` overrides of the fields a resume may
-    change (:data:`RESUME_CHANGEABLE`); any other change is a ConfigError naming the field."""
-    old = with_validation_eps(load_run_config(run_dir))  # a run from before val_eps: the eps it validated at
-    d = config_to_dict(old)
-    for override in overrides:
-        apply_override(d, override)
-    cfg = config_from_dict(d)
-    check_resume_changes(config_changes(old, cfg))
-    return cfg
-
-
-def with_validation_eps(cfg: Config) -> Config:
-    """``cfg`` with ``train.val_eps`` recorded: the eps validation runs at for the whole run (the
-    evaluation eps the run started with), so a later change of ``eval.eps`` moves the final
-    evaluation only."""
-    if cfg.train.val_eps is not None:
-        return cfg
-    d = config_to_dict(cfg)
-    d["train"]["val_eps"] = evaluation_eps(cfg)
-    return config_from_dict(d)
-
-
-def same_run(recorded: Config, cfg: Config) -> bool:
-    """Whether a run directory's ``recorded`` config is the run ``cfg`` asks for: equal, except for
-    what a run fills in when it starts where ``cfg`` leaves it open (``train.val_eps``, a file
-    dataset's ``data.mean``/``data.std``)."""
-    a, b = config_to_dict(recorded), config_to_dict(cfg)
-    for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std")):
-        if b[section][key] is None:
-            a[section][key] = None
-    return a == b
-
-
-def validation_eps(cfg: Config) -> float:
-    """The eps of validation: ``train.val_eps`` (recorded when the run started), else the evaluation eps."""
-    return float(cfg.train.val_eps) if cfg.train.val_eps is not None else evaluation_eps(cfg)
-
-
-def check_resume_epochs(run_dir: Path, cfg: Config) -> None:
-    """ConfigError when a resume asks for fewer epochs than the run has trained: the weights would
-    keep the extra steps, so the run could never be what its config says."""
-    if not (Path(run_dir) / "last.safetensors").exists():
-        return  # no last yet: the resume starts the run from its config
-    meta = read_checkpoint_meta(Path(run_dir) / "last")  # the header only: restoring reads the tensors
-    done = int((meta.get("progress") or {}).get("epoch") or 0)
-    if cfg.train.epochs < done:
-        raise ConfigError(f"train.epochs: the run has already trained {done} epochs, {cfg.train.epochs} asked; "
-                          f"a resume can only go on (--epochs {done} or more)")
-
-
-def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple]) -> None:
-    """Write the changed config to config.yaml (what the run now is) and append the change to
-    ``config-history.yaml`` (a list of ``{time, changes: {field: {from, to}}}``), so a reader can
-    tell which epochs ran under which settings."""
-    import yaml
-
-    path = run_dir / HISTORY_FILE
-    history = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-    history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
-    atomic_write_bytes(path, yaml.safe_dump(history, sort_keys=False).encode())
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
-
-
-def _resumed_run_dir(cfg: Config, run_dir: str | Path, rank: distributed.Rank, quiet: bool) -> Path:
-    """The run directory of a resume, after checking and recording the config's changes."""
-    run_dir = Path(run_dir)  # cfg has its validation eps recorded (train)
-    changes = config_changes(with_validation_eps(load_run_config(run_dir)), cfg)
-    check_resume_changes(changes)
-    check_resume_epochs(run_dir, cfg)
-    if rank.is_main:
-        if changes:
-            record_config_changes(run_dir, cfg, changes)
-            if not quiet:
-                print("resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()),
-                      flush=True)
-        (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
-    return run_dir
-
-
-def _new_run_dir(cfg: Config, run_dir: str | Path | None, rank: distributed.Rank) -> Path:
-    """Rank 0 prepares the run directory; every rank then uses that one."""
-    run_dir = [prepare_run(cfg, run_dir) if rank.is_main else None]
-    if rank.distributed:
-        torch.distributed.broadcast_object_list(run_dir, src=0)
-    return Path(run_dir[0])
-
-
 def _fit_until_stopped(trainer: Trainer) -> None:
     """``trainer.fit()`` with Ctrl-C, SIGTERM and SIGUSR1 honoured at step boundaries."""
     try:
@@ -608,28 +452,15 @@ def _fit_until_stopped(trainer: Trainer) -> None:
         raise TrainingInterrupted(trainer.run_dir) from None
 
 
-def with_data_statistics(cfg: Config) -> Config:
-    """``cfg`` with a file dataset's per-channel mean and std, computed from its training split when
-    not given, written into ``data.mean``/``data.std``: recorded in the run's config.yaml and its
-    checkpoints, so every later command normalises identically without reading the data again."""
-    src = data_source(cfg)
-    if not src.from_files or (src.mean is not None and src.std is not None):
-        return cfg
-    filled = with_statistics(src)
-    d = config_to_dict(cfg)
-    d["data"]["mean"], d["data"]["std"] = list(filled.mean), list(filled.std)
-    return config_from_dict(d)
-
-
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
           on_step: Callable[[Progress], None] | None = None, on_epoch_end: Callable[[dict], None] | None = None,
           model_code: ModelCodePolicy | None = None, _given: dict | None = None) -> Path:
     """Train (or resume) a run; returns its directory. ``on_step`` is called after every step with
-    the run's :class:`~ratkit.training.state.Progress`; ``on_epoch_end`` after every epoch with its
+    the run's :class:`~ratkit.train.state.Progress`; ``on_epoch_end`` after every epoch with its
     metrics row (the dict written to metrics.jsonl).
 
     A resume continues ``run_dir/last`` under ``cfg``, which may differ from the run's config in
-    the fields of :data:`RESUME_CHANGEABLE` only (others are a ConfigError); the change is
+    the fields of :data:`~.rundir.RESUME_CHANGEABLE` only (others are a ConfigError); the change is
     recorded. A new run with ``train.init_from`` starts from that checkpoint's weights.
     SIGTERM/SIGUSR1 raise :class:`TrainingPreempted` and Ctrl-C :class:`TrainingInterrupted`,
     with ``last`` saved at a step boundary. A run that fails to start leaves no run directory.
@@ -648,7 +479,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         if is_user_model(cfg.model.name) and _given is None:
             check_model_code(cfg, model_code)  # before anything in the run directory changes
         cfg = with_validation_eps(cfg)
-        run_dir = _resumed_run_dir(cfg, run_dir, rank, quiet)
+        run_dir = resumed_run_dir(cfg, run_dir, rank, quiet)
     else:
         model_code = model_code or ModelCodePolicy(allowed=cfg.model.name)  # a new run's config is the caller's
         if _given is None:
@@ -658,7 +489,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
             initial = initial_weights(cfg, model_code)  # checked before the run directory is made
         planned = Path(run_dir or cfg.train.out or default_run_dir(cfg))
         created = not planned.exists()
-        run_dir = _new_run_dir(cfg, planned, rank)
+        run_dir = new_run_dir(cfg, planned, rank)
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, model_code=model_code,
                           **(_given or {}))

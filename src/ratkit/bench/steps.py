@@ -31,7 +31,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -45,9 +44,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import dataset_info
-from .methods import Method, StepPrecision, compose_method
-from .models import build_model, model_kwargs_for
+from ..data import dataset_info
+from ..device import environment
+from ..methods import Method, StepPrecision, compose_method
+from ..models import build_model, model_kwargs_for
 
 BENCHMARKS_DIR_ENV = "RAT_BENCHMARKS_DIR"
 
@@ -121,7 +121,7 @@ class BenchSettings:
 
 def naive_module():
     """``benchmarks/naive_trades.py`` (or $RAT_BENCHMARKS_DIR's), or None outside a source tree."""
-    root = os.environ.get(BENCHMARKS_DIR_ENV) or Path(__file__).resolve().parents[2] / "benchmarks"
+    root = os.environ.get(BENCHMARKS_DIR_ENV) or Path(__file__).resolve().parents[3] / "benchmarks"
     path = Path(root) / "naive_trades.py"
     if not path.exists():
         return None
@@ -407,10 +407,10 @@ def step_peak_memory(name: str, settings: BenchSettings) -> dict:
 def measure_memory(name: str, settings: BenchSettings) -> dict:
     """:func:`step_peak_memory` in a fresh subprocess, so configurations cannot affect each other."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    src = str(Path(__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     payload = json.dumps({"name": name, "settings": asdict(settings)})
-    proc = subprocess.run([sys.executable, "-c", "import sys; from ratkit.bench import _memory_worker; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; from ratkit.bench.steps import _memory_worker; "
                            "_memory_worker(sys.argv[1])", payload],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -469,21 +469,6 @@ def width_kwargs(model: str, kwargs: dict, multiplier: float) -> tuple[str, dict
 
 
 # ----------------------------------------------------------------------------- the whole run
-
-
-def environment(device: str) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                env["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return env
 
 
 def ratios(configs: dict[str, dict], memory: dict[str, dict] | None) -> dict[str, float]:

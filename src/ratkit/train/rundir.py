@@ -1,0 +1,200 @@
+"""Run directories and resume: where a run lives, what it records when it starts, and what a
+resume may change.
+
+A new run gets its directory (:func:`prepare_run`: ``config.yaml``, an empty ``metrics.jsonl``;
+rank 0 makes it, every rank uses it). A resume reads the run's ``config.yaml``
+(:func:`resume_config`), checks that only the fields of :data:`RESUME_CHANGEABLE` changed and that
+the epochs never go below those trained, and records each change in ``config-history.yaml``.
+What a run fixes when it starts is written into its config: a file dataset's mean and std
+(:func:`with_data_statistics`), the eps of validation (:func:`with_validation_eps`); the
+fingerprint of its training and validation data goes to ``data-fingerprint.json``
+(:func:`record_or_check_data`), and a resume on other data is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .. import distributed
+from ..checkpoints import CheckpointError, atomic_write_bytes, read_checkpoint_meta
+from ..config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
+                      evaluation_eps, method_label, save_config)
+from ..data.user import fingerprint_difference, with_statistics
+
+
+def default_run_dir(cfg: Config) -> Path:
+    """runs/<dataset>-<method>-seed<seed>-<time>: a new directory for every run, never a clash."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.dataset}-{method_label(cfg)}-seed{cfg.train.seed}-{stamp}"
+
+
+def prepare_run(cfg: Config, out: str | Path | None = None) -> Path:
+    run_dir = Path(out or cfg.train.out or default_run_dir(cfg))
+    if (run_dir / "last.safetensors").exists():
+        raise CheckpointError(f"{run_dir}: already holds a run; use --resume {run_dir} or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "metrics.jsonl").write_text("")
+    return run_dir
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no config.yaml, not a run directory")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+# What a resume may change: how long the run goes on, how often it saves, how it is validated,
+# evaluated and where its data lie; never what a training step computes (model, method, data,
+# seed, batch, optimizer, attack, precision), since the saved state would then continue a
+# different run.
+# The validation set-up (train.val_eps, train.val_n) is the run's own: a best chosen at one eps or on
+# one set of images cannot be compared with epochs validated otherwise; eval.* (the final evaluation)
+# may still change.
+RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_every",
+                     "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
+HISTORY_FILE = "config-history.yaml"
+DATA_FINGERPRINT_FILE = "data-fingerprint.json"
+PREEMPTED_FILE = "preempted"
+
+
+def config_changes(old: Config, new: Config) -> dict[str, tuple]:
+    """``{"section.key": (old, new)}`` for every field that differs."""
+    a, b = config_to_dict(old), config_to_dict(new)
+    return {f"{sec}.{key}": (a[sec][key], b[sec][key]) for sec in a for key in a[sec] if a[sec][key] != b[sec][key]}
+
+
+def check_resume_changes(changes: dict[str, tuple]) -> None:
+    """ConfigError naming the first changed field a resume may not change."""
+    for name, (old, new) in changes.items():
+        if name not in RESUME_CHANGEABLE and f"{name.split('.')[0]}.*" not in RESUME_CHANGEABLE:
+            raise ConfigError(f"{name}: cannot change when resuming (the run has {old!r}, asked {new!r}); "
+                              f"a resume may change {', '.join(RESUME_CHANGEABLE)}. Start a new run instead "
+                              f"(train.init_from=RUN_DIR starts it from this run's weights)")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run's config.yaml with ``section.key=value`` overrides of the fields a resume may
+    change (:data:`RESUME_CHANGEABLE`); any other change is a ConfigError naming the field."""
+    old = with_validation_eps(load_run_config(run_dir))  # a run from before val_eps: the eps it validated at
+    d = config_to_dict(old)
+    for override in overrides:
+        apply_override(d, override)
+    cfg = config_from_dict(d)
+    check_resume_changes(config_changes(old, cfg))
+    return cfg
+
+
+def with_validation_eps(cfg: Config) -> Config:
+    """``cfg`` with ``train.val_eps`` recorded: the eps validation runs at for the whole run (the
+    evaluation eps the run started with), so a later change of ``eval.eps`` moves the final
+    evaluation only."""
+    if cfg.train.val_eps is not None:
+        return cfg
+    d = config_to_dict(cfg)
+    d["train"]["val_eps"] = evaluation_eps(cfg)
+    return config_from_dict(d)
+
+
+def same_run(recorded: Config, cfg: Config) -> bool:
+    """Whether a run directory's ``recorded`` config is the run ``cfg`` asks for: equal, except for
+    what a run fills in when it starts where ``cfg`` leaves it open (``train.val_eps``, a file
+    dataset's ``data.mean``/``data.std``)."""
+    a, b = config_to_dict(recorded), config_to_dict(cfg)
+    for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std")):
+        if b[section][key] is None:
+            a[section][key] = None
+    return a == b
+
+
+def validation_eps(cfg: Config) -> float:
+    """The eps of validation: ``train.val_eps`` (recorded when the run started), else the evaluation eps."""
+    return float(cfg.train.val_eps) if cfg.train.val_eps is not None else evaluation_eps(cfg)
+
+
+def check_resume_epochs(run_dir: Path, cfg: Config) -> None:
+    """ConfigError when a resume asks for fewer epochs than the run has trained: the weights would
+    keep the extra steps, so the run could never be what its config says."""
+    if not (Path(run_dir) / "last.safetensors").exists():
+        return  # no last yet: the resume starts the run from its config
+    meta = read_checkpoint_meta(Path(run_dir) / "last")  # the header only: restoring reads the tensors
+    done = int((meta.get("progress") or {}).get("epoch") or 0)
+    if cfg.train.epochs < done:
+        raise ConfigError(f"train.epochs: the run has already trained {done} epochs, {cfg.train.epochs} asked; "
+                          f"a resume can only go on (--epochs {done} or more)")
+
+
+def record_or_check_data(run_dir: Path, now: dict, resume: bool, main: bool) -> None:
+    """Record the fingerprint of the training and validation data (``data-fingerprint.json``) when
+    a run starts, and refuse a resume whose data differ (other files under ``--data-dir`` or
+    ``RAT_DATA_DIR``), naming what changed. A run from before the record gets one now. ``now``:
+    ``{"train": ..., "val": ...}`` fingerprints; ``main``: whether this rank writes."""
+    path = run_dir / DATA_FINGERPRINT_FILE
+    if resume and path.is_file():
+        recorded = json.loads(path.read_text())
+        for split in ("train", "val"):
+            problem = fingerprint_difference(recorded.get(split, {}), now[split], split)
+            if problem is not None:
+                raise ConfigError(f"data: {problem}; a resume must train on the run's own data "
+                                  f"(the same files may move: --data-dir, RAT_DATA_DIR)")
+        return
+    if main:
+        atomic_write_bytes(path, (json.dumps(now, indent=1) + "\n").encode())
+
+
+def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple]) -> None:
+    """Write the changed config to config.yaml (what the run now is) and append the change to
+    ``config-history.yaml`` (a list of ``{time, changes: {field: {from, to}}}``), so a reader can
+    tell which epochs ran under which settings."""
+    import yaml
+
+    path = run_dir / HISTORY_FILE
+    history = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+    history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+    atomic_write_bytes(path, yaml.safe_dump(history, sort_keys=False).encode())
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+
+
+def resumed_run_dir(cfg: Config, run_dir: str | Path, rank: distributed.Rank, quiet: bool) -> Path:
+    """The run directory of a resume, after checking and recording the config's changes."""
+    run_dir = Path(run_dir)  # cfg has its validation eps recorded (train)
+    changes = config_changes(with_validation_eps(load_run_config(run_dir)), cfg)
+    check_resume_changes(changes)
+    check_resume_epochs(run_dir, cfg)
+    if rank.is_main:
+        if changes:
+            record_config_changes(run_dir, cfg, changes)
+            if not quiet:
+                print("resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+                      flush=True)
+        (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
+    return run_dir
+
+
+def new_run_dir(cfg: Config, run_dir: str | Path | None, rank: distributed.Rank) -> Path:
+    """Rank 0 prepares the run directory; every rank then uses that one."""
+    run_dir = [prepare_run(cfg, run_dir) if rank.is_main else None]
+    if rank.distributed:
+        torch.distributed.broadcast_object_list(run_dir, src=0)
+    return Path(run_dir[0])
+
+
+def with_data_statistics(cfg: Config) -> Config:
+    """``cfg`` with a file dataset's per-channel mean and std, computed from its training split when
+    not given, written into ``data.mean``/``data.std``: recorded in the run's config.yaml and its
+    checkpoints, so every later command normalises identically without reading the data again."""
+    src = data_source(cfg)
+    if not src.from_files or (src.mean is not None and src.std is not None):
+        return cfg
+    filled = with_statistics(src)
+    d = config_to_dict(cfg)
+    d["data"]["mean"], d["data"]["std"] = list(filled.mean), list(filled.std)
+    return config_from_dict(d)
