@@ -105,7 +105,12 @@ def max_over_ranks(value: int, device: torch.device | str = "cpu") -> int:
 
 
 def shard(batch_size: int, rank: Rank | None = None) -> slice:
-    """This rank's contiguous part of a global batch; the batch must divide evenly."""
+    """This rank's contiguous part of a global batch; the batch must divide evenly.
+
+    Example::
+
+        x_local, y_local = x[shard(len(x))], y[shard(len(y))]   # under torchrun: 1/world_size each
+    """
     rank = rank or current()
     if batch_size % rank.world_size:
         raise ValueError(f"the global batch size {batch_size} does not divide among {rank.world_size} ranks")

@@ -137,6 +137,10 @@ def load_checkpoint_examples(
     unless ``dataset`` overrides it; eps is the run's threat radius (the dataset's Linf eps for a
     built-in). ``model_code``: see :func:`ratkit.checkpoints.load_model`. Raises
     ``CheckpointError``/``DataError`` with a one-line reason.
+
+    Example::
+
+        ex = load_checkpoint_examples("runs/my-run", n=256)   # ex.model, ex.x, ex.y, ex.eps
     """
     from ..checkpoints import check_model_fits_data, checkpoint_path, load_model, recorded_data
     from ..data.user import load_split, source_info

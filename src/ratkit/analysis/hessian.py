@@ -250,6 +250,10 @@ def hessian_spectrum(
     ``eps``, seeded by ``seed``) and holds them fixed. ``top_k=0`` or ``probes=0`` skips that
     part. The model's parameters, buffers and train/eval flags are as before when this
     returns or raises.
+
+    Example::
+
+        hess = hessian_spectrum(ex.model, ex.x, ex.y, loss="adversarial", eps=ex.eps, top_k=3, probes=100)
     """
     from tqdm.auto import tqdm
 

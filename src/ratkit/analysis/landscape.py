@@ -178,6 +178,10 @@ def loss_landscape(
     ``adversarial`` is "none", "fixed" or "regenerated" (see the module docstring); the attack
     is ``attack`` if given, else :func:`~ratkit.analysis.common.default_attack` at ``eps``.
     The model's parameters, buffers and train/eval flags are as before when this returns or raises.
+
+    Example::
+
+        land = loss_landscape(ex.model, ex.x, ex.y, dim=1, points=21, span=1.0, adversarial="fixed", eps=ex.eps)
     """
     from tqdm.auto import tqdm
 

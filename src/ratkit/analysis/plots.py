@@ -48,7 +48,12 @@ def plot_landscape_1d(
     metric: str = "both",
     title: str = "",
 ) -> Path:
-    """Overlay 1-D landscapes (one colour per result; clean solid, adversarial dashed) as a PNG."""
+    """Overlay 1-D landscapes (one colour per result; clean solid, adversarial dashed) as a PNG.
+
+    Example::
+
+        plot_landscape_1d([land_trades, land_rat], "landscape.png", labels=["TRADES", "RAT-TRADES"])
+    """
     from matplotlib.figure import Figure
 
     results = list(results)

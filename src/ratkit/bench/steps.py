@@ -225,7 +225,13 @@ def _sync(device: torch.device) -> None:
 def time_configs(settings: BenchSettings,
                  progress: Callable[[str], None] | None = None) -> dict[str, list[list[float]]]:
     """Seconds of every timed step per configuration and round (``times[name][round]``), the
-    configurations interleaved in an order reshuffled every round."""
+    configurations interleaved in an order reshuffled every round.
+
+    Example::
+
+        times = time_configs(BenchSettings(configs=("trades", "rat-trades"), rounds=20))
+        print(ratio_ci(times["rat-trades"], times["trades"]))
+    """
     device = torch.device(settings.device)
     batches = _synthetic_batches(settings, device)
     runners = [_runner(name, settings, device, batches) for name in settings.configs]

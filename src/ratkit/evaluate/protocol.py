@@ -440,7 +440,12 @@ def write_report_files(report: EvalReport, json_path, extra: dict | None = None)
 
 
 def format_report(report: EvalReport) -> str:
-    """A table a reader can trust: what was attacked, on how many images, at which eps."""
+    """A table a reader can trust: what was attacked, on how many images, at which eps.
+
+    Example::
+
+        print(format_report(evaluate(model, x, y, eps=0.1, dataset="fashion-mnist")))
+    """
     protocol = "" if report.protocol == "ours" else ", the papers' protocol (last iterate, step eps/10, CW kappa 50)"
     lines = [
         f"Evaluation on {report.dataset} {report.split} set, {report.norm} eps={report.eps:.4g}{protocol}"

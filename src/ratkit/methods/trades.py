@@ -14,7 +14,12 @@ from .base import BaseMethod, InvalidSetting, Outputs
 def trades_attack(eps: float, steps: int = 10, step_size: float | None = None, norm: str = "Linf",
                   precision: str = "float32") -> PGDConfig:
     """TRADES' attack: KL to the clean prediction, start x + 0.001 N(0, 1), eval mode
-    (``TRADES.training_attack``, kept as a function for scripts: ``trades_attack(8 / 255)``)."""
+    (``TRADES.training_attack``, kept as a function for scripts).
+
+    Example::
+
+        x_adv = pgd(model, x, y, trades_attack(8 / 255))   # PGD-10, step eps/4 by default
+    """
     return TRADES.training_attack(eps, steps, step_size, norm, precision)
 
 
