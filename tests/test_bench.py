@@ -91,15 +91,25 @@ def test_bench_times_every_configuration_and_reports_every_ratio_against_its_tar
     json.dumps(result)
 
 
-def test_peak_memory_is_measured_in_one_subprocess_per_configuration():
+def test_peak_memory_is_measured_in_one_subprocess_per_configuration(monkeypatch):
+    import ratkit.bench.steps as steps
+
     settings = BenchSettings(batch_size=64, attack_steps=1, rounds=1, steps_per_round=1, warmup=0,
                              configs=("at", "rat-exact-at"))
-    at, rat_at = measure_memory("at", settings), measure_memory("rat-exact-at", settings)
+    measured = []
+
+    def spy(name, s):
+        measured.append(name)
+        return measure_memory(name, s)
+
+    monkeypatch.setattr(steps, "measure_memory", spy)
+    result = run_bench(settings, with_scaling=False)
+    assert measured == ["at", "rat-exact-at"]
+    at, rat_at = (result["configs"][name]["peak_step_bytes"] for name in measured)
     # RAT's exact-head terms around PGD-AT differentiate the clean pass, so its activations are kept as
     # well as the adversarial one's (the soft-target RAT-AT runs its clean pass without a graph)
-    assert 0 < at["peak_step_bytes"] < rat_at["peak_step_bytes"]
-    result = run_bench(settings, with_scaling=False)
-    assert result["ratios"]["rat_peak_mem_over_base_exact_at"] > 1.0
+    assert 0 < at < rat_at
+    assert result["ratios"]["rat_peak_mem_over_base_exact_at"] == pytest.approx(rat_at / at)
     assert "rat_peak_mem_over_base" not in result["ratios"]  # that one is RAT-TRADES over TRADES
 
 

@@ -61,13 +61,13 @@ def test_tampered_checkpoint_exits_2_without_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("out", ["2024-05-01", "yes", "123", "null", "~"])
-def test_train_out_names_the_directory_literally(tmp_path, out):
+def test_train_out_names_the_directory_literally(tmp_path, monkeypatch, out):
     """Flags are typed values, never re-parsed as YAML: a date, yes, a number, null and ~ are names."""
-    result = _rat("train", "--dataset", "synthetic", "--train-subset", "64", "--epochs", "1", "--batch-size", "32",
-                     "--set", "data.val_size=32", "--set", "train.val_n=16", "--set", "model.kwargs.channels=[2,4]",
-                     "--set", "model.kwargs.hidden=8", "--set", "attack.steps=1", "--no-eval", "--quiet",
-                     "--out", out, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dataset", "synthetic", "--train-subset", "64", "--epochs", "1", "--batch-size", "32",
+                 "--set", "data.val_size=32", "--set", "train.val_n=16", "--set", "model.kwargs.channels=[2,4]",
+                 "--set", "model.kwargs.hidden=8", "--set", "attack.steps=1", "--no-eval", "--quiet",
+                 "--out", out]) == 0
     assert (tmp_path / out / "last.safetensors").exists()
     import yaml
 

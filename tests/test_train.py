@@ -199,7 +199,7 @@ def test_ctrl_c_saves_progress_and_exits_cleanly_then_resume_finishes(tmp_path):
 
     run = tmp_path / "r"
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    args = [sys.executable, "-m", "ratkit", "train", "--dataset", "synthetic", "--out", str(run), "--epochs", "20",
+    args = [sys.executable, "-m", "ratkit", "train", "--dataset", "synthetic", "--out", str(run), "--epochs", "8",
             "--no-eval", "--set", "data.val_size=128", "--set", "data.train_subset=256",
             *[a for kv in TINY for a in ("--set", kv)]]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -216,7 +216,7 @@ def test_ctrl_c_saves_progress_and_exits_cleanly_then_resume_finishes(tmp_path):
     result = _rat("train", "--resume", str(run), "--no-eval", "--quiet")
     assert result.returncode == 0, result.stderr
     _, meta = read_checkpoint(run / "last")
-    assert meta["progress"]["epoch"] == 20
+    assert meta["progress"]["epoch"] == 8
 
 
 def _rows(*accuracies):
