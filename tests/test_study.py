@@ -1,6 +1,7 @@
 """Specifications of `rat study`: skip complete runs, resume interrupted ones, aggregate honestly."""
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -257,7 +258,8 @@ def test_bad_grids_are_refused_with_one_line(tmp_path):
     assert result.returncode == 2 and "runz" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_parallel_study_runs_each_run_in_its_own_process_with_the_same_results(tmp_path):
+def test_parallel_study_runs_each_run_in_its_own_process_with_the_same_results(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     grid = _grid(tmp_path, seeds=[0], hessian=None)
     messages = []
     result = study.run_study_parallel(tmp_path / "tiny.yaml", grid, tmp_path / "runs", tmp_path / "results",
@@ -272,6 +274,18 @@ def test_parallel_study_runs_each_run_in_its_own_process_with_the_same_results(t
     sequential = json.loads((tmp_path / "seq-results" / "trades-seed0.json").read_text())
     assert parallel["accuracy"]["pgd20"]["accuracy"] == sequential["accuracy"]["pgd20"]["accuracy"]
     assert [h["val_pgd20"] for h in parallel["history"]] == [h["val_pgd20"] for h in sequential["history"]]
+    # two processes at once: each ran on its share of the cores, not a thread per core
+    assert parallel["machine"]["threads"] == max(1, os.cpu_count() // 2)
+
+
+def test_each_parallel_run_process_gets_its_share_of_the_cores_unless_the_user_set_one(monkeypatch):
+    from ratkit.study.runner import child_environment
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert child_environment(2, {})["OMP_NUM_THREADS"] == "8"
+    assert child_environment(3, {})["OMP_NUM_THREADS"] == "5"
+    assert child_environment(32, {})["OMP_NUM_THREADS"] == "1"
+    assert child_environment(2, {"OMP_NUM_THREADS": "3", "PATH": "/bin"}) == {"OMP_NUM_THREADS": "3", "PATH": "/bin"}
 
 
 def test_evaluate_only_records_runs_trained_elsewhere_from_best_and_metrics_alone(tmp_path):

@@ -207,14 +207,26 @@ def study_command(grid_path, name: str, seed: int, out_dir: Path, results_dir: P
             "--seeds", str(seed), "--out", str(out_dir), "--results", str(results_dir), "--no-aggregate", *flags]
 
 
+def child_environment(jobs: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of one of ``jobs`` run processes: each gets its share of the CPU cores as
+    ``OMP_NUM_THREADS`` (cores // jobs, at least 1), as torchrun does, so that N processes do not
+    each start a thread per core and oversubscribe the CPU. A value the user set is kept.
+
+    Example: ``child_environment(2)["OMP_NUM_THREADS"]`` is ``"8"`` on 16 cores.
+    """
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
+    return env
+
+
 def _start_run(grid_path, name: str, seed: int, out_dir: Path, results_dir: Path, flags: Sequence[str],
-               log: Log) -> tuple[str, subprocess.Popen, object]:
+               log: Log, jobs: int) -> tuple[str, subprocess.Popen, object]:
     """``rat study --only NAME --seeds S`` in its own process, its output in ``OUT/<config>-seed<s>.log``."""
     key = run_key(name, seed)
     cmd = study_command(grid_path, name, seed, out_dir, results_dir, flags)
     logfile = open(out_dir / f"{key}.log", "a")  # appended: a second study's process on the run must not empty it
     log(f"{key}: started (log {out_dir / f'{key}.log'})")
-    return key, subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT), logfile
+    return key, subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=child_environment(jobs)), logfile
 
 
 def run_study_parallel(grid_path: str | os.PathLike, grid: StudyGrid, out_dir: str | os.PathLike,
@@ -239,7 +251,7 @@ def run_study_parallel(grid_path: str | os.PathLike, grid: StudyGrid, out_dir: s
     running, failed, in_use = [], [], []
     while queue or running:
         while queue and len(running) < jobs:
-            running.append(_start_run(grid_path, *queue.pop(0), out_dir, results_dir, flags, log))
+            running.append(_start_run(grid_path, *queue.pop(0), out_dir, results_dir, flags, log, jobs))
         time.sleep(1.0)
         for item in [r for r in running if r[1].poll() is not None]:
             key, proc, logfile = item
