@@ -1,7 +1,6 @@
 """Specifications of `rat study`: skip complete runs, resume interrupted ones, aggregate honestly."""
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -259,6 +258,8 @@ def test_bad_grids_are_refused_with_one_line(tmp_path):
 
 
 def test_parallel_study_runs_each_run_in_its_own_process_with_the_same_results(tmp_path, monkeypatch):
+    from ratkit.study.runner import usable_cores
+
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     grid = _grid(tmp_path, seeds=[0], hessian=None)
     messages = []
@@ -275,17 +276,27 @@ def test_parallel_study_runs_each_run_in_its_own_process_with_the_same_results(t
     assert parallel["accuracy"]["pgd20"]["accuracy"] == sequential["accuracy"]["pgd20"]["accuracy"]
     assert [h["val_pgd20"] for h in parallel["history"]] == [h["val_pgd20"] for h in sequential["history"]]
     # two processes at once: each ran on its share of the cores, not a thread per core
-    assert parallel["machine"]["threads"] == max(1, os.cpu_count() // 2)
+    assert parallel["machine"]["threads"] == max(1, usable_cores() // 2)
 
 
 def test_each_parallel_run_process_gets_its_share_of_the_cores_unless_the_user_set_one(monkeypatch):
-    from ratkit.study.runner import child_environment
+    import ratkit.study.runner as runner
 
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert child_environment(2, {})["OMP_NUM_THREADS"] == "8"
-    assert child_environment(3, {})["OMP_NUM_THREADS"] == "5"
-    assert child_environment(32, {})["OMP_NUM_THREADS"] == "1"
-    assert child_environment(2, {"OMP_NUM_THREADS": "3", "PATH": "/bin"}) == {"OMP_NUM_THREADS": "3", "PATH": "/bin"}
+    monkeypatch.setattr(runner, "usable_cores", lambda: 16)
+    assert runner.child_environment(2, {})["OMP_NUM_THREADS"] == "8"
+    assert runner.child_environment(3, {})["OMP_NUM_THREADS"] == "5"
+    assert runner.child_environment(32, {})["OMP_NUM_THREADS"] == "1"
+    assert runner.child_environment(2, {"OMP_NUM_THREADS": "3", "PATH": "/bin"}) == {"OMP_NUM_THREADS": "3", "PATH": "/bin"}
+
+
+def test_the_usable_cores_are_the_affinity_a_scheduler_granted_not_the_machines_count(monkeypatch):
+    from ratkit.study.runner import usable_cores
+
+    monkeypatch.setattr("os.cpu_count", lambda: 128)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {4, 5, 6}, raising=False)
+    assert usable_cores() == 3
+    monkeypatch.delattr("os.sched_getaffinity")
+    assert usable_cores() == 128
 
 
 def test_evaluate_only_records_runs_trained_elsewhere_from_best_and_metrics_alone(tmp_path):

@@ -207,15 +207,23 @@ def study_command(grid_path, name: str, seed: int, out_dir: Path, results_dir: P
             "--seeds", str(seed), "--out", str(out_dir), "--results", str(results_dir), "--no-aggregate", *flags]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what a SLURM allocation or a container's
+    cpuset grants), not the machine's count, where the platform tells it."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def child_environment(jobs: int, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of one of ``jobs`` run processes: each gets its share of the CPU cores as
+    """The environment of one of ``jobs`` run processes: each gets its share of the usable cores as
     ``OMP_NUM_THREADS`` (cores // jobs, at least 1), as torchrun does, so that N processes do not
     each start a thread per core and oversubscribe the CPU. A value the user set is kept.
 
-    Example: ``child_environment(2)["OMP_NUM_THREADS"]`` is ``"8"`` on 16 cores.
+    Example: ``child_environment(2)["OMP_NUM_THREADS"]`` is ``"8"`` with 16 usable cores.
     """
     env = dict(os.environ if environ is None else environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // max(1, jobs))))
     return env
 
 
