@@ -19,3 +19,12 @@ def tiny_batch():
     x = torch.rand(6, 1, 8, 8, generator=g)
     y = torch.randint(0, 10, (6,), generator=g)
     return x, y
+
+
+@pytest.fixture(autouse=True)
+def fast_machine_for_budget_plans(monkeypatch):
+    """In-process runs plan their budget (the CPU preset has train.budget_s) as on a fast machine, so
+    that no test depends on this machine's speed; tests/test_budget.py injects its own speeds."""
+    import ratkit.train.budget as budget
+
+    monkeypatch.setattr(budget, "measure_speed", lambda cfg, info, build: (1e-4, 1e-7))

@@ -66,6 +66,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="keep no per-batch results on disk (an interruption loses the evaluation)")
     p.add_argument("--save-adv", type=Path, default=None,
                    help="write each image's worst-case adversarial example (safetensors: x_adv, y, correct, attack)")
+    p.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                   help="torch.compile the model for the attacks (auto: where it was measured to win; "
+                        "docs/performance.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -96,6 +99,11 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
     eps = args.eps if args.eps is not None else info.protocol_eps(args.norm)
     if args.protocol == "paper" and args.eps is None:
         eps = paper_eps(eps)
+    from .compile import compile_model, print_line
+
+    example = torch.rand(min(args.batch_size, 64), *info.image_shape, device=device)
+    setting = getattr(args, "compile", "auto")
+    print_line(compile_model(model.to(device), setting, example)[1], args.quiet or setting == "auto")
     report = evaluate_test_set(model.to(device), src, n=args.n, eps=eps,
                                norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
                                seed=args.seed, quiet=args.quiet, protocol=args.protocol,
@@ -189,13 +197,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _budget_seconds(text: str) -> float | None:
+    from .train.budget import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise UserError(f"--budget: {exc}") from None
+
+
 def _train_overrides(args) -> list:
     """The common flags as typed ``(section.key, value)`` overrides (never re-parsed as YAML),
     then the ``--set section.key=value`` strings (parsed as YAML), which win."""
     flags = {"method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
              "batch_size": "train.batch_size", "train_subset": "data.train_subset", "seed": "train.seed",
              "out": "train.out", "data_dir": "data.data_dir", "device": "train.device", "rat": "method.rat",
-             "awp": "method.awp", "norm": "attack.norm", "eps": "data.eps"}
+             "awp": "method.awp", "norm": "attack.norm", "eps": "data.eps", "budget": "train.budget_s",
+             "compile": "train.compile"}
     overrides = []
     if args.model is not None and not args.resume:
         from .config import load_config
@@ -204,7 +222,9 @@ def _train_overrides(args) -> list:
             overrides.append(("model.kwargs", {}))
     for attr, key in flags.items():
         value = getattr(args, attr)
-        if value is not None:
+        if attr == "budget" and value is not None:
+            value = _budget_seconds(value)
+        if value is not None or (attr == "budget" and args.budget is not None):
             overrides.append((key, value))
     if args.eps is not None and not args.resume:  # the preset's step size was for its own eps: eps / 4
         overrides.append(("attack.step_size", None))
@@ -247,7 +267,9 @@ def cmd_train(args) -> int:
     resolve_device(cfg.train.device)
     started = time.perf_counter()
     try:
-        run_dir = train(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet, model_code=policy)
+        evaluation = "none" if args.no_eval else "full" if args.full_eval else "preset"
+        run_dir = train(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet, model_code=policy,
+                        evaluation=evaluation)
     except TrainingStopped as exc:
         print(f"rat train: stopped: {exc}", file=sys.stderr)
         return 1
@@ -384,6 +406,7 @@ def _study_grid(args):
 
 def cmd_study(args) -> int:
     from .study import StudyError, run_study, run_study_parallel, write_aggregate
+    from .study.grid import emulated_bfloat16_notice
     from .study.lock import EXIT_IN_USE, RunInUse
 
     grid_path, grid, seeds = _study_grid(args)
@@ -396,6 +419,9 @@ def cmd_study(args) -> int:
         if args.jobs is not None and args.jobs < 1:
             raise StudyError(f"--jobs: must be >= 1, got {args.jobs}")
         spec = _study_executor(args)
+        notice = None if args.aggregate_only else emulated_bfloat16_notice(grid, only)
+        if notice is not None:
+            print(f"warning: {notice}", file=sys.stderr, flush=True)
         if args.aggregate_only:
             result = write_aggregate(grid, results)
         elif spec is not None:
@@ -583,6 +609,13 @@ def _add_train_command(sub) -> None:
     p.add_argument("--trust-model-code", action="store_true",
                    help="on --resume: import the model code (module:callable) the run's config names")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--budget", default=None, metavar="DURATION",
+                   help="fit training and the final evaluation into this time (900, 15m, 1.5h; none: no plan): "
+                        "the machine's speed is measured first and the run trains fewer steps and runs AutoAttack "
+                        "on fewer images where the config does not fit (train.budget_s; the CPU preset has 15m)")
+    p.add_argument("--compile", choices=("auto", "true", "false"), default=None,
+                   help="torch.compile the model for training and validation (train.compile; auto: where it "
+                        "was measured to win, docs/performance.md)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--train-subset", type=int, default=None, help="train on the first N training images")
     p.add_argument("--seed", type=int, default=None)

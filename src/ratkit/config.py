@@ -34,6 +34,8 @@ import yaml
 # choices are declared once, next to the code that implements them; the methods' own settings
 # (beta, RAT's, AWP's) are checked by building them (validate). These imports bring in torch.
 from .attacks.pgd import NORMS, PRECISIONS
+from .compile import COMPILE_CHOICES
+from .device import AUTO, emulated_bfloat16_warning, resolve_device, resolve_precision
 from .evaluate import ATTACKS
 from .methods import AWP, BASE_METHODS, RAT, STEP_PRECISIONS, TRADES, InvalidSetting, Method, compose_method
 
@@ -42,7 +44,7 @@ CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+)$")
 
 
 class ConfigError(Exception):
@@ -96,7 +98,9 @@ class AttackConfig:
     steps: int = 10
     step_size: float | None = None  # None = eps / 4
     norm: str = "Linf"
-    precision: str = "float32"  # "bfloat16": attack under bf16 autocast (faster; docs/performance.md)
+    # "auto": bfloat16 autocast where the device computes it natively, else float32 (ratkit.device.resolve_precision);
+    # a run records the resolved value in config.yaml, so a resume continues as it started, on any machine
+    precision: str = "auto"
 
 
 # the method section's wrappers: its key -> the class whose keyword arguments the key's mapping holds
@@ -171,6 +175,14 @@ class TrainConfig:
     # stop at the first epoch end after this many seconds of training steps, counted over the
     # whole run (resumes included); null = no budget
     time_budget_s: float | None = None
+    # the whole job (training and the final evaluation) in this many seconds: before the run starts,
+    # the machine's speed is measured and train.max_steps / eval.aa_n chosen to fit (ratkit.train.budget);
+    # the plan is recorded in config.yaml and plan.json, and a resume follows it. null = no plan
+    budget_s: float | None = None
+    # stop after this many optimizer steps (the learning-rate schedule spans them); null = train.epochs
+    max_steps: int | None = None
+    # torch.compile the model for training and validation: auto (where it was measured to win), true, false
+    compile: str = "auto"
     # write `last` mid-epoch after this many seconds of training steps, so a kill -9 or a node
     # failure loses at most that much; null = only at epoch ends (and on Ctrl-C, SIGTERM, SIGUSR1)
     checkpoint_every_s: float | None = None
@@ -197,6 +209,7 @@ class EvalConfig:
     aa_n: int | None = 500
     batch_size: int = 256
     eps: float | None = None  # validation and final evaluation; null: the dataset's protocol eps, as rat eval
+    compile: str = "auto"  # torch.compile the model for the final evaluation: auto, true, false
 
 
 @dataclass
@@ -284,6 +297,8 @@ def _coerce(name: str, value: Any, tp: Any, strict: bool = False) -> Any:
             raise ConfigError(f"{name}: must be finite, got {value!r}")
         return out
     if inner is str:
+        if name.rsplit(".", 1)[-1] == "compile" and isinstance(value, bool):  # YAML's true/false
+            return "true" if value else "false"
         if not isinstance(value, str):
             raise bad()
         return value
@@ -436,7 +451,7 @@ def _validate_attack_and_method(cfg: Config) -> None:
     _check(a.steps >= 1, "attack.steps", "must be >= 1", a.steps)
     _check(a.step_size is None or a.step_size > 0, "attack.step_size", "must be > 0 or null", a.step_size)
     _choice("attack.norm", a.norm, NORMS)
-    _choice("attack.precision", a.precision, PRECISIONS)
+    _choice("attack.precision", a.precision, (AUTO, *PRECISIONS))
     _choice("method.name", me.name, tuple(BASE_METHODS))
     for key in WRAPPERS:
         _wrapper_settings(key, getattr(me, key), strict=True)
@@ -472,12 +487,14 @@ def _validate_train(cfg: Config) -> None:
     _check(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     _check(0 <= t.seed < 2**32, "train.seed", "must be in [0, 2**32)", t.seed)
-    _check(bool(_DEVICE.match(t.device)), "train.device", "must be auto, cpu, cuda or cuda:N", t.device)
+    _check(bool(_DEVICE.match(t.device)), "train.device", "must be auto, cpu, cuda, cuda:N or mps", t.device)
     _choice("train.precision", t.precision, STEP_PRECISIONS)
     for key in ("out", "init_from"):
         value = getattr(t, key)
         _check(value is None or value.strip() != "", f"train.{key}", "must be a non-empty path or null", value)
-    for key in ("val_n", "val_eps", "time_budget_s", "checkpoint_every_s"):
+    _choice("train.compile", t.compile, COMPILE_CHOICES)
+    _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null", t.max_steps)
+    for key in ("val_n", "val_eps", "time_budget_s", "checkpoint_every_s", "budget_s"):
         value = getattr(t, key)
         _check(value is None or value > 0, f"train.{key}", "must be > 0 or null", value)
     _check(t.collapse_margin is None or t.collapse_margin >= 0, "train.collapse_margin",
@@ -497,6 +514,7 @@ def _validate_eval(cfg: Config) -> None:
     _check(e.n is None or e.n > 0, "eval.n", "must be > 0 or null", e.n)
     _check(e.aa_n is None or e.aa_n > 0, "eval.aa_n", "must be > 0 or null", e.aa_n)
     _check(e.batch_size >= 1, "eval.batch_size", "must be >= 1", e.batch_size)
+    _choice("eval.compile", e.compile, COMPILE_CHOICES)
 
 
 # --------------------------------------------------------------------------- files and presets
@@ -773,11 +791,32 @@ def data_source(cfg: Config):
                       workers=d.workers)
 
 
+def attack_precision(cfg: Config) -> str:
+    """The training attack's precision with ``auto`` resolved for the run's device (a run resolves
+    it once, when it starts, and records it: :func:`with_resolved_precision`)."""
+    if cfg.attack.precision != AUTO:
+        return cfg.attack.precision
+    try:
+        device = resolve_device(cfg.train.device)
+    except ValueError:  # an unavailable device is refused where the run starts; here any choice builds
+        return "float32"
+    return resolve_precision(AUTO, device)[0]
+
+
+def with_resolved_precision(cfg: Config, device) -> tuple[Config, str]:
+    """``cfg`` with ``attack.precision: auto`` replaced by what ``device`` computes natively, and the
+    line that says what was chosen and why (an explicit bfloat16 on a device that only emulates it
+    keeps bfloat16, and the line warns how much slower it is expected to be)."""
+    precision, why = resolve_precision(cfg.attack.precision, device)
+    line = ("warning: " if emulated_bfloat16_warning(precision, device) else "") + f"training attack precision: {why}"
+    return dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, precision=precision)), line
+
+
 def method_settings(cfg: Config) -> dict:
     """The configured method as ``compose_method``'s arguments: ``compose_method(**method_settings(cfg))``."""
     m, a = cfg.method, cfg.attack
     eps, step_size = resolved_attack(cfg)
-    return dict(name=m.name, eps=eps, steps=a.steps, step_size=step_size, norm=a.norm, precision=a.precision,
+    return dict(name=m.name, eps=eps, steps=a.steps, step_size=step_size, norm=a.norm, precision=attack_precision(cfg),
                 beta=m.beta, rat=None if m.rat is None else dict(m.rat), awp=None if m.awp is None else dict(m.awp))
 
 
@@ -804,6 +843,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "apply_override",
+    "attack_precision",
     "config_from_dict",
     "data_source",
     "config_to_dict",
@@ -819,5 +859,6 @@ __all__ = [
     "upgrade_flat_method",
     "validate",
     "WRAPPERS",
+    "with_resolved_precision",
     "wrapper_arguments",
 ]

@@ -180,6 +180,23 @@ def run_config(grid: StudyGrid, name: str, seed: int) -> Config:
     return load_config(grid.preset, [*grid.overrides, *grid.runs[name], f"train.seed={seed}"])
 
 
+def emulated_bfloat16_notice(grid: StudyGrid, only: list[str] | None = None) -> str | None:
+    """One line for the start of a study whose runs keep an explicit bfloat16 attack (the committed
+    runs were made so) on a machine that only emulates bfloat16, else None."""
+    from ..device import emulated_bfloat16_warning, resolve_device
+
+    for name in (only or grid.runs):
+        cfg = run_config(grid, name, grid.seeds[0] if grid.seeds else 0)
+        try:
+            device = resolve_device(cfg.train.device)
+        except ValueError:
+            continue
+        warning = emulated_bfloat16_warning(cfg.attack.precision, device)
+        if warning is not None:
+            return f"study {grid.name}: the grid's runs keep attack.precision bfloat16, as its committed runs; {warning[9:]}"
+    return None
+
+
 def run_key(name: str, seed: int) -> str:
     """The name of a run's directory and result file: ``<config>-seed<s>``."""
     return f"{name}-seed{seed}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +41,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed
 from ..attacks import BatchShard
+from ..compile import compile_model, is_compiled, print_line
 from ..checkpoints import CheckpointError, checkpoint_path, check_model_fits_data, load_model, read_checkpoint
 from ..config import (Config, ConfigError, config_to_dict, data_source, evaluation_eps, method_label, method_settings,
-                      resolved_attack)
+                      resolved_attack, with_resolved_precision)
 from ..data import augment, iterate_batches, split_train_val
 from ..data.streaming import StreamedData, iterate_streamed_batches
 from ..data.user import data_fingerprint, load_split, source_info
@@ -55,6 +57,7 @@ from ..models.user import ModelCodePolicy, UntrustedModelCode, build_user_model,
 
 # the trainer's observers and state, and its run directory
 from .checkpoints import BestCheckpoint, LastCheckpoint
+from .budget import plan_run, write_plan
 from .collapse import robust_collapse
 from .run_log import RunLog
 from .rundir import (PREEMPTED_FILE, default_run_dir, new_run_dir, record_or_check_data, resumed_run_dir,
@@ -151,7 +154,7 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     jumps up at the resume point (cosine from its value at epoch e of E to that at e of E')."""
     o = cfg.optim
     epoch = step / steps_per_epoch
-    total = cfg.train.epochs
+    total = training_epochs(cfg, steps_per_epoch)
     if o.schedule == "constant":
         lr = o.lr
     elif o.schedule == "multistep":
@@ -166,6 +169,14 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
     if o.warmup_epochs > 0 and epoch < o.warmup_epochs:
         lr *= (step + 1) / (o.warmup_epochs * steps_per_epoch)
     return lr
+
+
+def training_epochs(cfg: Config, steps_per_epoch: int) -> float:
+    """How many epochs the run trains, fractional when ``train.max_steps`` ends it mid-epoch: the
+    length the learning-rate schedule is laid over (a budget's plan is never cut off mid-cosine)."""
+    if cfg.train.max_steps is None:
+        return float(cfg.train.epochs)
+    return min(float(cfg.train.epochs), cfg.train.max_steps / steps_per_epoch)
 
 
 def epoch_order_generator(seed: int, epoch: int) -> torch.Generator:
@@ -292,6 +303,7 @@ class Trainer:
         self.model, self.spec, self.train_model = _placed_model(cfg, self.info, self.device, self.rank, given_model,
                                                                 model_code)
         self.method = given_method if given_method is not None else build_method(cfg)
+        self._compile(quiet)
         self.precision = StepPrecision(cfg.train.precision, self.device.type)
         self.optimizer = build_optimizer(cfg, self.model)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
@@ -304,6 +316,21 @@ class Trainer:
         self.best = BestCheckpoint(self.run_dir, self.model, self.spec, meta, validated=len(self.val_data) > 0,
                                    main=main)
         self.stops = StopConditions(self.run_dir, self.device, time_budget_s=cfg.train.time_budget_s)
+
+    def _compile(self, quiet: bool) -> None:
+        """``train.compile``: the model compiled in place (training step, attacks and validation), tried
+        on one batch of the training shape; a failure runs eager with one warning line."""
+        example = torch.rand(self.cfg.train.batch_size // self.rank.world_size, *self.info.image_shape,
+                             device=self.device)
+        if self.cfg.train.channels_last and example.dim() == 4:
+            example = example.contiguous(memory_format=torch.channels_last)
+        _, line = compile_model(self.model, self.cfg.train.compile, example)
+        if self.rank.is_main and (self.cfg.train.compile != "auto" or is_compiled(self.model)):
+            print_line(line, quiet)
+
+    def steps_done(self) -> bool:
+        """Whether ``train.max_steps`` optimizer steps have been taken."""
+        return self.cfg.train.max_steps is not None and self.progress.global_step >= self.cfg.train.max_steps
 
     def restore_last(self) -> None:
         """Continue from ``run_dir/last``; metrics.jsonl is rewritten from the history saved there."""
@@ -352,6 +379,8 @@ class Trainer:
         bar = self.log.epoch_bar(epoch, self.steps_per_epoch, initial=p.step_in_epoch)
         try:
             for i, (xb, yb) in enumerate(batches, start=p.step_in_epoch):
+                if self.steps_done():  # train.max_steps: the run ends inside this epoch
+                    break
                 xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
                 lr, step = self._train_step(xb, yb, epoch)
                 sums.add(step)
@@ -394,14 +423,14 @@ class Trainer:
         """Train until ``train.epochs`` or a stop condition; ``last`` is saved after every epoch."""
         p = self.progress
         with cudnn_autotuned(self.device):
-            while p.epoch < self.cfg.train.epochs:
+            while p.epoch < self.cfg.train.epochs and not self.steps_done():
                 if self.stops.budget_reached(p):
                     self.log.budget_reached(self.cfg.train.time_budget_s, p)
                     break
                 epoch = p.epoch
                 row = self._run_epoch_or_stop(epoch)
                 # the epoch a run stops at is validated too, whatever stops it: every run has a best
-                if self._validation_due(epoch + 1) or self.stops.budget_spent(p):
+                if self._validation_due(epoch + 1) or self.stops.budget_spent(p) or self.steps_done():
                     row.update(self._validate())
                 self._end_epoch(epoch + 1, row)
                 self.stops.honour_requests()  # a signal during validation: stop here, `last` is saved
@@ -454,7 +483,7 @@ def _fit_until_stopped(trainer: Trainer) -> None:
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
           on_step: Callable[[Progress], None] | None = None, on_epoch_end: Callable[[dict], None] | None = None,
-          model_code: ModelCodePolicy | None = None, _given: dict | None = None) -> Path:
+          model_code: ModelCodePolicy | None = None, evaluation: str = "preset", _given: dict | None = None) -> Path:
     """Train (or resume) a run; returns its directory. ``on_step`` is called after every step with
     the run's :class:`~ratkit.train.state.Progress`; ``on_epoch_end`` after every epoch with its
     metrics row (the dict written to metrics.jsonl).
@@ -469,11 +498,21 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     is the caller's own, so its model is allowed; a resumed run's config is a file, so its model
     code is imported only if ``model_code`` allows it.
 
+    ``train.budget_s``: a new run is planned first (:mod:`.budget`): ``evaluation`` says which final
+    evaluation follows (``preset``: eval.n and eval.aa_n, ``full``, or ``none``), so that training and
+    evaluation together fit; the plan is printed and recorded, and a resume follows it.
+
     Under torchrun every rank calls this; rank 0 prepares the run directory and every rank
     then uses that one.
 
     Example: ``train(load_config("fmnist-cpu", ["train.epochs=1"]), "runs/try")``"""
-    rank = distributed.init_from_environment(resolve_device(cfg.train.device).type)
+    device = resolve_device(cfg.train.device)
+    rank = distributed.init_from_environment(device.type)
+    # attack.precision: auto becomes what this device computes natively, recorded in config.yaml, so
+    # that a resume continues with the precision the run started with, on any machine
+    cfg, precision_line = with_resolved_precision(cfg, device)
+    if rank.is_main:
+        print_line(precision_line, quiet)  # a warning goes to stderr, quiet or not
     initial, created = None, False
     if resume:
         if is_user_model(cfg.model.name) and _given is None:
@@ -487,9 +526,24 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         cfg = with_validation_eps(cfg)
         if cfg.train.init_from is not None:
             initial = initial_weights(cfg, model_code)  # checked before the run directory is made
+        plan = None
+        if cfg.train.budget_s is not None and _given is None:
+            if rank.distributed:
+                if rank.is_main:
+                    print("warning: train.budget_s is not planned under torchrun; the run trains as configured",
+                          file=sys.stderr, flush=True)
+            else:
+                plan = plan_run(cfg, evaluation=evaluation, build=lambda info: (  # before the run directory
+                    build_model_from_config(cfg, info, model_code)[0], build_method(cfg),
+                    lambda model: build_optimizer(cfg, model)))
+                cfg = plan.apply(cfg)
+                if not quiet:
+                    print(plan.summary(), flush=True)
         planned = Path(run_dir or cfg.train.out or default_run_dir(cfg))
         created = not planned.exists()
         run_dir = new_run_dir(cfg, planned, rank)
+        if plan is not None:
+            write_plan(run_dir, plan)
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, model_code=model_code,
                           **(_given or {}))
@@ -542,6 +596,9 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
     model, meta = load_model(run_dir / checkpoint, device, model_code)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)  # AutoAttack ~1.45x faster on CPU, same results
+    info = source_info(data_source(cfg))
+    example = torch.rand(min(cfg.eval.batch_size, 64), *info.image_shape, device=device)
+    print_line(compile_model(model, cfg.eval.compile, example)[1], quiet or cfg.eval.compile == "auto")
     n, aa_n = (None, None) if full else (cfg.eval.n, cfg.eval.aa_n)
     eps = evaluation_eps(cfg)
     report = evaluate_test_set(model, data_source(cfg), n=n, eps=eps,

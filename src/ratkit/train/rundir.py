@@ -58,8 +58,9 @@ def load_run_config(run_dir: str | Path) -> Config:
 # The validation set-up (train.val_eps, train.val_n) is the run's own: a best chosen at one eps or on
 # one set of images cannot be compared with epochs validated otherwise; eval.* (the final evaluation)
 # may still change.
-RESUME_CHANGEABLE = ("train.epochs", "train.time_budget_s", "train.checkpoint_every_s", "train.val_every",
-                     "train.collapse_margin", "train.collapse_epochs", "data.data_dir", "eval.*")
+RESUME_CHANGEABLE = ("train.epochs", "train.max_steps", "train.budget_s", "train.time_budget_s",
+                     "train.checkpoint_every_s", "train.val_every", "train.collapse_margin", "train.collapse_epochs",
+                     "data.data_dir", "eval.*")
 HISTORY_FILE = "config-history.yaml"
 DATA_FINGERPRINT_FILE = "data-fingerprint.json"
 PREEMPTED_FILE = "preempted"
