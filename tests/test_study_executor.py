@@ -263,3 +263,47 @@ def test_a_study_started_again_waits_on_its_live_slurm_job_instead_of_submitting
     assert (tmp_path / "sbatch-calls").read_text() == "x\n"  # one sbatch: b-seed0's
     jobs = read_jobs(runs)
     assert jobs["a-seed0"] == recorded["a-seed0"] and jobs["b-seed0"]["job_id"] == "4242"
+
+
+class _CountingExecutor:
+    """A stand-in for submitit's executor that only counts what it is given."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, job):
+        self.submitted.append(job)
+        raise AssertionError("a job was submitted")
+
+
+def test_a_corrupt_jobs_file_is_refused_in_one_line_before_any_job_is_submitted(tmp_path, monkeypatch, capsys):
+    from ratkit.cli import _main
+    from ratkit.study import cluster
+
+    executor = _CountingExecutor()
+    monkeypatch.setattr(cluster, "make_executor", lambda *args: executor)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    grid = _grid_file(tmp_path)
+    for corrupt in ('{"a-seed0": {"executor": "loc', "[1, 2]"):  # cut off mid-write; valid JSON, not a mapping
+        (runs / "jobs.json").write_text(corrupt)
+        with pytest.raises(StudyError, match=re.escape(f"{runs / 'jobs.json'}: unreadable")):
+            run_study_jobs(grid, load_grid(grid), runs, tmp_path / "results", ExecutorSpec("local"),
+                           log=lambda m: None, aggregate_after=False)
+        assert _main(["study", "--grid", str(grid), "--out", str(runs), "--results", str(tmp_path / "results"),
+                      "--executor", "local", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(runs / "jobs.json") in err
+    assert executor.submitted == [] and not list(runs.glob("*.log"))
+
+
+@pytest.mark.parametrize("kind", ["local", "slurm"])
+def test_either_executor_without_submitit_says_how_to_install_it_in_one_line(tmp_path, monkeypatch, capsys, kind):
+    from ratkit.cli import _main
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
+    grid = _grid_file(tmp_path)
+    assert _main(["study", "--grid", str(grid), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r"),
+                  "--executor", kind, *(["--time", "10"] if kind == "slurm" else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"rat study: error: --executor {kind} needs submitit: pip install 'ratkit[cluster]'"
