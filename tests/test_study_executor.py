@@ -307,3 +307,32 @@ def test_either_executor_without_submitit_says_how_to_install_it_in_one_line(tmp
                   "--executor", kind, *(["--time", "10"] if kind == "slurm" else [])]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"rat study: error: --executor {kind} needs submitit: pip install 'ratkit[cluster]'"
+
+
+def test_a_job_preempted_on_every_attempt_stops_requeueing_after_six_and_says_so(tmp_path, monkeypatch):
+    import ratkit.requeue as requeue
+
+    requeued = []
+
+    def requeue_this_job():  # as the real one: back in the queue, and this attempt ends
+        requeued.append(os.environ.get("SLURM_RESTART_COUNT"))
+        raise SystemExit(requeue.EXIT_PREEMPTED)
+
+    monkeypatch.setattr(requeue, "_requeue_this_job", requeue_this_job)
+    log = tmp_path / "a-seed0.log"
+    job = RequeueingJob("a-seed0", [sys.executable, "-c", "import sys; sys.exit(75)"], log)
+    for restarts in (None, "1", "4"):  # SLURM counts the requeues of a job; none before the first
+        if restarts is None:
+            monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+        else:
+            monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+        with pytest.raises(SystemExit):
+            job()
+    assert requeued == [None, "1", "4"]
+    assert log.read_text().splitlines()[-1] == "== a-seed0: exit 75, preempted: requeued to resume (attempt 5 of at most 6)"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "5")  # the sixth attempt is the last
+    with pytest.raises(RuntimeError, match=r"exited 75 on attempt 6 of at most 6, not requeued; see .*a-seed0\.log"):
+        job()
+    assert len(requeued) == 3 and requeue.MAX_ATTEMPTS == 6  # as submitit's local controller
+    assert log.read_text().splitlines()[-1] == ("== a-seed0: exit 75, preempted on attempt 6 of at most 6: "
+                                                "not requeued; run it again")
