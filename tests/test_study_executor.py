@@ -336,3 +336,54 @@ def test_a_job_preempted_on_every_attempt_stops_requeueing_after_six_and_says_so
     assert len(requeued) == 3 and requeue.MAX_ATTEMPTS == 6  # as submitit's local controller
     assert log.read_text().splitlines()[-1] == ("== a-seed0: exit 75, preempted on attempt 6 of at most 6: "
                                                 "not requeued; run it again")
+
+
+@pytest.fixture
+def no_flock(monkeypatch):
+    """A filesystem without flock, as Lustre mounted without the flock option: the call fails."""
+    import errno
+
+    import ratkit.study.lock as lock
+
+    def flock(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", flock)
+    return lock
+
+
+def test_without_flock_an_exclusive_lock_file_keeps_a_second_holder_out(tmp_path, no_flock):
+    runs, messages = tmp_path / "runs", []
+    excl = runs / "a-seed0.lock.excl"
+    with hold_run(runs, "a-seed0", log=messages.append, patience_s=0):
+        assert messages == [f"a-seed0: no flock on {runs / 'a-seed0.lock'} (ENOLCK: the filesystem lacks it); "
+                            f"holding a-seed0.lock.excl instead"]
+        assert excl.read_text().startswith(f"pid {os.getpid()} on host {socket.gethostname()}, since ")
+        with pytest.raises(RunInUse, match=rf"a-seed0: in use by another process \(pid {os.getpid()} on host"):
+            with hold_run(runs, "a-seed0", log=lambda m: None, patience_s=0.2):
+                raise AssertionError("a second holder got in")
+        assert holder(runs, "a-seed0").startswith(f"pid {os.getpid()} on host")
+    assert not excl.exists() and holder(runs, "a-seed0") is None  # let go: free
+    with hold_run(runs, "a-seed0", log=lambda m: None, patience_s=0):  # and taken again
+        assert excl.exists()
+
+
+def test_without_flock_a_dead_holders_lock_file_is_taken_over_and_a_live_one_beats(tmp_path, no_flock, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    excl = runs / "a-seed0.lock.excl"
+    excl.write_text("pid 4711 on host node17, since 2025-06-01 12:00:00\n")  # a holder killed by kill -9
+    os.utime(excl, (time.time() - no_flock.STALE_S - 5,) * 2)  # its last heartbeat
+    assert holder(runs, "a-seed0") is None
+    monkeypatch.setattr(no_flock, "HEARTBEAT_S", 0.05)
+    with hold_run(runs, "a-seed0", log=lambda m: None, patience_s=0):
+        assert f"pid {os.getpid()}" in excl.read_text()
+        os.utime(excl, (time.time() - no_flock.STALE_S - 5,) * 2)
+        deadline = time.time() + 10
+        while time.time() - excl.stat().st_mtime > no_flock.STALE_S:  # the heartbeat touches it again
+            assert time.time() < deadline, "no heartbeat"
+            time.sleep(0.02)
+        with pytest.raises(RunInUse):
+            with hold_run(runs, "a-seed0", log=lambda m: None, patience_s=0):
+                pass
+    assert not excl.exists() and sorted(p.name for p in runs.iterdir()) == ["a-seed0.lock"]
