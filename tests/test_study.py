@@ -111,7 +111,7 @@ def test_a_grid_naming_the_users_model_resumes_its_own_interrupted_run(tmp_path,
     monkeypatch.syspath_prepend(str(tmp_path))
     overrides = [o for o in TINY if not o.startswith("model.")] + [f"model.name={module}:Net", "model.kwargs={}"]
     grid = _grid(tmp_path, seeds=[0], overrides=overrides, runs={"own": ["method.rat=false"]}, pairs=[],
-                 hessian=None)
+                 landscape={"n": 8, "points": 3, "adversarial": "none"}, outputs={"n": 8})
     cfg = run_config(grid, "own", 0)
 
     def interrupt(progress):
@@ -128,6 +128,7 @@ def test_a_grid_naming_the_users_model_resumes_its_own_interrupted_run(tmp_path,
     assert "own-seed0: resuming" in messages
     record = json.loads((tmp_path / "results" / "own-seed0.json").read_text())
     assert record["epochs"] == 2 and record["config_full"]["model"]["name"] == f"{module}:Net"
+    assert {"hessian", "landscape", "outputs"} <= set(record)  # measured on the grid's model as well
 
 
 def test_a_measurement_added_to_the_grid_later_is_added_to_complete_runs_without_retraining(tmp_path, monkeypatch):
