@@ -164,7 +164,8 @@ def test_trust_model_code_still_calls_only_a_model_constructor_a_file_names(tmp_
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     for command in (["eval", str(tmp_path / "evil.safetensors"), "--trust-model-code", "--attacks", "clean",
                      "--quiet", "--no-resume"],
-                    ["export", str(tmp_path / "evil.safetensors"), "--trust-model-code", "--out", str(tmp_path / "x.pt")],
+                    ["export", str(tmp_path / "evil.safetensors"), "--trust-model-code",
+                     "--out", str(tmp_path / "x.pt")],
                     ["train", "--resume", str(run), "--trust-model-code", "--epochs", "2", "--quiet", "--no-eval"]):
         capsys.readouterr()
         assert main(command) == 2, command

@@ -329,7 +329,8 @@ def test_a_job_preempted_on_every_attempt_stops_requeueing_after_six_and_says_so
         with pytest.raises(SystemExit):
             job()
     assert requeued == [None, "1", "4"]
-    assert log.read_text().splitlines()[-1] == "== a-seed0: exit 75, preempted: requeued to resume (attempt 5 of at most 6)"
+    assert log.read_text().splitlines()[-1] == ("== a-seed0: exit 75, preempted: requeued to resume "
+                                                "(attempt 5 of at most 6)")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "5")  # the sixth attempt is the last
     with pytest.raises(RuntimeError, match=r"exited 75 on attempt 6 of at most 6, not requeued; see .*a-seed0\.log"):
         job()
