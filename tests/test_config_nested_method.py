@@ -183,6 +183,54 @@ def test_set_with_the_old_keys_means_what_the_new_keys_say(old, new):
     assert load_config("fmnist-cpu", old) == load_config("fmnist-cpu", new)
 
 
+@pytest.mark.parametrize("overrides, alpha", [
+    (["method.alpha=0.5", "method.rat.alpha=0.7"], 0.7),
+    (["method.rat.alpha=0.7", "method.alpha=0.5"], 0.5),
+    (["method.alpha=0.5", "method.rat={alpha: 0.7}"], 0.7),
+    (["method.alpha=0.5", "method.rat={sigma: 0.01}"], RAT.alpha),  # a mapping replaces every argument
+    (["method.alpha=0.5", "method.rat.sigma=0.01"], 0.5),  # another setting: both stay
+])
+def test_of_a_flat_and_a_nested_set_for_one_setting_the_later_wins(overrides, alpha, capsys):
+    assert load_config("fmnist-cpu", overrides).method.rat["alpha"] == alpha
+    assert capsys.readouterr().err == ""  # RAT is on: nothing to warn about
+
+
+def test_the_later_set_wins_through_the_command_line_too(capsys):
+    from ratkit.cli import _train_overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--set", "method.alpha=0.5", "--set", "method.rat.alpha=0.7"])
+    assert load_config(None, _train_overrides(args)).method.rat["alpha"] == 0.7
+
+
+def test_one_file_setting_a_flat_and_a_nested_key_for_one_setting_is_refused_in_one_line(tmp_path):
+    (tmp_path / "both.yaml").write_text("base: fmnist-cpu\nmethod: {rat: {alpha: 0.3}, alpha: 0.1}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(tmp_path / "both.yaml")
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and str(tmp_path / "both.yaml") in message
+    assert message.startswith("method.alpha and method.rat.alpha: ")
+    (tmp_path / "awp.yaml").write_text("method: {awp: {gamma: 0.01}, awp_gamma: 0.02}\n")
+    with pytest.raises(ConfigError, match="method.awp_gamma and method.awp.gamma"):
+        load_config(tmp_path / "awp.yaml")
+    # other settings, or a flat key over a base's nested one (the later layer), are as before
+    (tmp_path / "apart.yaml").write_text("method: {rat: {sigma: 0.01}, alpha: 0.1}\n")
+    assert load_config(tmp_path / "apart.yaml").method.rat["alpha"] == 0.1
+    (tmp_path / "layer.yaml").write_text("base: both-free.yaml\nmethod: {alpha: 0.2}\n")
+    (tmp_path / "both-free.yaml").write_text("method: {rat: {alpha: 0.3}}\n")
+    assert load_config(tmp_path / "layer.yaml").method.rat["alpha"] == 0.2
+
+
+def test_a_flat_set_for_a_wrapper_that_is_off_warns(capsys):
+    assert load_config("cifar10-trades-wrn34", ["method.alpha=0.5"]).method.rat is None
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: method.alpha: has no effect, RAT is off") and len(err.splitlines()) == 1
+    load_config("fmnist-cpu", ["method.alpha=0.5", "method.awp_gamma=0.02"])  # AWP off in this preset
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: method.awp_gamma: has no effect, AWP is off") and len(err.splitlines()) == 1
+    load_config("cifar10-trades-wrn34", ["method.rat.alpha=0.5"])  # the nested key switches RAT on: silent
+    assert capsys.readouterr().err == ""
+
+
 def test_the_rat_and_awp_switches_keep_the_arguments_given_before_them(tmp_path):
     (tmp_path / "mine.yaml").write_text("method: {rat: {alpha: 0.3}, awp: {warmup: 5}}\n")
     cfg = load_config(tmp_path / "mine.yaml", [("method.rat", True), "method.awp=true"])

@@ -144,6 +144,58 @@ def test_a_checkpoint_naming_model_code_never_imports_it_without_permission(tmp_
     assert not marker.exists() and evil not in sys.modules
 
 
+def test_trust_model_code_still_calls_only_a_model_constructor_a_file_names(tmp_path, user_code, capsys):
+    # a checkpoint and a run directory edited to run a shell command through the model's "constructor"
+    import json
+
+    import yaml
+
+    from ratkit.checkpoints import read_checkpoint, save_checkpoint
+
+    data = _write_folder(tmp_path / "imgs")
+    run = tmp_path / "run"
+    assert main(_train_args("folder", data, user_code, run, 1)) == 0
+    pwned = tmp_path / "PWNED"  # the current directory, where `touch PWNED` would run
+    tensors, meta = read_checkpoint(run / "best.safetensors")
+    meta["model"].update(name="subprocess:run", kwargs={"args": f"touch {pwned}", "shell": True})
+    save_checkpoint(tmp_path / "evil.safetensors", tensors, json.loads(json.dumps(meta)))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"].update(name="subprocess:run", kwargs={"args": f"touch {pwned}", "shell": True})
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for command in (["eval", str(tmp_path / "evil.safetensors"), "--trust-model-code", "--attacks", "clean",
+                     "--quiet", "--no-resume"],
+                    ["export", str(tmp_path / "evil.safetensors"), "--trust-model-code",
+                     "--out", str(tmp_path / "x.pt")],
+                    ["train", "--resume", str(run), "--trust-model-code", "--epochs", "2", "--quiet", "--no-eval"]):
+        capsys.readouterr()
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "subprocess:run" in err and "not a model constructor" in err, err
+    assert not pwned.exists()
+
+
+def test_a_model_constructor_is_a_module_class_or_a_function_outside_the_standard_library(tmp_path, user_code):
+    from ratkit.models import ModelCodePolicy, UntrustedModelCode
+    from ratkit.models.user import is_model_constructor
+
+    module = user_code.partition(":")[0]
+    with open(tmp_path / f"{module}.py", "a") as f:
+        f.write("\nfrom os import system\nimport subprocess\n\ndef make(width=4):\n    return Net(width)\n\n"
+                "factory = make\nplain = 3\n")
+    trusted = ModelCodePolicy(trust_all=True)
+    for allowed in (user_code, f"{module}:make", f"{module}:factory", "torch.nn:Linear"):
+        trusted.check(allowed, "the checkpoint")
+    for refused in ("subprocess:run", "os:system", "builtins:exec", "collections:OrderedDict",
+                    f"{module}:system", f"{module}:subprocess.run", "functools:partial"):
+        with pytest.raises(UntrustedModelCode, match="not a model constructor"):
+            trusted.check(refused, "the checkpoint")
+    with pytest.raises(UntrustedModelCode, match="plain"):
+        trusted.check(f"{module}:plain", "the checkpoint")
+    # the command line naming it is the user's own choice, as for a new run
+    ModelCodePolicy(allowed="os:system").check("os:system", "the checkpoint")
+    assert not is_model_constructor(print) and is_model_constructor(torch.nn.Conv2d)
+
+
 def test_a_model_for_other_images_or_classes_is_refused_in_one_line(tmp_path, user_code, capsys):
     folder = _write_folder(tmp_path / "imgs")
     other = _write_folder(tmp_path / "gray", size=10, mode="L")

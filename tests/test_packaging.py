@@ -62,3 +62,17 @@ def test_the_installed_rat_trains_the_main_preset_from_another_directory(install
                 "--out", "run", "--quiet"], cwd=workdir, env=env)
     assert "PGD-20" in out
     assert (workdir / "run" / "best.safetensors").exists() and (workdir / "run" / "eval.json").exists()
+
+
+def test_the_torch_floor_is_a_release_whose_weights_only_load_runs_no_code():
+    """rat import reads a plain state dict with torch.load(weights_only=True); before torch 2.6 a
+    crafted file could still run code through it (CVE-2025-32434)."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (torch,) = [d for d in deps if re.match(r"torch\b", d)]
+    floor = re.fullmatch(r"torch>=(\d+)\.(\d+)(?:\.\d+)?", torch.replace(" ", ""))
+    assert floor is not None, torch
+    assert (int(floor[1]), int(floor[2])) >= (2, 6)
+    assert "`torch>=2.6`" in (ROOT / "README.md").read_text()

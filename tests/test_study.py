@@ -83,6 +83,54 @@ def test_an_interrupted_run_is_resumed_and_ends_as_an_uninterrupted_one(tmp_path
     assert [r["val_pgd20"] for r in resumed["history"]] == [r["val_pgd20"] for r in fresh["history"]]
 
 
+USER_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(width * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+"""
+
+
+def test_a_grid_naming_the_users_model_resumes_its_own_interrupted_run(tmp_path, monkeypatch):
+    # the grid file is the user naming the code: allowed on a resume as on the first start
+    import sys
+    import uuid
+
+    module = f"studynet_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(USER_NET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = [o for o in TINY if not o.startswith("model.")] + [f"model.name={module}:Net", "model.kwargs={}"]
+    grid = _grid(tmp_path, seeds=[0], overrides=overrides, runs={"own": ["method.rat=false"]}, pairs=[],
+                 landscape={"n": 8, "points": 3, "adversarial": "none"}, outputs={"n": 8})
+    cfg = run_config(grid, "own", 0)
+
+    def interrupt(progress):
+        if progress.global_step == 10:  # in the second epoch
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(TrainingInterrupted):
+            train(cfg, tmp_path / "runs" / "own-seed0", quiet=True, on_step=interrupt)
+        messages = []
+        run_study(grid, tmp_path / "runs", tmp_path / "results", log=messages.append, aggregate_after=False)
+    finally:
+        sys.modules.pop(module, None)
+    assert "own-seed0: resuming" in messages
+    record = json.loads((tmp_path / "results" / "own-seed0.json").read_text())
+    assert record["epochs"] == 2 and record["config_full"]["model"]["name"] == f"{module}:Net"
+    assert {"hessian", "landscape", "outputs"} <= set(record)  # measured on the grid's model as well
+
+
 def test_a_measurement_added_to_the_grid_later_is_added_to_complete_runs_without_retraining(tmp_path, monkeypatch):
     landscape = {"n": 16, "points": 5, "span": 0.5, "adversarial": "regenerated"}
     grid = _grid(tmp_path, seeds=[0], runs={"trades": ["method.rat=false"]}, pairs=[], hessian=None)

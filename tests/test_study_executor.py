@@ -263,3 +263,128 @@ def test_a_study_started_again_waits_on_its_live_slurm_job_instead_of_submitting
     assert (tmp_path / "sbatch-calls").read_text() == "x\n"  # one sbatch: b-seed0's
     jobs = read_jobs(runs)
     assert jobs["a-seed0"] == recorded["a-seed0"] and jobs["b-seed0"]["job_id"] == "4242"
+
+
+class _CountingExecutor:
+    """A stand-in for submitit's executor that only counts what it is given."""
+
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, job):
+        self.submitted.append(job)
+        raise AssertionError("a job was submitted")
+
+
+def test_a_corrupt_jobs_file_is_refused_in_one_line_before_any_job_is_submitted(tmp_path, monkeypatch, capsys):
+    from ratkit.cli import _main
+    from ratkit.study import cluster
+
+    executor = _CountingExecutor()
+    monkeypatch.setattr(cluster, "make_executor", lambda *args: executor)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    grid = _grid_file(tmp_path)
+    for corrupt in ('{"a-seed0": {"executor": "loc', "[1, 2]"):  # cut off mid-write; valid JSON, not a mapping
+        (runs / "jobs.json").write_text(corrupt)
+        with pytest.raises(StudyError, match=re.escape(f"{runs / 'jobs.json'}: unreadable")):
+            run_study_jobs(grid, load_grid(grid), runs, tmp_path / "results", ExecutorSpec("local"),
+                           log=lambda m: None, aggregate_after=False)
+        assert _main(["study", "--grid", str(grid), "--out", str(runs), "--results", str(tmp_path / "results"),
+                      "--executor", "local", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(runs / "jobs.json") in err
+    assert executor.submitted == [] and not list(runs.glob("*.log"))
+
+
+@pytest.mark.parametrize("kind", ["local", "slurm"])
+def test_either_executor_without_submitit_says_how_to_install_it_in_one_line(tmp_path, monkeypatch, capsys, kind):
+    from ratkit.cli import _main
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
+    grid = _grid_file(tmp_path)
+    assert _main(["study", "--grid", str(grid), "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r"),
+                  "--executor", kind, *(["--time", "10"] if kind == "slurm" else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"rat study: error: --executor {kind} needs submitit: pip install 'ratkit[cluster]'"
+
+
+def test_a_job_preempted_on_every_attempt_stops_requeueing_after_six_and_says_so(tmp_path, monkeypatch):
+    import ratkit.requeue as requeue
+
+    requeued = []
+
+    def requeue_this_job():  # as the real one: back in the queue, and this attempt ends
+        requeued.append(os.environ.get("SLURM_RESTART_COUNT"))
+        raise SystemExit(requeue.EXIT_PREEMPTED)
+
+    monkeypatch.setattr(requeue, "_requeue_this_job", requeue_this_job)
+    log = tmp_path / "a-seed0.log"
+    job = RequeueingJob("a-seed0", [sys.executable, "-c", "import sys; sys.exit(75)"], log)
+    for restarts in (None, "1", "4"):  # SLURM counts the requeues of a job; none before the first
+        if restarts is None:
+            monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+        else:
+            monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+        with pytest.raises(SystemExit):
+            job()
+    assert requeued == [None, "1", "4"]
+    assert log.read_text().splitlines()[-1] == ("== a-seed0: exit 75, preempted: requeued to resume "
+                                                "(attempt 5 of at most 6)")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "5")  # the sixth attempt is the last
+    with pytest.raises(RuntimeError, match=r"exited 75 on attempt 6 of at most 6, not requeued; see .*a-seed0\.log"):
+        job()
+    assert len(requeued) == 3 and requeue.MAX_ATTEMPTS == 6  # as submitit's local controller
+    assert log.read_text().splitlines()[-1] == ("== a-seed0: exit 75, preempted on attempt 6 of at most 6: "
+                                                "not requeued; run it again")
+
+
+@pytest.fixture
+def no_flock(monkeypatch):
+    """A filesystem without flock, as Lustre mounted without the flock option: the call fails."""
+    import errno
+
+    import ratkit.study.lock as lock
+
+    def flock(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", flock)
+    return lock
+
+
+def test_without_flock_an_exclusive_lock_file_keeps_a_second_holder_out(tmp_path, no_flock):
+    runs, messages = tmp_path / "runs", []
+    excl = runs / "a-seed0.lock.excl"
+    with hold_run(runs, "a-seed0", log=messages.append, patience_s=0):
+        assert messages == [f"a-seed0: no flock on {runs / 'a-seed0.lock'} (ENOLCK: the filesystem lacks it); "
+                            f"holding a-seed0.lock.excl instead"]
+        assert excl.read_text().startswith(f"pid {os.getpid()} on host {socket.gethostname()}, since ")
+        with pytest.raises(RunInUse, match=rf"a-seed0: in use by another process \(pid {os.getpid()} on host"):
+            with hold_run(runs, "a-seed0", log=lambda m: None, patience_s=0.2):
+                raise AssertionError("a second holder got in")
+        assert holder(runs, "a-seed0").startswith(f"pid {os.getpid()} on host")
+    assert not excl.exists() and holder(runs, "a-seed0") is None  # let go: free
+    with hold_run(runs, "a-seed0", log=lambda m: None, patience_s=0):  # and taken again
+        assert excl.exists()
+
+
+def test_without_flock_a_dead_holders_lock_file_is_taken_over_and_a_live_one_beats(tmp_path, no_flock, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    excl = runs / "a-seed0.lock.excl"
+    excl.write_text("pid 4711 on host node17, since 2025-06-01 12:00:00\n")  # a holder killed by kill -9
+    os.utime(excl, (time.time() - no_flock.STALE_S - 5,) * 2)  # its last heartbeat
+    assert holder(runs, "a-seed0") is None
+    monkeypatch.setattr(no_flock, "HEARTBEAT_S", 0.05)
+    with hold_run(runs, "a-seed0", log=lambda m: None, patience_s=0):
+        assert f"pid {os.getpid()}" in excl.read_text()
+        os.utime(excl, (time.time() - no_flock.STALE_S - 5,) * 2)
+        deadline = time.time() + 10
+        while time.time() - excl.stat().st_mtime > no_flock.STALE_S:  # the heartbeat touches it again
+            assert time.time() < deadline, "no heartbeat"
+            time.sleep(0.02)
+        with pytest.raises(RunInUse):
+            with hold_run(runs, "a-seed0", log=lambda m: None, patience_s=0):
+                pass
+    assert not excl.exists() and sorted(p.name for p in runs.iterdir()) == ["a-seed0.lock"]

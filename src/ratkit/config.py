@@ -614,6 +614,7 @@ def _load_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict:
         chain = " -> ".join(p.name for p in (*stack, path))
         raise ConfigError(f"base: cycle in config inheritance: {chain}")
     data = _read_yaml(path)
+    _refuse_both_forms(data, path)
     base = data.pop("base", None)
     if base is None:
         return upgrade_flat_method(data)
@@ -639,6 +640,18 @@ FLAT_METHOD_KEYS = {"alpha": ("rat", "alpha"), "sigma": ("rat", "sigma"), "order
                     "noise_layers": ("rat", "noise_layers"), "taylor": ("rat", "taylor"),
                     "taylor_sigma": ("rat", "taylor_sigma"), "awp_gamma": ("awp", "gamma"),
                     "awp_warmup": ("awp", "warmup")}
+
+
+def _refuse_both_forms(d: dict, path: Path) -> None:
+    """ConfigError when one file sets a wrapper's argument both ways, flat (``method.alpha``) and
+    nested (``method.rat.alpha``): which one it means cannot be told."""
+    method = d.get("method")
+    if not isinstance(method, dict):
+        return
+    for old, (wrapper, arg) in FLAT_METHOD_KEYS.items():
+        if old in method and isinstance(method.get(wrapper), dict) and arg in method[wrapper]:
+            raise ConfigError(f"method.{old} and method.{wrapper}.{arg}: {path} sets both, the flat key of earlier "
+                              f"releases and the nested one; keep method.{wrapper}.{arg}")
 
 
 def _wrapper_switches(d: dict) -> dict:
@@ -686,7 +699,8 @@ def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
 
     Deeper paths reach into dict fields: ``model.kwargs.hidden=100``, ``method.rat.alpha=0.1`` (which
     switches RAT on if it was off). The flat method keys of earlier releases (``method.alpha=0.1``,
-    ``method.awp_gamma=0.01``) are accepted and converted by :func:`config_from_dict`.
+    ``method.awp_gamma=0.01``) are accepted and converted by :func:`config_from_dict`; of a flat and a
+    nested key for one setting the later wins (``method.alpha=0.5`` then ``method.rat.alpha=0.7``: 0.7).
     """
     typed = isinstance(override, tuple) and len(override) == 2 and isinstance(override[0], str)
     if not typed and (not isinstance(override, str) or "=" not in override):
@@ -711,6 +725,13 @@ def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
         node = d[sec] = {}
     if sec == "method" and len(parts) == 2 and name in WRAPPERS and value is True and isinstance(node.get(name), dict):
         return d  # on already: --rat keeps the arguments given so far
+    if sec == "method" and name in WRAPPERS and (len(parts) > 2 or isinstance(value, dict)):
+        # the later of a flat and a nested key for one setting wins: the flat keys given before
+        # this one (converted only when the config is built) say no more
+        nested = parts[2] if len(parts) > 2 else None  # None: a mapping, every argument
+        for old, (wrapper, arg) in FLAT_METHOD_KEYS.items():
+            if wrapper == name and nested in (None, arg):
+                node.pop(old, None)
     for p in parts[1:-1]:
         child = node.get(p)
         if not isinstance(child, dict):
@@ -731,7 +752,17 @@ def load_config(path: str | Path | None = None, overrides: list | tuple = ()) ->
         overrides = [overrides]
     for ov in overrides:
         apply_override(d, ov)
-    return config_from_dict(d)
+    method = d.get("method")
+    given_flat = [k for k in method if k in FLAT_METHOD_KEYS] if isinstance(method, dict) else []
+    cfg = config_from_dict(d)
+    for old in given_flat:  # the file's own were converted by _load_chain: these are overrides
+        wrapper, arg = FLAT_METHOD_KEYS[old]
+        if getattr(cfg.method, wrapper) is None:
+            import sys
+
+            print(f"warning: method.{old}: has no effect, {WRAPPERS[wrapper].__name__} is off (method.{wrapper}: "
+                  f"null); method.{wrapper}.{arg}=... switches it on with that setting", file=sys.stderr, flush=True)
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

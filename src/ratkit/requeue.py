@@ -15,7 +15,10 @@ resumably. The job:
   evaluation of ``rat study``, which does not catch it there), requeues itself through
   submitit's job environment: ``scontrol requeue`` on SLURM; on the local executor the requeue
   exit code, on which submitit's controller starts the job again (6 attempts at most). The next
-  attempt runs the same command, which resumes;
+  attempt runs the same command, which resumes. On SLURM the job itself stops at
+  :data:`MAX_ATTEMPTS` as well (``SLURM_RESTART_COUNT``), so a command that always exits 75 does not
+  requeue forever: the last attempt fails, saying so in the log; ``rat study`` run again submits
+  the run anew, and it resumes;
 * when the command exits 73 (``rat study``: the run is in use by another process, a duplicate
   job), ends without a requeue and without failing, returning 73; otherwise returns 0 (exit 0) or
   fails, naming its log.
@@ -30,6 +33,7 @@ Free of torch and of the rest of ratkit, so a job starts its child without heavy
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -41,6 +45,7 @@ from .preemption import PREEMPT_SIGNALS, install_handlers, restore_handlers
 
 EXIT_PREEMPTED = 75  # rat's exit code for "preempted, resumable" (ratkit.cli.EXIT_PREEMPTED)
 EXIT_IN_USE = 73  # rat study: "the run is in use by another process, left to it" (ratkit.study.lock.EXIT_IN_USE)
+MAX_ATTEMPTS = 6  # a job's attempts at most, the first included: as submitit's local controller
 
 
 class RequeueingJob:
@@ -53,8 +58,9 @@ class RequeueingJob:
     ...                               Path("runs/study/trades-seed0.log")))
     """
 
-    def __init__(self, key: str, command: Sequence[str], log_path: Path):
+    def __init__(self, key: str, command: Sequence[str], log_path: Path, max_attempts: int = MAX_ATTEMPTS):
         self.key, self.command, self.log_path = key, list(command), Path(log_path)
+        self.max_attempts = max_attempts
 
     def __call__(self) -> int:
         own = _submitit_signal()
@@ -68,7 +74,15 @@ class RequeueingJob:
             with _PassNotices(child, own) as notices:
                 code = child.wait()
             preempted = code == EXIT_PREEMPTED or (notices.received is not None and code < 0)
-            log.write(f"== {self.key}: exit {code}" + (", preempted: requeued to resume\n" if preempted else "\n"))
+            attempt = _attempt()
+            last = preempted and attempt >= self.max_attempts
+            if last:
+                said = f", preempted on attempt {attempt} of at most {self.max_attempts}: not requeued; run it again"
+            elif preempted:
+                said = f", preempted: requeued to resume (attempt {attempt} of at most {self.max_attempts})"
+            else:
+                said = ""
+            log.write(f"== {self.key}: exit {code}{said}\n")
         if notices.received:
             print(f"{self.key}: {notices.received} passed on to the command", flush=True)
         if code == 0:
@@ -77,10 +91,11 @@ class RequeueingJob:
         if code == EXIT_IN_USE:  # a duplicate job: the process that has the run finishes it
             print(f"{self.key}: in use by another process; left to it", flush=True)
             return code
-        if preempted:
+        if preempted and not last:
             print(f"{self.key}: preempted (exit {code}); requeued to resume", flush=True)
             _requeue_this_job()
-        raise RuntimeError(f"{self.key}: {self.command[0]} exited {code}; see {self.log_path}")
+        why = f" on attempt {attempt} of at most {self.max_attempts}, not requeued" if last else ""
+        raise RuntimeError(f"{self.key}: {self.command[0]} exited {code}{why}; see {self.log_path}")
 
     def checkpoint(self, *args, **kwargs):
         """submitit's hook on its time-limit signal outside :meth:`__call__`'s watch: the same job
@@ -126,6 +141,15 @@ def _job_id() -> str:
         return JobEnvironment().job_id
     except (KeyError, RuntimeError):  # not in a submitit job
         return "?"
+
+
+def _attempt() -> int:
+    """Which attempt of its job this is, the first being 1: SLURM counts the requeues
+    (``SLURM_RESTART_COUNT``); submitit's local controller stops at 6 attempts itself."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1
+    except ValueError:
+        return 1
 
 
 def _requeue_this_job() -> None:

@@ -9,12 +9,15 @@ rebuild the same model.
 
 Importing a module runs it. So a model named only inside a file (a checkpoint, a run's
 config.yaml) is never imported unless the command line allows it: the same ``--model
-module:callable`` again, or ``--trust-model-code`` (:class:`ModelCodePolicy`).
+module:callable`` again, or ``--trust-model-code`` (:class:`ModelCodePolicy`). Even then a name
+taken from a file is called only if it is a model constructor (:func:`is_model_constructor`): a
+file naming ``subprocess:run`` with its arguments is refused before anything is called.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import re
 import sys
@@ -27,8 +30,8 @@ from torch import nn
 
 from .wrap import WrappedModel, wrap
 
-__all__ = ["ModelCodePolicy", "UntrustedModelCode", "build_user_model", "find_classifier_head", "is_user_model",
-           "load_callable", "user_model_spec"]
+__all__ = ["ModelCodePolicy", "UntrustedModelCode", "build_user_model", "find_classifier_head", "is_model_constructor",
+           "is_user_model", "load_callable", "user_model_spec"]
 
 _NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
@@ -64,13 +67,39 @@ class ModelCodePolicy:
         return cls(allowed=model if is_user_model(model) else None, trust_all=bool(trust_model_code))
 
     def check(self, name: str, source: str) -> None:
-        if self.trust_all or (self.allowed is not None and self.allowed == name):
+        """UntrustedModelCode unless ``name``, which ``source`` (a file) gives, may be imported and
+        called: the command line named it, or ``trust_all`` and it is a model constructor (which
+        importing it finds out; nothing is called)."""
+        if self.allowed is not None and self.allowed == name:
+            return
+        if self.trust_all:
+            try:
+                factory = load_callable(name)
+            except ValueError as exc:
+                raise UntrustedModelCode(f"{source} names model code {exc}") from None
+            if not is_model_constructor(factory):
+                raise UntrustedModelCode(
+                    f"{source} names model code {name}, a {type(factory).__name__} from module "
+                    f"{getattr(factory, '__module__', None)!r}, not a model constructor (an nn.Module subclass, or a "
+                    f"function from a module outside the standard library); refused even with --trust-model-code")
             return
         module = name.partition(":")[0]
         given = (f" (the command line named {self.allowed}, not the same)" if self.allowed else "")
         raise UntrustedModelCode(f"{source} names model code {name}: loading it imports module {module!r}, "
                                  f"which runs that module's code{given}; to allow it, pass --model {name} "
                                  f"or --trust-model-code")
+
+
+def is_model_constructor(obj: Any) -> bool:
+    """Whether ``obj`` may build a model: an ``nn.Module`` subclass, or a function defined in a
+    module outside the standard library and builtins (where it was defined, not where it was
+    imported from: ``from os import system`` in a user's module is still ``os``'s)."""
+    if isinstance(obj, type):
+        return issubclass(obj, nn.Module)
+    if not (inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+        return False
+    home = (getattr(obj, "__module__", None) or "").partition(".")[0]
+    return bool(home) and home != "builtins" and home not in sys.stdlib_module_names
 
 
 def load_callable(name: str):

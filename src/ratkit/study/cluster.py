@@ -129,12 +129,18 @@ def executor_parameters(spec: ExecutorSpec, name: str) -> dict:
     return params
 
 
-def make_executor(spec: ExecutorSpec, folder: Path, name: str):
-    """A ``submitit.AutoExecutor`` for ``spec``, its job files and logs in ``folder``."""
+def _submitit(spec: ExecutorSpec):
+    """The submitit module, or the one line that says how to install it (every executor alike)."""
     try:
         import submitit
     except ImportError:
         raise StudyError(f"--executor {spec.kind} needs submitit: pip install 'ratkit[cluster]'") from None
+    return submitit
+
+
+def make_executor(spec: ExecutorSpec, folder: Path, name: str):
+    """A ``submitit.AutoExecutor`` for ``spec``, its job files and logs in ``folder``."""
+    submitit = _submitit(spec)
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=spec.kind)
     except RuntimeError as exc:  # no srun here
@@ -162,9 +168,21 @@ def _needs_a_job(grid: StudyGrid, name: str, seed: int, out_dir: Path, results_d
 
 
 def read_jobs(out_dir: Path) -> dict:
-    """``OUT/jobs.json``: run key -> ``{"executor", "job_id", "folder", "submitted"}`` of its last job."""
+    """``OUT/jobs.json``: run key -> ``{"executor", "job_id", "folder", "submitted"}`` of its last job.
+    A file that is not such a mapping is a one-line StudyError naming it."""
     path = Path(out_dir) / JOBS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        jobs = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        jobs = exc
+    if not isinstance(jobs, dict) or not all(isinstance(r, dict) for r in jobs.values()):
+        problem = f"{type(jobs).__name__}: {jobs}" if isinstance(jobs, Exception) else "not a mapping of runs to jobs"
+        raise StudyError(f"{path}: unreadable ({problem}); it records the jobs a study submitted, so that a "
+                         f"restarted study does not submit them again: repair it, or move it away if none of "
+                         f"them is still queued or running")
+    return jobs
 
 
 def _record_job(out_dir: Path, key: str, spec: ExecutorSpec, job, folder: Path) -> None:
@@ -181,8 +199,7 @@ def live_jobs(out_dir: Path, keys: Sequence[str], spec: ExecutorSpec, *, log: Lo
     job submitted again off a run that the first still has."""
     if spec.kind != "slurm":
         return {}
-    import submitit
-
+    submitit = _submitit(spec)
     recorded = {k: r for k, r in read_jobs(out_dir).items() if k in keys and r.get("executor") == "slurm"}
     jobs = {k: submitit.SlurmJob(folder=r["folder"], job_id=r["job_id"]) for k, r in recorded.items()}
     if jobs:
@@ -212,6 +229,7 @@ def run_study_jobs(grid_path, grid: StudyGrid, out_dir, results_dir, spec: Execu
     """
     grid_path, out_dir, results_dir = Path(grid_path).resolve(), Path(out_dir).resolve(), Path(results_dir).resolve()
     names = selected_runs(grid, only)
+    read_jobs(out_dir)  # a file it cannot read is refused now, before any job is submitted, not after
     queue = [(name, seed) for seed in (grid.seeds if seeds is None else seeds) for name in names
              if _needs_a_job(grid, name, seed, out_dir, results_dir, evaluate_only=evaluate_only, log=log)]
     running = live_jobs(out_dir, [run_key(*run) for run in queue], spec, log=log)

@@ -10,6 +10,12 @@ The operating system drops a ``flock`` when its process dies, by ``kill -9`` too
 filesystem, when the node is lost: NFSv4 once the lease expires), so a run left by a crash is
 never blocked. The lock file stays where it is; removing it would let a second process lock a
 new file while the first still holds the old one.
+
+A filesystem without ``flock`` (Lustre mounted without the ``flock`` option: the call fails with
+ENOLCK, EOPNOTSUPP or EINVAL) gets an exclusive lock file instead, ``OUT/<config>-seed<s>.lock.excl``,
+created with ``O_EXCL`` (which only one process can do), naming its holder and removed when it lets
+go. A crashed holder cannot remove it, so the holder touches it every :data:`HEARTBEAT_S`; a file
+untouched for :data:`STALE_S` is a dead holder's, and the next process takes it over.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import errno
 import fcntl
 import os
 import socket
+import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -28,6 +36,10 @@ EXIT_IN_USE = 73  # rat study: a run was in use by another process and was left 
 # how long a process keeps trying a held lock before it leaves the run: a controller that waits
 # on a run holds the lock for an instant now and then (:func:`holder`)
 PATIENCE_S = 3.0
+# without flock: how often a holder touches its exclusive lock file, and how old its last touch
+# may be before the file counts as a dead holder's (clocks of the nodes differ a little)
+HEARTBEAT_S = 30.0
+STALE_S = 300.0
 
 
 class RunInUse(Exception):
@@ -40,6 +52,15 @@ class RunInUse(Exception):
 
 def lock_path(out_dir: Path, key: str) -> Path:
     return Path(out_dir) / f"{key}.lock"
+
+
+def exclusive_path(out_dir: Path, key: str) -> Path:
+    """The lock file of a filesystem without ``flock``: it exists while a process holds the run."""
+    return Path(out_dir) / f"{key}.lock.excl"
+
+
+def _holder_line() -> str:
+    return f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
 def _try_lock(handle) -> bool:
@@ -61,7 +82,7 @@ def hold_run(out_dir: Path, key: str, *, log: Callable[[str], None] = print,
              patience_s: float = PATIENCE_S) -> Iterator[None]:
     """Hold ``OUT/<key>.lock`` for the ``with`` block; :class:`RunInUse` when another process
     holds it (after ``patience_s`` of trying). A filesystem without ``flock`` (Lustre mounted
-    without the ``flock`` option) gets one warning and no lock.
+    without the ``flock`` option) gets one line in the log and the exclusive lock file instead.
 
     >>> with hold_run(Path("runs/study-core"), "trades-seed0"):
     ...     train_and_record()
@@ -75,17 +96,18 @@ def hold_run(out_dir: Path, key: str, *, log: Callable[[str], None] = print,
                 if time.monotonic() >= deadline:
                     raise RunInUse([key], f"{key}: in use by another process ({_described(handle)}); skipped")
                 time.sleep(0.1)
-        except OSError as exc:  # ENOLCK, ENOSYS, EINVAL: no flock on this filesystem
-            log(f"{key}: no lock on {path} ({errno.errorcode.get(exc.errno, exc.errno)}: the filesystem "
-                f"lacks flock); nothing keeps a second process out of this run")
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP, EINVAL, ENOSYS: no flock on this filesystem
             locked = False
+            log(f"{key}: no flock on {path} ({errno.errorcode.get(exc.errno, exc.errno)}: the filesystem lacks "
+                f"it); holding {exclusive_path(out_dir, key).name} instead")
         else:
             locked = True
         if not locked:
-            yield
+            with _hold_exclusive(exclusive_path(out_dir, key), key, patience_s):
+                yield
             return
         handle.truncate(0)
-        handle.write(f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.write(_holder_line() + "\n")
         handle.flush()
         try:
             yield
@@ -93,6 +115,71 @@ def hold_run(out_dir: Path, key: str, *, log: Callable[[str], None] = print,
             handle.truncate(0)  # still ours: an empty lock file is a free run
             handle.flush()
             # closing the file releases the lock
+
+
+def _exclusive_holder(path: Path) -> tuple[str, float] | None:
+    """(who, when last touched) of an exclusive lock file whose holder is alive, or None when
+    there is none or its heartbeat is older than :data:`STALE_S` (a dead holder's)."""
+    try:
+        touched = path.stat().st_mtime
+        who = path.read_text().strip() or "holder not yet written"
+    except FileNotFoundError:
+        return None
+    return None if time.time() - touched > STALE_S else (who, touched)
+
+
+def _take_over_stale(path: Path) -> None:
+    """Move a dead holder's exclusive lock file away, unless it is (by now) a live holder's: it is
+    renamed first, which only one process can do, and put back if it turns out to be fresh."""
+    grave = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, grave)
+    except FileNotFoundError:
+        return  # another process took it over first
+    if time.time() - grave.stat().st_mtime <= STALE_S:  # a live holder's, made after we looked
+        try:
+            os.link(grave, path)
+        except FileExistsError:
+            pass
+    grave.unlink()
+
+
+def _heartbeat(path: Path, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return
+
+
+@contextmanager
+def _hold_exclusive(path: Path, key: str, patience_s: float) -> Iterator[None]:
+    """Hold the run through ``path`` created with ``O_EXCL``, touched every :data:`HEARTBEAT_S`
+    while held and removed after; :class:`RunInUse` when a live holder has it."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            live = _exclusive_holder(path)
+            if live is None:
+                _take_over_stale(path)
+            elif time.monotonic() >= deadline:
+                raise RunInUse([key], f"{key}: in use by another process ({live[0]}); skipped") from None
+            else:
+                time.sleep(0.1)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(_holder_line() + "\n")
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(path, stop), name=f"{key} lock heartbeat", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        path.unlink(missing_ok=True)
 
 
 def holder(out_dir: Path, key: str) -> str | None:
@@ -106,8 +193,9 @@ def holder(out_dir: Path, key: str) -> str | None:
         try:
             if _try_lock(handle):
                 return None  # closing releases it
-        except OSError:
-            return None
+        except OSError:  # no flock here: the exclusive lock file says
+            live = _exclusive_holder(exclusive_path(out_dir, key))
+            return None if live is None else live[0]
         return _described(handle)
 
 

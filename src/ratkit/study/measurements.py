@@ -35,6 +35,14 @@ class MeasuredRun:
     def seed(self) -> int:
         return self.record["seed"]
 
+    @property
+    def model_code(self):
+        """The model code the grid names (``model.name=module:callable``) may be imported: the grid
+        file is the user's own, as for the training and the evaluation of the run."""
+        from ..models import ModelCodePolicy
+
+        return ModelCodePolicy(allowed=self.cfg.model.name)
+
 
 def _last(run: MeasuredRun) -> dict:
     """The grid's protocol, as for best, on the last epoch's weights."""
@@ -53,7 +61,8 @@ def _hessian(run: MeasuredRun) -> dict:
 
     spec = run.grid.hessian
     job = run_hessian(run.run_dir, out=run.run_dir, n=spec.n, top_k=spec.top_k, probes=spec.probes,
-                      loss="adversarial", max_iter=spec.max_iter, seed=run.seed, device=run.device, quiet=run.quiet)
+                      loss="adversarial", max_iter=spec.max_iter, seed=run.seed, device=run.device, quiet=run.quiet,
+                      model_code=run.model_code)
     r = job.results[0]
     return {"hessian": {"loss": "adversarial", "n": r.settings.n, "top_eigenvalue": r.eigenvalues[0],
                         "converged": r.converged[0], "trace": r.trace, "trace_stderr": r.trace_stderr,
@@ -68,7 +77,7 @@ def _landscape(run: MeasuredRun) -> dict:
     # draw, and the mean over seeds averages over directions
     job = run_landscape([run.run_dir], out=run.run_dir / "landscape", dim=1, n=spec.n, points=spec.points,
                         span=spec.span, adversarial=spec.adversarial, seed=run.seed, device=run.device,
-                        quiet=run.quiet)
+                        quiet=run.quiet, model_code=run.model_code)
     r = job.results[0]
     return {"landscape": {"adversarial": r.settings.adversarial, "n": r.settings.n, "seed": r.settings.seed,
                           "coordinates": r.coordinates, "clean_loss": r.clean_loss,
@@ -79,7 +88,7 @@ def _landscape(run: MeasuredRun) -> dict:
 def _outputs(run: MeasuredRun) -> dict:
     from ..analysis import load_checkpoint_examples, output_statistics
 
-    ex = load_checkpoint_examples(run.run_dir, run.grid.outputs.n, device=run.device)
+    ex = load_checkpoint_examples(run.run_dir, run.grid.outputs.n, device=run.device, model_code=run.model_code)
     stats = output_statistics(ex.model, ex.x, ex.y, eps=ex.eps, seed=run.seed)
     return {"outputs": {s.inputs: s.to_json() for s in stats}}
 

@@ -57,7 +57,12 @@ def _training_complete(run_dir: Path, epochs: int) -> bool:
 
 
 def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool = True, log: Log = print) -> dict:
-    """Train (or resume), evaluate and measure one run; returns its result record."""
+    """Train (or resume), evaluate and measure one run; returns its result record.
+
+    The grid file is the user's own: a model it names (``model.name=module:callable``) is allowed
+    on a resume as on the first start. The run resumed is the grid's (checked), under the grid's
+    config, not the run directory's."""
+    from ..models import ModelCodePolicy
     from ..train import load_run_config, same_run, train
 
     cfg = run_config(grid, name, seed)
@@ -67,7 +72,7 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
             raise StudyError(f"{run_dir}: holds a run with a different config; move it away or use another --out")
         if not _training_complete(run_dir, cfg.train.epochs):
             log(f"{run_key(name, seed)}: resuming")
-            train(cfg, run_dir, resume=True, quiet=quiet)
+            train(cfg, run_dir, resume=True, quiet=quiet, model_code=ModelCodePolicy(allowed=cfg.model.name))
     else:
         log(f"{run_key(name, seed)}: training")
         train(cfg, run_dir, quiet=quiet)
