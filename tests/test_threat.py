@@ -153,3 +153,18 @@ def test_own_data_without_a_radius_is_one_message_from_one_home():
     with pytest.raises(DataError) as data_err:
         source_info(DataSource("python", num_classes=3, image_shape=(1, 8, 8)))
     assert str(config_err.value) == "data.eps: " + str(data_err.value) and "--eps" in str(data_err.value)
+
+
+def test_a_recorded_linf_radius_of_1_or_more_is_refused_by_rat_eval(tmp_path, capsys):
+    """rat import --eps records the radius unchecked (it names no norm); rat eval under Linf refuses it."""
+    data = _write_npz(tmp_path / "arrays")
+    torch.save(TinyNet().state_dict(), tmp_path / "plain.pt")
+    out = tmp_path / "net.safetensors"
+    assert main(["import", str(tmp_path / "plain.pt"), "--model", "helpers:TinyNet", "--dataset", "npz",
+                 "--data-dir", str(data), "--eps", "8", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--model", "helpers:TinyNet", "--attacks", "clean", "--quiet", "--no-resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "8/255 = 0.0314" in err
+    assert main(["eval", str(out), "--model", "helpers:TinyNet", "--attacks", "clean", "--quiet", "--no-resume",
+                 "--norm", "L2", "--n", "4"]) == 0  # an L2 radius of 8 can be meant

@@ -111,14 +111,13 @@ def checkpoint_eps(src, norm: str, eps: float | None = None, meta: dict | None =
     """``rat eval``'s radius for a checkpoint whose data is ``src`` (a DataSource) and whose header is
     ``meta``: ``--eps``, else the radius the run recorded (``data.eps``), else the built-in dataset's
     protocol eps for ``norm``. A recorded radius is its run's norm's: under another one it is refused."""
-    check_radius("--eps", eps, norm)
-    if eps is not None:
-        return float(eps)
     run_norm = ((meta or {}).get("config") or {}).get("attack", {}).get("norm")
-    if src.eps is not None and run_norm not in (None, norm):
+    if eps is None and src.eps is not None and run_norm not in (None, norm):
         raise RadiusError(f"--norm {norm}: the run's radius {src.eps:g} (data.eps) is an {run_norm} radius; "
                           f"evaluate with --norm {run_norm}, or give the {norm} radius with --eps E")
-    return data_eps(src.dataset, src.eps, norm)
+    radius = data_eps(src.dataset, src.eps if eps is None else eps, norm)
+    check_radius("--eps" if eps is not None else "the recorded data.eps", radius, norm)
+    return radius
 
 
 # the override a given radius brings on a new run: a preset's step was for its own eps, eps / 4 again
