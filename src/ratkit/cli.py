@@ -50,8 +50,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--norm", choices=NORMS, default="Linf")
     p.add_argument("--eps", type=float, default=None,
-                   help="override the protocol's eps (default: by dataset: Linf 8/255 CIFAR/SVHN, 0.1 "
-                        "(Fashion-)MNIST; L2 0.5)")
+                   help="the radius, in [0, 1] pixel units (L2: the norm of the whole perturbation); default: the "
+                        "one the run recorded (data.eps: your own data's --eps; under the run's norm), else the "
+                        "dataset's protocol eps for --norm (Linf 8/255 CIFAR/SVHN, 0.1 (Fashion-)MNIST; L2 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-channels-last", action="store_true",
                    help="keep the model in NCHW layout (default: channels_last, faster on CPU)")
@@ -79,6 +80,7 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
     from .data.user import source_info
     from .evaluate import (DEFAULT_ATTACKS, check_protocol_norm, evaluate_test_set, format_report, paper_eps,
                            parse_attacks, save_adversarial, write_report_files)
+    from .threat import RadiusError, checkpoint_eps
 
     try:
         attacks = parse_attacks(args.attacks or ",".join(DEFAULT_ATTACKS[args.protocol]), args.protocol)
@@ -96,7 +98,10 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
     info = source_info(src)
     if not args.untrained:
         check_model_fits_data(meta, info, label, src.dataset, model)
-    eps = args.eps if args.eps is not None else info.protocol_eps(args.norm)
+    try:
+        eps = checkpoint_eps(src, args.norm, args.eps, meta)
+    except RadiusError as exc:
+        raise UserError(str(exc)) from None
     if args.protocol == "paper" and args.eps is None:
         eps = paper_eps(eps)
     from .compile import compile_model, print_line
@@ -226,8 +231,10 @@ def _train_overrides(args) -> list:
             value = _budget_seconds(value)
         if value is not None or (attr == "budget" and args.budget is not None):
             overrides.append((key, value))
-    if args.eps is not None and not args.resume:  # the preset's step size was for its own eps: eps / 4
-        overrides.append(("attack.step_size", None))
+    if args.eps is not None and not args.resume:
+        from .threat import STEP_FOLLOWS_EPS
+
+        overrides.append(STEP_FOLLOWS_EPS)
     return overrides + list(args.set)
 
 
@@ -604,7 +611,9 @@ def _add_train_command(sub) -> None:
                         "--set model.kwargs.K=V); on --resume, naming it again allows importing it")
     p.add_argument("--eps", type=float, default=None,
                    help="threat radius of training, validation and evaluation (data.eps; required for your own "
-                        "data; the training attack's step becomes eps/4 unless --set attack.step_size=...)")
+                        "data), in [0, 1] pixel units: Linf bounds each pixel's change (below 1: 8/255 = 0.0314), "
+                        "L2 the norm of the whole perturbation; the training attack's step becomes eps/4 unless "
+                        "--set attack.step_size=...")
     p.add_argument("--norm", choices=NORMS, default=None, help="threat model (attack.norm; default Linf)")
     p.add_argument("--trust-model-code", action="store_true",
                    help="on --resume: import the model code (module:callable) the run's config names")

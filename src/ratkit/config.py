@@ -409,15 +409,17 @@ def _validate_data_and_model(cfg: Config) -> None:
     from .data.user import FILE_DATASETS, GIVEN
     from .models import model_spec
     from .models.user import check_user_model_name, is_user_model
+    from .threat import RadiusError, check_radii
 
     d, m = cfg.data, cfg.model
     _choice("data.dataset", d.dataset, (*DATASETS, *FILE_DATASETS, GIVEN))
     _check(d.val_size >= 0, "data.val_size", "must be >= 0", d.val_size)
     _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", "must be > 0 or null", d.train_subset)
     _check(d.eps is None or d.eps > 0, "data.eps", "must be > 0 or null", d.eps)
-    if d.dataset in (*FILE_DATASETS, GIVEN) and d.eps is None:
-        raise ConfigError(f"data.eps: the threat model cannot be guessed for your own data ({d.dataset}); give the "
-                          "radius with --eps E (data.eps), e.g. --eps 0.0314 for 8/255")
+    try:  # own data gives its radius; no L-infinity radius of 1 or more
+        check_radii(cfg)
+    except RadiusError as exc:
+        raise ConfigError(str(exc)) from None
     _check(d.channels in (None, 1, 3), "data.channels", "must be 1, 3 or null", d.channels)
     _check(d.image_size is None or (len(d.image_size) == 2 and min(d.image_size) > 0), "data.image_size",
            "must be [H, W] of positive sizes or null", d.image_size)
@@ -777,33 +779,24 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 
 def resolved_attack(cfg: Config) -> tuple[float, float]:
-    """(eps, step_size) of the training attack with the null defaults filled in.
+    """(eps, step_size) of the training attack: :func:`ratkit.threat.train_radius`."""
+    from .threat import train_radius
 
-    eps defaults to the dataset's eps for the attack's norm (Linf: 8/255 CIFAR/SVHN, 0.1
-    (Fashion-)MNIST; L2: the dataset's l2_eps); step_size defaults to eps / 4.
-    """
-    eps = cfg.attack.eps if cfg.attack.eps is not None else protocol_eps(cfg)
-    step = cfg.attack.step_size if cfg.attack.step_size is not None else eps / 4
-    return float(eps), float(step)
+    return train_radius(cfg)
 
 
 def evaluation_eps(cfg: Config) -> float:
-    """The eps of validation and of the final evaluation: ``eval.eps`` if set, else the dataset's
-    protocol eps for the norm, which ``rat eval`` uses too, so both report the same number for the
-    same checkpoint; a training ``attack.eps`` (say, training at a larger eps) does not move it."""
-    if cfg.eval.eps is not None:
-        return float(cfg.eval.eps)
-    return protocol_eps(cfg)
+    """The eps of validation and of the final evaluation: :func:`ratkit.threat.evaluation_eps`."""
+    from .threat import evaluation_eps as radius
+
+    return radius(cfg)
 
 
 def protocol_eps(cfg: Config) -> float:
-    """The run's threat radius for its norm: ``data.eps`` if set (required for your own data), else
-    the built-in dataset's protocol eps."""
-    from .data import dataset_info
+    """The run's threat radius for its norm: :func:`ratkit.threat.run_eps`."""
+    from .threat import run_eps
 
-    if cfg.data.eps is not None:
-        return float(cfg.data.eps)
-    return dataset_info(cfg.data.dataset).protocol_eps(cfg.attack.norm)
+    return run_eps(cfg)
 
 
 def data_source(cfg: Config):

@@ -144,6 +144,7 @@ def load_checkpoint_examples(
     """
     from ..checkpoints import check_model_fits_data, checkpoint_path, load_model, recorded_data
     from ..data.user import load_split, source_info
+    from ..threat import data_eps
 
     if n < 1:
         raise ValueError(f"n must be a positive number of images, got {n}")
@@ -155,5 +156,5 @@ def load_checkpoint_examples(
     tx = test.as_float().x if hasattr(test, "as_float") else test.x
     # clone: a slice would keep the whole test set alive
     x, y = prepare_examples(model, tx.clone(), test.y.clone())
-    return CheckpointExamples(model=model, x=x, y=y, dataset=info.name, eps=info.linf_eps, meta=meta,
-                              path=str(checkpoint_path(checkpoint)))
+    return CheckpointExamples(model=model, x=x, y=y, dataset=info.name, eps=data_eps(src.dataset, src.eps, "Linf"),
+                              meta=meta, path=str(checkpoint_path(checkpoint)))

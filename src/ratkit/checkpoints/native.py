@@ -226,7 +226,7 @@ def recorded_data(meta: dict[str, Any], dataset: str | None = None, data_dir: st
     """The data a checkpoint's model was trained on, as a :class:`ratkit.data.user.DataSource`: the
     run's recorded ``data:`` config (a file dataset's statistics and eps included), else its
     dataset's name. ``dataset``/``data_dir`` name other data to use instead (only what they say of
-    it); ``eps`` fills in a radius the checkpoint does not record.
+    it, under the radius the run recorded); ``eps`` fills in a radius the checkpoint does not record.
 
     Example: ``source_info(recorded_data(read_checkpoint("runs/a/best")[1])).num_classes``"""
     import dataclasses
@@ -246,8 +246,8 @@ def recorded_data(meta: dict[str, Any], dataset: str | None = None, data_dir: st
             recorded = None
     if recorded is None:
         recorded = DataSource(meta.get("dataset") or "fashion-mnist")
-    if dataset is not None and dataset != recorded.dataset:
-        return DataSource(dataset, data_dir=data_dir, eps=eps)
+    if dataset is not None and dataset != recorded.dataset:  # other data, the run's own radius
+        return DataSource(dataset, data_dir=data_dir, eps=eps if eps is not None else recorded.eps)
     changes: dict[str, Any] = {}
     if data_dir is not None and data_dir != recorded.data_dir:  # other files: the model keeps its own
         changes.update(data_dir=data_dir, mean=None, std=None)   # normalisation; theirs is not needed

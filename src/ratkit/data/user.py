@@ -128,8 +128,9 @@ def _own_info(src: DataSource, num_classes: int, shape: tuple[int, ...], names: 
               require_eps: bool = True) -> DatasetInfo:
     """The facts of a dataset of your own (files, or data given from Python) as a DatasetInfo."""
     if src.eps is None and require_eps:
-        raise DataError(f"{src.dataset}: the threat model cannot be guessed for your own data; "
-                        "give the radius with --eps E (data.eps), e.g. --eps 0.0314 for 8/255")
+        from ..threat import no_radius
+
+        raise DataError(str(no_radius(src.dataset)))
     c = shape[0]
     mean = tuple(src.mean) if src.mean is not None else (0.5,) * c
     std = tuple(src.std) if src.std is not None else (0.25,) * c

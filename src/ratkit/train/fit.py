@@ -100,8 +100,9 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         val: validation data like ``train``; None holds out ``val_size`` training images
             (default: a tenth, at most 5,000) for choosing the best checkpoint.
         test: test data like ``train``: the best checkpoint is evaluated on it with the protocol.
-        method: a method object (``RAT(TRADES())``, ``AWP(AT())``, ...); None: the config's default,
-            RAT-TRADES with the paper's settings.
+        method: a method object (``RAT(TRADES())``, ``AWP(AT())``, ...) whose attack is built at ``eps``
+            and ``norm`` when it was given none (an attack at another radius is refused); None: the
+            config's default, RAT-TRADES with the paper's settings at ``eps``.
         mean, std: normalisation the wrapper applies (default: computed from ``train``).
         model_name, model_kwargs: how later commands rebuild the model (``module:callable`` and its
             kwargs); default: the model's class, called without arguments.
@@ -113,6 +114,7 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
     from ..config import load_config
     from ..models import WrappedModel, find_classifier_head, wrap
     from ..models.user import user_model_spec
+    from ..threat import STEP_FOLLOWS_EPS, method_at_radius, train_radius
     from .loop import train as run_training
     from .rundir import load_run_config, resume_config
 
@@ -140,7 +142,7 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
                  ("data.image_shape", list(shape)), ("data.mean", list(mean)), ("data.std", list(std)),
                  ("data.val_size", int(val_size)), ("data.augment", bool(augment)), ("model.name", name),
                  ("model.kwargs", dict(model_kwargs or {})), ("model.head", head), ("attack.norm", norm),
-                 ("attack.eps", None), ("attack.step_size", None), ("train.epochs", int(epochs)),
+                 ("attack.eps", None), STEP_FOLLOWS_EPS, ("train.epochs", int(epochs)),
                  ("train.batch_size", int(batch_size)), ("train.seed", int(seed)), ("train.device", device),
                  ("optim.name", optimizer), ("optim.lr", float(lr)), ("optim.momentum", float(momentum)),
                  ("optim.weight_decay", float(weight_decay)), ("optim.schedule", schedule)]
@@ -148,7 +150,6 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         overrides.append(("optim.milestones", [int(m) for m in milestones]))
     overrides += list(settings)
     info = _info(classes, shape, mean, std, eps)
-    given = dict(given_data=(TensorData(x, y, info), val_data), given_model=(wrapped, spec), given_method=method)
     if resume:
         if run_dir is None:
             raise ValueError("fit: resume=True needs the run_dir of the run to continue")
@@ -156,6 +157,9 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         cfg = resume_config(run_dir, [("train.epochs", int(epochs)), *settings])
     else:
         cfg = load_config(None, overrides)
+    if method is not None:  # its attack at the run's radius, or refused before the run directory is made
+        method = method_at_radius(method, train_radius(cfg)[0], cfg.attack.norm)
+    given = dict(given_data=(TensorData(x, y, info), val_data), given_model=(wrapped, spec), given_method=method)
     out = run_training(cfg, run_dir, resume=resume, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end,
                        _given=given)
     report = None
@@ -182,10 +186,10 @@ def _evaluate_given(run_dir: Path, cfg, test, info: DatasetInfo, quiet: bool) ->
     import json
 
     from ..checkpoints import load_model
-    from ..config import evaluation_eps
     from ..device import resolve_device
     from ..evaluate import evaluate, format_report, parse_attacks
     from ..models import ModelCodePolicy
+    from ..threat import evaluation_eps
 
     tx, ty = _as_tensors(test, "test")
     if tuple(tx.shape[1:]) != tuple(info.image_shape):

@@ -43,8 +43,8 @@ from .. import distributed
 from ..attacks import BatchShard
 from ..compile import compile_model, is_compiled, print_line
 from ..checkpoints import CheckpointError, checkpoint_path, check_model_fits_data, load_model, read_checkpoint
-from ..config import (Config, ConfigError, config_to_dict, data_source, evaluation_eps, method_label, method_settings,
-                      resolved_attack, with_resolved_precision)
+from ..config import (Config, ConfigError, config_to_dict, data_source, evaluation_eps, method_label,
+                      method_settings, with_resolved_precision)
 from ..data import augment, iterate_batches, split_train_val
 from ..data.streaming import StreamedData, iterate_streamed_batches
 from ..data.user import data_fingerprint, load_split, source_info
@@ -569,14 +569,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
 
 
 def eps_line(cfg: Config) -> str:
-    """Which eps validation and the final evaluation use, beside the training attack's when it differs."""
-    evaluated, trained, validated = evaluation_eps(cfg), resolved_attack(cfg)[0], validation_eps(cfg)
-    source = "eval.eps" if cfg.eval.eps is not None else "the protocol's, as rat eval"
-    differs = f"; the training attack's is {trained:.4g}" if abs(trained - evaluated) > 1e-12 else ""
-    if abs(validated - evaluated) > 1e-12:  # eval.eps changed on a resume: validation keeps the run's own
-        return (f"validation at {cfg.attack.norm} eps={validated:.4g} (train.val_eps, the run's own), "
-                f"evaluation at eps={evaluated:.4g} ({source}{differs})")
-    return f"validation and evaluation at {cfg.attack.norm} eps={evaluated:.4g} ({source}{differs})"
+    """Which eps validation and the final evaluation use: :func:`ratkit.threat.eps_line`."""
+    from ..threat import eps_line as line
+
+    return line(cfg)
 
 
 def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet: bool = False,

@@ -116,8 +116,10 @@ def same_run(recorded: Config, cfg: Config) -> bool:
 
 
 def validation_eps(cfg: Config) -> float:
-    """The eps of validation: ``train.val_eps`` (recorded when the run started), else the evaluation eps."""
-    return float(cfg.train.val_eps) if cfg.train.val_eps is not None else evaluation_eps(cfg)
+    """The eps of validation: :func:`ratkit.threat.validation_eps`."""
+    from ..threat import validation_eps as radius
+
+    return radius(cfg)
 
 
 def check_resume_epochs(run_dir: Path, cfg: Config) -> None:
