@@ -112,7 +112,7 @@ def test_a_bfloat16_attack_stays_bfloat16_under_a_float16_step():
     assert attack == {torch.bfloat16} and set(seen) == {torch.float16}
 
 
-@pytest.mark.parametrize("taylor", ["analytic", "autograd", "exact-head", "trh"])
+@pytest.mark.parametrize("taylor", ["analytic", "autograd", "exact-head", "trh", "adv-trace"])
 def test_rat_statistics_and_soft_targets_are_float32_under_bfloat16_autocast(monkeypatch, taylor):
     dtypes = []
 
@@ -125,7 +125,8 @@ def test_rat_statistics_and_soft_targets_are_float32_under_bfloat16_autocast(mon
             return result
         return recorded
 
-    for name in ("head_gradient_sums", "head_gradient_sums_autograd", "head_taylor_statistics", "soft_target_table"):
+    for name in ("head_gradient_sums", "head_gradient_sums_autograd", "head_taylor_statistics", "soft_target_table",
+                 "trades_head_trace"):
         monkeypatch.setattr(rat_module, name, spy(getattr(rat_module, name)))
     model, method = _model(), RAT(TRADES(attack=trades_attack(EPS, steps=1)), taylor=taylor)
     x, y = _batch()
@@ -133,6 +134,7 @@ def test_rat_statistics_and_soft_targets_are_float32_under_bfloat16_autocast(mon
         out = method.loss(model, x, x, y)
     assert dtypes and {dtype for _, dtype in dtypes} == {torch.float32}, dtypes
     assert all(t.dtype == torch.float32 for t in out.terms.values())
+    assert (taylor == "trh") == any(name == "trades_head_trace" for name, _ in dtypes)
 
 
 def test_float16_step_scales_the_backward_and_skips_an_overflowing_step_without_a_non_finite_error():

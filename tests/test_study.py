@@ -282,10 +282,13 @@ def test_the_grid_files_in_configs_studies_are_valid():
         cfg = run_config(exact, name, 0)
         assert all(cfg.method.rat[k] != reference.method.rat[k] for k in fields)
         assert replace(reference, method=replace(reference.method, rat={**reference.method.rat, **fields})) == cfg, name
-    # the TrH controls are the exact-head runs with the trace term alone
+    # the TrH controls are the exact-head runs with TrH of the base objective, at a fixed coefficient
     for control, exact_name, base in (("trh-trades", "rat-exact-trades", "trades"), ("trh-at", "rat-exact-at", "at")):
         cfg, ref = run_config(regime, control, 0), run_config(regime, exact_name, 0)
-        assert replace(ref, method=replace(ref.method, rat={**ref.method.rat, "taylor": "trh"})) == cfg, control
+        coef = cfg.method.rat["trh_coef"]
+        assert coef is not None and 0 < coef < 1e-3, control
+        changed = {"taylor": "trh", "trh_coef": coef}
+        assert replace(ref, method=replace(ref.method, rat={**ref.method.rat, **changed})) == cfg, control
         assert (control, base) in regime.pairs and (exact_name, control) in regime.pairs
     # the budget runs differ from the core grid's seed-0 runs in the number of epochs only
     budget = load_grid(STUDIES / "budget.yaml")

@@ -850,7 +850,7 @@ def method_label(cfg: Config) -> str:
     if cfg.method.awp is not None:
         parts.append("awp")
     if cfg.method.rat is not None:
-        parts.append({"exact-head": "rat-exact", "trh": "rat-trh"}.get(cfg.method.rat.get("taylor"), "rat"))
+        parts.append({"exact-head": "rat-exact", "trh": "rat-trh", "adv-trace": "rat-adv-trace"}.get(cfg.method.rat.get("taylor"), "rat"))
     parts.append(cfg.method.name)
     return "-".join(parts)
 

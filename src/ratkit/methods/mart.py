@@ -11,6 +11,16 @@ import torch.nn.functional as F
 from ..attacks import PGDConfig, kl_to_target
 from .base import BaseMethod, InvalidSetting, Outputs
 
+# the authors' constants: -log(BOOST_MARGIN - q_r + LOG_EPS) boosts the runner-up class r, log(q + LOG_EPS)
+# in the KL, whose weight is WEIGHT_MARGIN - p_y
+BOOST_MARGIN, LOG_EPS, WEIGHT_MARGIN = 1.0001, 1e-12, 1.0000001
+
+
+def runner_up(probs, y):
+    """The most probable class other than y (the class MART's boosted cross-entropy pushes down)."""
+    top2 = probs.argsort(dim=1)[:, -2:]
+    return torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+
 
 @dataclass
 class MART(BaseMethod):
@@ -39,11 +49,10 @@ class MART(BaseMethod):
     def terms(self, out: Outputs):
         y = out.y
         adv_probs = F.softmax(out.logits_adv, dim=1)
-        top2 = adv_probs.argsort(dim=1)[:, -2:]
-        runner_up = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-        bce = F.cross_entropy(out.logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), runner_up)
+        boosted = runner_up(adv_probs, y)
+        bce = F.cross_entropy(out.logits_adv, y) + F.nll_loss(torch.log(BOOST_MARGIN - adv_probs + LOG_EPS), boosted)
         nat_probs = F.softmax(out.logits_clean, dim=1)
         true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
-        kl = kl_to_target(out.logits_adv, nat_probs, log_eps=1e-12, probs=adv_probs)
-        robust = (kl * (1.0000001 - true_probs)).mean()
+        kl = kl_to_target(out.logits_adv, nat_probs, log_eps=LOG_EPS, probs=adv_probs)
+        robust = (kl * (WEIGHT_MARGIN - true_probs)).mean()
         return {"adv_bce": bce, "robust": self.beta * robust}

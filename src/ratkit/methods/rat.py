@@ -27,9 +27,12 @@ relative to the size of the two losses' own terms (default) or scaled by an abso
 ``taylor_sigma`` (sigma and sigma^2 / 2).
 
 ``taylor="trh"`` is a control for exact-head: the top-layer TrH regulariser of Wang et al. (arXiv
-2211.12624), the adversarial head Hessian trace alone (no clean trace subtracted, no first-order
-term), with exact-head's second-order normaliser and weight (``trh_terms``; docs/method.md, "TrH
-control").
+2211.12624), the trace of the Hessian of the *base objective* (TRADES: CE(p, y) + beta KL(p || q);
+PGD-AT: CE(q, y); MART's) with respect to the head's weight and bias, in closed form
+(``trades_head_trace``, ``ce_head_trace``, ``mart_head_trace``; ``trh_terms``), with a fixed coefficient
+``trh_coef`` as in the paper or exact-head's normaliser. ``taylor="adv-trace"`` is the control of earlier
+releases (their ``taylor="trh"``): the adversarial cross-entropy's weight trace alone, whatever the base
+(``adv_trace_terms``; docs/method.md, "TrH controls").
 """
 
 from __future__ import annotations
@@ -45,12 +48,17 @@ from ..distributed import active, average, unwrap
 from ..models import noise_target_names
 from ..models.registry import NOISE_TARGETS
 from ..weights import gaussian_noisy_params
+from .at import AT
 from .base import BaseMethod, InvalidSetting, LossOutput, Method, Outputs, float32_terms, forward_outputs
+from .mart import BOOST_MARGIN, LOG_EPS, MART, WEIGHT_MARGIN, runner_up
+from .trades import TRADES
 
 PAIRINGS = ("fixed", "reference")
-TAYLOR_MODES = ("analytic", "autograd", "exact-head", "trh")
+TAYLOR_MODES = ("analytic", "autograd", "exact-head", "trh", "adv-trace")
 # the modes with last-layer terms in closed form instead of soft targets
-HEAD_MODES = ("exact-head", "trh")
+HEAD_MODES = ("exact-head", "trh", "adv-trace")
+# the modes that are one trace term alone (no first-order term to keep)
+TRACE_MODES = ("trh", "adv-trace")
 SOFT_TARGET_MODES = ("analytic", "autograd")
 CLEAN_TERMS = ("auto", "always", "never")
 
@@ -79,6 +87,81 @@ def head_taylor_statistics(logits: Tensor, feats: Tensor, y: Tensor) -> tuple[Te
     grad = (p - F.one_hot(y, logits.shape[1]).to(logits.dtype)).T @ feats / len(y)
     trace = ((p * (1 - p)).sum(dim=1) * (feats * feats).sum(dim=1)).mean()
     return grad, trace
+
+
+def ce_head_trace(logits: Tensor, feats: Tensor, bias: bool) -> Tensor:
+    """The trace of the batch-mean CE(softmax(z), y)'s Hessian with respect to the head (z = W h + b): the
+    batch mean of (1 - |p|^2) (|h|^2 + 1 if the head has a bias, else |h|^2). No label enters: the
+    logits' Hessian of CE is diag(p) - p p^T whatever y; the bias is a weight on a constant feature 1."""
+    p = torch.softmax(logits, dim=1)
+    return ((1 - (p * p).sum(dim=1)) * ((feats * feats).sum(dim=1) + float(bias))).mean()
+
+
+def head_trace(tr_a: Tensor, tr_b: Tensor, tr_c: Tensor, feats_clean: Tensor, feats_adv: Tensor, bias: bool) -> Tensor:
+    """The batch mean of tr A |h|^2 + tr B |h'|^2 + 2 tr C h.h' (each Gram + 1 with a bias, a weight on a
+    constant feature 1): the trace of A kron h h^T + B kron h' h'^T + C kron h h'^T + C^T kron h' h^T, one
+    example's Hessian with respect to the head of a loss of z = W h + b and z' = W h' + b whose logits'
+    Hessian blocks (zz, z'z', zz') have the traces tr A, tr B, tr C (per example)."""
+    one = float(bias)
+    return (tr_a * ((feats_clean * feats_clean).sum(dim=1) + one) + tr_b * ((feats_adv * feats_adv).sum(dim=1) + one)
+            + 2 * tr_c * ((feats_clean * feats_adv).sum(dim=1) + one)).mean()
+
+
+def trades_head_trace(logits_clean: Tensor, feats_clean: Tensor, logits_adv: Tensor, feats_adv: Tensor,
+                      beta: float, bias: bool) -> Tensor:
+    """The trace of the Hessian of TRADES' objective, mean CE(p, y) + beta KL(p || q), with respect to the
+    head (z = W h + b at x, z' = W h' + b at x_adv, p = softmax(z), q = softmax(z')), in closed form.
+
+    With A, B, C the logits' Hessian blocks (zz, z'z', zz') of one example's loss, the trace is
+    tr A |h|^2 + tr B |h'|^2 + 2 tr C h.h' (``head_trace``). CE: A = diag(p) - p p^T. KL, with
+    d = log p - log q: B = diag(q) - q q^T, C = -(diag(p) - p p^T), and
+    tr A = 1 - |p|^2 - 2 sum_k p_k^2 (d_k - KL). Per example:
+    (1 - |p|^2)|h|^2 + beta [(1 - |p|^2 - 2 sum_k p_k^2 (d_k - KL))|h|^2 + (1 - |q|^2)|h'|^2 - 2 (1 - |p|^2) h.h'],
+    averaged over the batch; at p = q the KL part is beta (1 - |p|^2) |h - h'|^2 (docs/method.md)."""
+    p, q = torch.softmax(logits_clean, dim=1), torch.softmax(logits_adv, dim=1)
+    d = torch.log_softmax(logits_clean, dim=1) - torch.log_softmax(logits_adv, dim=1)
+    kl = (p * d).sum(dim=1, keepdim=True)
+    spread_p, spread_q = 1 - (p * p).sum(dim=1), 1 - (q * q).sum(dim=1)
+    kl_clean = spread_p - 2 * (p * p * (d - kl)).sum(dim=1)
+    return head_trace(spread_p + beta * kl_clean, beta * spread_q, -beta * spread_p, feats_clean, feats_adv, bias)
+
+
+def mart_head_trace(logits_clean: Tensor, feats_clean: Tensor, logits_adv: Tensor, feats_adv: Tensor, y: Tensor,
+                    beta: float, bias: bool) -> Tensor:
+    """The trace of the Hessian of MART's objective (``MART.terms``, its constants included) with respect to
+    the head, in closed form: BCE(q) + beta mean[(c_w - p_y) KL_eps(p || q)], with the runner-up class r
+    held fixed (an argmax: no derivative), BCE = CE(q, y) - log(c_b - q_r) and KL_eps's log q taken as
+    log(q + eps). Per example tr A |h|^2 + tr B |h'|^2 + 2 tr C h.h' (``head_trace``), with the product
+    rule for the weight w = c_w - p_y of the KL (docs/method.md, "TrH controls")."""
+    p, q = torch.softmax(logits_clean, dim=1), torch.softmax(logits_adv, dim=1)
+    spread_p, spread_q, qq = 1 - (p * p).sum(dim=1), 1 - (q * q).sum(dim=1), (q * q).sum(dim=1, keepdim=True)
+    # tr of the logits' Hessian of a softmax component q_k, and |grad q_k|^2 (|e_k - q|^2 = 1 - 2 q_k + |q|^2)
+    dist_q = 1 - 2 * q + qq
+    hess_q, grad_q2 = q * (dist_q - spread_q[:, None]), q * q * dist_q
+    r = runner_up(q, y)[:, None]
+    gap = BOOST_MARGIN + LOG_EPS - q.gather(1, r).squeeze(1)
+    boost = hess_q.gather(1, r).squeeze(1) / gap + grad_q2.gather(1, r).squeeze(1) / (gap * gap)
+    # KL_eps(p || q) = sum p log p - sum p log(q + eps): its blocks A (zz), B (z'z'), C (zz')
+    qe = q + LOG_EPS
+    d = torch.log_softmax(logits_clean, dim=1) - torch.log(qe)
+    kl = (p * d).sum(dim=1, keepdim=True)
+    grad_kl_clean = p * (d - kl)
+    tr_a = spread_p - 2 * (p * grad_kl_clean).sum(dim=1)
+    tr_b = -(p * (hess_q / qe - grad_q2 / (qe * qe))).sum(dim=1)
+    rho = p * q / qe
+    tr_c = -(rho * (1 - p - q + (p * q).sum(dim=1, keepdim=True))).sum(dim=1)
+    grad_kl_adv = q * rho.sum(dim=1, keepdim=True) - rho
+    # the weight w = c_w - p_y: grad w = -p_y (e_y - p), tr of its Hessian -p_y (|e_y - p|^2 - (1 - |p|^2))
+    p_y = p.gather(1, y[:, None]).squeeze(1)
+    weight = WEIGHT_MARGIN - p_y
+    hess_w = -p_y * (1 - 2 * p_y + (p * p).sum(dim=1) - spread_p)
+
+    def grad_w_dot(v: Tensor) -> Tensor:
+        return -p_y * (v.gather(1, y[:, None]).squeeze(1) - (p * v).sum(dim=1))
+
+    zz = weight * tr_a + 2 * grad_w_dot(grad_kl_clean) + kl.squeeze(1) * hess_w
+    cross = weight * tr_c + grad_w_dot(grad_kl_adv)
+    return head_trace(beta * zz, spread_q + boost + beta * weight * tr_b, beta * cross, feats_clean, feats_adv, bias)
 
 
 def global_batch_value(t: Tensor) -> Tensor:
@@ -117,8 +200,9 @@ class RAT(Method):
 
     ``taylor``: "analytic" (default) and "autograd" are the authors' soft-target terms (the head
     statistics by closed form or by autograd, the same numbers); "exact-head" the last layer's
-    Taylor terms themselves (``exact_head_terms``); "trh" the adversarial head Hessian trace alone,
-    the TrH regulariser as a control for exact-head (``trh_terms``).
+    Taylor terms themselves (``exact_head_terms``); "trh" the TrH regulariser of the base objective,
+    the trace of its head Hessian (``trh_terms``; TRADES, AT, MART), and "adv-trace" the adversarial
+    cross-entropy's trace alone (``adv_trace_terms``, earlier releases' "trh"), both controls for exact-head.
 
     Example::
 
@@ -133,11 +217,14 @@ class RAT(Method):
     pairing: str = "fixed"
     noise_layers: str = "conv"
     taylor: str = "analytic"
-    # exact-head and trh only: None (default) = each Taylor term relative to the size of the two losses'
-    # own terms of that order, so sigma cancels; a float = absolute noise scale on the head's weights,
-    # terms sigma ||dG|| and sigma^2 / 2 [dtr H]_+ (trh: sigma^2 / 2 tr H_adv) (docs/method.md,
-    # "Exact last-layer terms")
+    # exact-head, trh and adv-trace only: None (default) = each Taylor term relative to the size of the two
+    # losses' own terms of that order, so sigma cancels; a float = absolute noise scale on the head's
+    # weights, terms sigma ||dG|| and sigma^2 / 2 [dtr H]_+ (trh: sigma^2 / 2 tr H_base, adv-trace:
+    # sigma^2 / 2 tr H_adv) (docs/method.md, "Exact last-layer terms")
     taylor_sigma: float | None = None
+    # trh only: TrH's fixed coefficient, the term is trh_coef * tr H_base (no alpha); None (default) = alpha / 2
+    # and exact-head's normaliser or taylor_sigma (docs/method.md, "TrH controls": the regime grid's values)
+    trh_coef: float | None = None
     # the soft-target terms on the clean output: "always" as the authors' formula, for every base;
     # "never"; "auto" (default) only when the base supervises the clean output with labels
     # (TRADES), since without a label term there they pull p(x) to the 2 / C soft target and
@@ -177,17 +264,29 @@ class RAT(Method):
             if self.pairing != "fixed":
                 raise refuse("pairing", f"applies to the soft-target modes {SOFT_TARGET_MODES}; "
                                         f"taylor={self.taylor!r} has no soft targets, got {self.pairing!r}")
-            if self.taylor == "trh" and 2 not in self.order:
-                raise refuse("order", f"taylor='trh' is the second-order trace term alone: order must include 2 "
-                                      f"((2,) and (1, 2) both mean the trace term), got {self.order}")
+            if self.taylor in TRACE_MODES and 2 not in self.order:
+                raise refuse("order", f"taylor={self.taylor!r} is the second-order trace term alone: order must "
+                                      f"include 2 ((2,) and (1, 2) both mean the trace term), got {self.order}")
         elif self.taylor_sigma is not None:
             raise refuse("taylor_sigma", f"applies only to taylor in {HEAD_MODES}, got {self.taylor_sigma} "
                                          f"with taylor={self.taylor!r}")
+        if self.trh_coef is not None:
+            if self.taylor != "trh":
+                raise refuse("trh_coef", f"applies only to taylor='trh', got {self.trh_coef} with taylor={self.taylor!r}")
+            if not 0 < self.trh_coef < float("inf"):
+                raise refuse("trh_coef", f"must be a finite number > 0 or None, got {self.trh_coef}")
+            if self.taylor_sigma is not None:
+                raise refuse("trh_coef", f"and taylor_sigma both set the trace's weight: give one, got "
+                                         f"trh_coef={self.trh_coef}, taylor_sigma={self.taylor_sigma}")
+        if self.taylor == "trh" and not isinstance(self.base, (TRADES, AT, MART)):
+            raise refuse("taylor", f"'trh' has the closed-form trace of TRADES', PGD-AT's and MART's objectives, not "
+                                   f"{type(self.base).__name__}'s; 'adv-trace' is the adversarial cross-entropy's "
+                                   f"trace alone, for any base")
 
     @property
     def uses_clean_terms(self) -> bool:
-        """Whether the soft-target terms on the clean output are in the loss (never for exact-head and
-        trh, which have no soft targets)."""
+        """Whether the soft-target terms on the clean output are in the loss (never for the head modes,
+        which have no soft targets)."""
         if self.taylor in HEAD_MODES:
             return False
         if self.clean_terms == "auto":
@@ -264,8 +363,19 @@ class RAT(Method):
             terms["taylor2"] = self.alpha / 2 * scale * F.relu(tr_adv - tr_nat)
         return terms
 
-    def trh_terms(self, out: Outputs) -> dict[str, Tensor]:
-        """The TrH control: alpha / 2 times the adversarial head Hessian trace alone, {"trh": ...}.
+    def _trace_scale(self, out: Outputs) -> Tensor | float:
+        """alpha / 2 times exact-head's second-order factor: sigma^2 / 2, or 1 / (tr H_adv + tr H_nat) of the
+        cross-entropy's weight traces, held constant in the step (no graph through either pass)."""
+        sigma = self.taylor_sigma
+        if sigma is not None:
+            return self.alpha / 2 * sigma * sigma / 2
+        _, tr_nat = head_taylor_statistics(out.logits_clean.detach(), out.feats_clean.detach(), out.y)
+        _, tr_adv = head_taylor_statistics(out.logits_adv.detach(), out.feats_adv.detach(), out.y)
+        return self.alpha / 2 / (average(tr_adv) + average(tr_nat)).clamp_min(torch.finfo(tr_adv.dtype).tiny)
+
+    def adv_trace_terms(self, out: Outputs) -> dict[str, Tensor]:
+        """The control of earlier releases (their taylor="trh"): alpha / 2 times the adversarial
+        cross-entropy's weight trace alone, {"adv_trace": ...}, whatever the base.
 
         Exact-head's second-order term with the clean trace left out: with ``taylor_sigma`` None,
         tr H_adv / (tr H_adv + tr H_nat), the very normaliser of exact-head's term (held constant in
@@ -273,19 +383,34 @@ class RAT(Method):
         sigma^2 / 2 tr H_adv. ``order`` (2,) and (1, 2) both give this one term."""
         _, tr_adv = head_taylor_statistics(out.logits_adv, out.feats_adv, out.y)
         tr_adv = global_batch_value(tr_adv)
-        sigma = self.taylor_sigma
-        if sigma is None:
-            # only the normaliser uses the clean trace: no graph through the clean pass is needed
-            _, tr_nat = head_taylor_statistics(out.logits_clean.detach(), out.feats_clean.detach(), out.y)
-            size = (tr_adv.detach() + average(tr_nat)).clamp_min(torch.finfo(tr_adv.dtype).tiny)
-            scale = 1 / size
-        else:
-            scale = sigma * sigma / 2
-        return {"trh": self.alpha / 2 * scale * tr_adv}
+        return {"adv_trace": self._trace_scale(out) * tr_adv}
+
+    def base_head_trace(self, out: Outputs, bias: bool) -> Tensor:
+        """The trace of the base objective's Hessian with respect to the head (weight, and bias if
+        ``bias``), in closed form: TRADES' CE(p, y) + beta KL(p || q), PGD-AT's CE(q, y), MART's."""
+        if isinstance(self.base, TRADES):
+            return trades_head_trace(out.logits_clean, out.feats_clean, out.logits_adv, out.feats_adv,
+                                     self.base.beta, bias)
+        if isinstance(self.base, MART):
+            return mart_head_trace(out.logits_clean, out.feats_clean, out.logits_adv, out.feats_adv, out.y,
+                                   self.base.beta, bias)
+        return ce_head_trace(out.logits_adv, out.feats_adv, bias)
+
+    def trh_terms(self, out: Outputs, bias: bool) -> dict[str, Tensor]:
+        """TrH (Wang et al.) on the base objective: {"trh": coefficient * tr H_base}, H_base the Hessian of
+        the base's own loss (TRADES: CE + beta KL, not scaled by RAT's 1 - alpha) with respect to the
+        head's weight and, if ``bias`` (the head has one), its bias.
+
+        The coefficient: ``trh_coef`` (TrH's fixed weight), else alpha / 2 times exact-head's second-order
+        factor (``taylor_sigma``'s sigma^2 / 2, or 1 / (tr H_adv + tr H_nat) of the cross-entropy, held
+        constant in the step)."""
+        trace = global_batch_value(self.base_head_trace(out, bias))
+        return {"trh": (self._trace_scale(out) if self.trh_coef is None else self.trh_coef) * trace}
 
     def loss(self, model, x, x_adv, y) -> LossOutput:
         # the clean pass needs a graph only if a term differentiates it (the base's, the clean-output
-        # soft targets, or the exact-head gaps); RAT-AT's soft targets and trh use it for statistics alone
+        # soft targets, or the exact-head gaps); RAT-AT's soft targets, trh and adv-trace on AT use it for
+        # statistics alone
         clean_grad = self.base.needs_clean or self.uses_clean_terms or self.taylor == "exact-head"
         out = forward_outputs(model, x, x_adv, y, with_clean=True, clean_grad=clean_grad)
         # float32 outputs, autocast off: head statistics, soft-target tables and exact-head terms
@@ -297,7 +422,9 @@ class RAT(Method):
             if self.taylor == "exact-head":
                 terms.update(self.exact_head_terms(out))
             elif self.taylor == "trh":
-                terms.update(self.trh_terms(out))
+                terms.update(self.trh_terms(out, bias=unwrap(model).head.bias is not None))
+            elif self.taylor == "adv-trace":
+                terms.update(self.adv_trace_terms(out))
             else:
                 terms.update(self.taylor_terms(*self.statistics(model, out), out))
         return LossOutput(loss=sum(terms.values()), terms=terms, outputs=out)

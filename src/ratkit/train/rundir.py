@@ -22,7 +22,7 @@ import torch
 from .. import distributed
 from ..checkpoints import CheckpointError, atomic_write_bytes, read_checkpoint_meta
 from ..config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
-                      evaluation_eps, method_label, save_config)
+                      evaluation_eps, method_label, save_config, upgrade_flat_method)
 from ..data.user import fingerprint_difference, with_statistics
 
 
@@ -48,7 +48,20 @@ def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: no config.yaml, not a run directory")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return config_from_dict(with_old_trh_control(yaml.safe_load(path.read_text())))
+
+
+def with_old_trh_control(d: dict) -> dict:
+    """A run directory's raw config with ``taylor: trh`` read as what it trained with. Before issue 43
+    ``taylor="trh"`` was the adversarial cross-entropy's trace alone, now ``"adv-trace"``; ``"trh"`` is
+    now TrH of the base objective. A run records every RAT argument (the class's defaults filled in),
+    so a run directory written since has ``trh_coef`` beside ``taylor``, and one without it (nested or
+    the flat form of earlier releases) is from before: it resumes, and is compared, as ``adv-trace``."""
+    method = upgrade_flat_method(d).get("method") if isinstance(d, dict) else None
+    rat = method.get("rat") if isinstance(method, dict) else None
+    if not isinstance(rat, dict) or rat.get("taylor") != "trh" or "trh_coef" in rat:
+        return d
+    return {**d, "method": {**method, "rat": {**rat, "taylor": "adv-trace"}}}
 
 
 # What a resume may change: how long the run goes on, how often it saves, how it is validated,
