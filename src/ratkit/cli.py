@@ -104,11 +104,10 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
         raise UserError(str(exc)) from None
     if args.protocol == "paper" and args.eps is None:
         eps = paper_eps(eps)
-    from .compile import compile_model, print_line
+    from .compile import compile_for_evaluation
 
-    example = torch.rand(min(args.batch_size, 64), *info.image_shape, device=device)
-    setting = getattr(args, "compile", "auto")
-    print_line(compile_model(model.to(device), setting, example)[1], args.quiet or setting == "auto")
+    compile_for_evaluation(model.to(device), getattr(args, "compile", "auto"), info.image_shape, device,
+                           batch_size=args.batch_size, quiet=args.quiet)
     report = evaluate_test_set(model.to(device), src, n=args.n, eps=eps,
                                norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
                                seed=args.seed, quiet=args.quiet, protocol=args.protocol,

@@ -99,6 +99,16 @@ def compile_model(model: nn.Module, setting: str, example: Tensor, *,
     return model, f"torch.compile: {why}"
 
 
+def compile_for_evaluation(model: nn.Module, setting: str, image_shape, device: torch.device, *,
+                           batch_size: int = 64, quiet: bool = False) -> nn.Module:
+    """``eval.compile`` / ``rat eval --compile``: the model compiled (or not) for the attacks, tried on a
+    batch of the data's ``image_shape``; the line is printed unless ``auto`` left it off quietly."""
+    example = torch.rand(min(batch_size, 64), *image_shape, device=device)
+    model, line = compile_model(model, setting, example)
+    print_line(line, quiet or (setting == "auto" and not is_compiled(model)))
+    return model
+
+
 def print_line(line: str, quiet: bool) -> None:
     """A compile line on stdout, or a warning on stderr whatever ``quiet`` says."""
     if line.startswith("warning"):

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed
 from ..attacks import BatchShard
-from ..compile import compile_model, is_compiled, print_line
+from ..compile import compile_for_evaluation, compile_model, is_compiled, print_line
 from ..checkpoints import CheckpointError, checkpoint_path, check_model_fits_data, load_model, read_checkpoint
 from ..config import (Config, ConfigError, config_to_dict, data_source, evaluation_eps, method_label,
                       method_settings, with_resolved_precision)
@@ -592,9 +592,8 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
     model, meta = load_model(run_dir / checkpoint, device, model_code)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)  # AutoAttack ~1.45x faster on CPU, same results
-    info = source_info(data_source(cfg))
-    example = torch.rand(min(cfg.eval.batch_size, 64), *info.image_shape, device=device)
-    print_line(compile_model(model, cfg.eval.compile, example)[1], quiet or cfg.eval.compile == "auto")
+    compile_for_evaluation(model, cfg.eval.compile, source_info(data_source(cfg)).image_shape, device,
+                           batch_size=cfg.eval.batch_size, quiet=quiet)
     n, aa_n = (None, None) if full else (cfg.eval.n, cfg.eval.aa_n)
     eps = evaluation_eps(cfg)
     report = evaluate_test_set(model, data_source(cfg), n=n, eps=eps,
