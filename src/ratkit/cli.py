@@ -323,14 +323,16 @@ def cmd_bench(args) -> int:
             raise UserError(f"--width: only smallcnn and wrn-D-W models can be scaled, not {args.model}")
         model, model_kwargs = scaled
     device = resolve_device(args.device)
-    precision = args.attack_precision or load_config(None).attack.precision
+    from .device import resolve_precision
+
+    precision = resolve_precision(args.attack_precision or load_config(None).attack.precision, device)[0]
     settings = BenchSettings(dataset=args.dataset, model=model, model_kwargs=model_kwargs,
                              batch_size=args.batch_size, attack_steps=args.attack_steps,
                              rounds=min(args.rounds, args.steps),  # --steps 10: 10 rounds of one step, not 60
                              steps_per_round=max(1, -(-args.steps // args.rounds)), configs=configs,
                              device=str(device), seed=args.seed, memory=not args.no_memory,
                              attack_precision=precision, step_precision=args.precision,
-                             channels_last=not args.no_channels_last)
+                             channels_last=not args.no_channels_last, compile=args.compile)
     progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
     try:
         bench_model(settings)
@@ -657,12 +659,14 @@ def _add_bench_command(sub) -> None:
                         "docs/performance.md)")
     p.add_argument("--attack-steps", type=int, default=10, help="PGD steps of the training attack (paper: 10)")
     p.add_argument("--attack-precision", choices=PRECISIONS, default=None,
-                   help="the library's training attack precision (default: the default preset's, bfloat16; "
-                        "the naive baselines always run float32)")
+                   help="the library's training attack precision (default: the default preset's, auto: bfloat16 "
+                        "where this device computes it natively, else float32; the naive baselines always run float32)")
     p.add_argument("--precision", choices=STEP_PRECISIONS, default="float32",
                    help="the library's whole training step, as train.precision (default float32; bfloat16 and "
                         "float16 run attack, loss and backward under autocast, float16 with a gradient scaler)")
     p.add_argument("--no-channels-last", action="store_true", help="time the library in NCHW layout")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the library's model, as train.compile: true (compiled in the warm-up steps)")
     p.add_argument("--configs", default=None, help="comma-separated configurations to time (default: all ten)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=0)

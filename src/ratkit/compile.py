@@ -90,6 +90,11 @@ def compile_model(model: nn.Module, setting: str, example: Tensor, *,
 
         # a graph that fails to compile later (another input shape or mode) runs eager, not an error
         torch._dynamo.config.suppress_errors = True
+        # one graph per (train/eval mode, grad mode, autocast, with_features, shape): a training step, its
+        # attack and validation need more than dynamo's default of 8, past which it would run eager
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
         model.compile(dynamic=False)
         _trial(model, example)
     except Exception as exc:  # noqa: BLE001 - any failure: eager, with one line saying why

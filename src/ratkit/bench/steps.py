@@ -114,6 +114,7 @@ class BenchSettings:
     attack_precision: str = "float32"  # the library's training attack; the naive baselines stay float32
     step_precision: str = "float32"  # the library's whole step (train.precision); the naive baselines stay float32
     channels_last: bool = True  # the library's layout (train.channels_last); the naive baselines stay NCHW
+    compile: bool = False  # torch.compile the library's model (train.compile: true); the naive baselines stay eager
 
 
 # ----------------------------------------------------------------------------- building
@@ -209,6 +210,8 @@ def _runner(name: str, settings: BenchSettings, device: torch.device, batches) -
     if settings.channels_last and name not in NAIVE:
         model.to(memory_format=torch.channels_last)
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+    if settings.compile and name not in NAIVE:
+        model.compile(dynamic=False)  # as train.compile: true; compiled during the warm-up steps
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     return _Runner(name, make_step(name, settings), model, optimizer, generator, batches)
@@ -551,7 +554,8 @@ def format_bench(result: dict) -> str:
     lines = [f"rat bench: {s['model']} on {s['dataset']}-shaped synthetic data, batch {s['batch_size']}, "
              f"{s['attack_steps']} attack steps; library: attack {s['attack_precision']}, "
              f"step {s.get('step_precision', 'float32')}, "
-             f"{'channels_last' if s['channels_last'] else 'NCHW'} (naive: float32, NCHW); "
+             f"{'channels_last' if s['channels_last'] else 'NCHW'}{', compiled' if s.get('compile') else ''} "
+             "(naive: float32, NCHW, eager); "
              f"{env['device']} ({env.get('gpu', env['cpu'])}, {env['threads']} threads), torch {env['torch']}",
              "GEMM (square matmul, same run): " + ", ".join(
                  f"{precision} {rate:.0f} GFLOP/s" for precision, rate in result["gemm_gflops"].items())
