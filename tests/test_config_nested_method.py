@@ -14,7 +14,7 @@ import yaml
 from helpers import run_rat
 
 from ratkit.bench import METHODS, bench_method
-from ratkit.checkpoint import read_checkpoint, save_checkpoint
+from ratkit.checkpoints import read_checkpoint, save_checkpoint
 from ratkit.config import (FLAT_METHOD_KEYS, ConfigError, MethodConfig, config_from_dict, config_to_dict, load_config,
                            method_label, upgrade_flat_method, validate, wrapper_arguments)
 from ratkit.methods import AT, AWP, RAT, TRADES, compose_method

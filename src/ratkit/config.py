@@ -34,7 +34,7 @@ import yaml
 # choices are declared once, next to the code that implements them; the methods' own settings
 # (beta, RAT's, AWP's) are checked by building them (validate). These imports bring in torch.
 from .attacks.pgd import NORMS, PRECISIONS
-from .evaluate import ATTACKS
+from .attacks.protocols import ATTACKS, parse_attacks
 from .methods import AWP, BASE_METHODS, RAT, STEP_PRECISIONS, TRADES, InvalidSetting, Method, compose_method
 
 DEFAULT_PRESET = "fmnist-cpu"
@@ -192,7 +192,7 @@ class TrainConfig:
 class EvalConfig:
     """The final evaluation after training."""
 
-    attacks: str = ",".join(ATTACKS)  # every attack of our protocol (ratkit.evaluate.PROTOCOL_ATTACKS)
+    attacks: str = ",".join(ATTACKS)  # every attack of our protocol (ratkit.attacks.protocols)
     n: int | None = None
     aa_n: int | None = 500
     batch_size: int = 256
@@ -487,8 +487,6 @@ def _validate_train(cfg: Config) -> None:
 
 
 def _validate_eval(cfg: Config) -> None:
-    from .evaluate import parse_attacks
-
     e = cfg.eval
     try:
         parse_attacks(e.attacks)

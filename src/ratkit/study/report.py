@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .aggregate import FLATNESS_KEYS, aggregate
 from .grid import StudyGrid
-from .records import ACCURACY_KEYS, read_results, write_json_atomic
+from ..files import write_json_atomic
+from .records import ACCURACY_KEYS, read_results
 
 ACCURACY_NAMES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw30": "CW-30", "aa": "AutoAttack",
                   "robust": "worst case"}
