@@ -56,7 +56,8 @@ def test_each_old_path_warns_at_the_line_that_imports_it_naming_its_new_home():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     caught = json.loads(proc.stdout)
-    expected = [*old_homes.items(), ("ratkit.checkpoints.native._atomic_write_bytes", "ratkit.files.atomic_write_bytes")]
+    expected = [*old_homes.items(),
+                ("ratkit.checkpoints.native._atomic_write_bytes", "ratkit.files.atomic_write_bytes")]
     assert [message for _, message, _ in caught] == [
         f"{old} is deprecated and will be removed in ratkit 0.3; use {new}" for old, new in expected]
     assert all(category == "DeprecationWarning" and filename == "<string>" for category, _, filename in caught)

@@ -5,9 +5,9 @@ training split too large to hold: it keeps the labels (known without decoding, e
 image folder's scan) and a map-style dataset that decodes one example, and
 :func:`iterate_streamed_batches` yields exactly the batches that
 :func:`~ratkit.data.tensordata.iterate_batches` would yield for the same data in memory: the
-same order (:func:`~ratkit.data.tensordata.epoch_order`, which both follow), the same float32 values. Only where the pixels
-come from differs, a :class:`torch.utils.data.DataLoader` with ``num_workers`` processes
-decoding whole batches, so switching between the two never changes a run.
+same order (:func:`~ratkit.data.tensordata.epoch_order`, which both follow), the same float32
+values. Only where the pixels come from differs, a :class:`torch.utils.data.DataLoader` with
+``num_workers`` processes decoding whole batches, so switching between the two never changes a run.
 
 :func:`fits_in_memory` tells which of the two a dataset needs.
 """

@@ -35,6 +35,7 @@ from ..attacks import PGDConfig, advance_generator, autoattack_correct, pgd
 from ..attacks.protocols import (ATTACK_TITLES, ATTACKS, DEFAULT_ATTACKS, PAPER_CW_KAPPA, PAPER_EPS,  # noqa: F401
                                  PROTOCOL_ATTACKS, PROTOCOLS, ProtocolAttack, _ours_pgd, paper_eps, paper_step,
                                  parse_attacks)
+from ..files import atomic_write_bytes, write_json_atomic
 from .chunks import AttackChunks, ChunkStore, fingerprint
 from ..modes import model_mode
 
@@ -340,7 +341,7 @@ def save_adversarial(report: EvalReport, path) -> None:
     (N, C, H, W) in [0, 1], ``t["y"]``, ``t["correct"]`` (1 = survives every attack), ``t["attack"]``."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     adv = report.adversarial
     if adv is None:
@@ -350,14 +351,7 @@ def save_adversarial(report: EvalReport, path) -> None:
                "correct": adv["correct"].to(torch.uint8), "attack": adv["attack"]}
     meta = {"attacks": json.dumps(adv["attacks"]), "eps": str(report.eps), "norm": report.norm,
             "protocol": report.protocol, "dataset": report.dataset, "checkpoint": report.checkpoint}
-    save_file(tensors, str(path), metadata=meta)
-    os.chmod(path, 0o666 & ~_umask())  # as every other output, whatever mode the writer chose
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
 def write_report_files(report: EvalReport, json_path, extra: dict | None = None) -> dict:
@@ -366,13 +360,11 @@ def write_report_files(report: EvalReport, json_path, extra: dict | None = None)
     eval.json both write. Returns the JSON's content.
 
     Example: ``write_report_files(report, "runs/a/eval.json")`` also writes runs/a/eval.csv"""
-    import json
     from pathlib import Path
 
     json_path = Path(json_path)
     payload = {**report.to_json(), "summary": summary_block(report), **(extra or {})}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(payload, indent=1) + "\n")
+    write_json_atomic(json_path, payload)
     write_per_example_csv(report, json_path.with_suffix(".csv"))
     return payload
 
