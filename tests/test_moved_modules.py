@@ -2,14 +2,18 @@
 object of its new home, so old imports, ``isinstance`` checks and monkeypatches all still agree.
 Each warns (DeprecationWarning) that it moved, naming its new home and the release that removes it."""
 
+import ast
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import SRC
+from test_import_graph import PACKAGE, import_graph
 
 MOVED = {
     "ratkit.checkpoint": "ratkit.checkpoints.native",
@@ -103,3 +107,24 @@ def test_python_m_ratkit_device_check_still_runs_the_device_check():
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--correctness-only" in proc.stdout
+
+
+def test_nothing_in_src_or_tests_but_this_file_uses_an_old_name():
+    old = {"ratkit.checkpoint", "ratkit.interop", "ratkit.eval_chunks", "ratkit.device_check", "ratkit.training"}
+    users = [f"{module} imports {target}" for module, targets in import_graph().items() for target in targets
+             if target in old and module not in old]
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name == Path(__file__).name:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or "", *(f"{node.module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            users += [f"{path.name} imports {n}" for n in names if n in old or n.startswith("ratkit.training.")]
+    sources = [*PACKAGE.rglob("*.py"), *Path(__file__).parent.glob("*.py")]
+    users += [f"{p.name} uses _atomic_write_bytes" for p in sources
+              if re.search(r"\b_atomic_write_bytes\b", p.read_text()) and p.name not in ("native.py", Path(__file__).name)]
+    assert not users, users
