@@ -19,7 +19,7 @@ def test_atomic_write_bytes_replaces_the_file_whole_and_leaves_nothing_beside_it
     assert path.read_bytes() == b"new" and [p.name for p in path.parent.iterdir()] == ["f.bin"]
 
 
-def test_the_file_gets_the_usual_permissions_not_a_temporary_files(tmp_path):
+def test_the_file_gets_the_usual_permissions_not_those_of_a_temporary_file(tmp_path):
     umask = os.umask(0o022)
     try:
         files.atomic_write_bytes(tmp_path / "f", b"x")
@@ -45,10 +45,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken)
-    try:
+    with pytest.raises(OSError, match="disk full"):
         files.atomic_write_bytes(path, b"new")
-    except OSError:
-        pass
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["f"]
 
 

@@ -1,6 +1,6 @@
-"""No import circle among the modules of src/ratkit: the graph is read from the source with ``ast``
-(module-level and function-level imports alike), so an arrow that runs back up a floor fails here
-even where Python would tolerate it at run time."""
+"""No import circle among the modules of src/ratkit, and the README's layout ordered by floor: the
+graph is read from the source with ``ast`` (module-level and function-level imports alike), so an
+arrow that runs back up fails here even where Python would tolerate it at run time."""
 
 import ast
 from pathlib import Path
