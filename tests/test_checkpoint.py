@@ -60,13 +60,3 @@ def test_unknown_model_name_in_metadata_is_refused(tmp_path):
     path = save_model(tmp_path / "m", model, {"name": "no-such-net", "kwargs": {}})
     with pytest.raises(CheckpointError, match="no-such-net"):
         load_model(path)
-
-
-def test_atomic_write_bytes_replaces_the_file_whole_and_keeps_its_old_name(tmp_path):
-    from ratkit.checkpoints import native as checkpoint
-
-    assert checkpoint._atomic_write_bytes is checkpoint.atomic_write_bytes  # old imports keep working
-    path = tmp_path / "sub" / "f.bin"
-    checkpoint.atomic_write_bytes(path, b"old")
-    checkpoint.atomic_write_bytes(path, b"new")
-    assert path.read_bytes() == b"new" and [p.name for p in path.parent.iterdir()] == ["f.bin"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from helpers import SRC
-from test_train import TINY, _history, _synthetic, _weights
+from test_train_runs import TINY, _history, _synthetic, _weights
 
 from ratkit.checkpoints import read_checkpoint, save_model
 from ratkit.config import ConfigError, load_config
@@ -36,7 +36,7 @@ def _rat1(*args):
 
 
 def _train_args(run, *extra):
-    """`rat train` arguments for the config of test_train's `_synthetic()` (8 steps per epoch)."""
+    """`rat train` arguments for the config of test_train_runs's `_synthetic()` (8 steps per epoch)."""
     return ["train", "--dataset", "synthetic", "--out", str(run), "--epochs", "2", "--no-eval", "--quiet",
             "--set", "data.val_size=128", "--set", "data.train_subset=256",
             *[a for kv in TINY for a in ("--set", kv)], *extra]

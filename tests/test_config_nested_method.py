@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import run_rat
+from tiny import QUICK_EVAL, tiny_run
 
 from ratkit.bench import METHODS, bench_method
-from ratkit.checkpoint import read_checkpoint, save_checkpoint
+from ratkit.checkpoints import read_checkpoint, save_checkpoint
 from ratkit.config import (FLAT_METHOD_KEYS, ConfigError, MethodConfig, config_from_dict, config_to_dict, load_config,
                            method_label, upgrade_flat_method, validate, wrapper_arguments)
 from ratkit.methods import AT, AWP, RAT, TRADES, compose_method
@@ -124,9 +125,7 @@ def _as_the_last_release_wrote_it(run: Path) -> None:
         save_checkpoint(run / name, tensors, meta)
 
 
-TINY = ["data.dataset=synthetic", "data.val_size=64", "data.train_subset=64", "train.epochs=1",
-        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=1", "train.batch_size=32",
-        "train.val_n=32", "eval.attacks=clean,pgd20", "eval.n=32", "eval.aa_n=null", "method.awp.warmup=1"]
+TINY = tiny_run("data.train_subset=64", *QUICK_EVAL, "method.awp.warmup=1")
 
 
 def _accuracies(result) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_run
 
 from ratkit.attacks import PGDConfig, advance_generator, pgd
 from ratkit.checkpoints import read_checkpoint
@@ -65,9 +66,7 @@ def test_advance_generator_consumes_exactly_what_pgd_draws(cfg):
     assert torch.equal(attacked.get_state(), skipped.get_state())
 
 
-TINY = ["data.dataset=synthetic", "data.val_size=64", "data.train_subset=256", "train.epochs=2",
-        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
-        "train.val_n=64", "optim.lr=0.002"]
+TINY = tiny_run("data.train_subset=256", "train.epochs=2", "attack.steps=2", "train.val_n=64", "optim.lr=0.002")
 
 
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_run
 
 import ratkit.methods.rat as rat_module
 from ratkit.config import ConfigError, load_config
@@ -17,9 +18,7 @@ from ratkit.models import build_model
 from ratkit.train import Trainer, cudnn_autotuned, resume_config, train
 
 EPS = 0.1
-TINY = ["data.dataset=synthetic", "data.val_size=64", "data.train_subset=128", "train.epochs=1",
-        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
-        "train.val_n=32", "eval.attacks=clean", "eval.n=32", "eval.aa_n=null", "train.device=cpu"]
+TINY = tiny_run("attack.steps=2", "eval.attacks=clean", "eval.n=32", "eval.aa_n=null", "train.device=cpu")
 
 
 def _model(seed=0):

@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny import QUICK_EVAL, tiny_run
 
 from ratkit.cli import main
 from ratkit.config import ConfigError, load_config
 from ratkit.train import resume_config, train, validation_eps
 
-TINY = ["data.dataset=synthetic", "data.val_size=64", "data.train_subset=128", "train.epochs=2",
-        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=1", "train.batch_size=32",
-        "train.val_n=32", "eval.attacks=clean,pgd20", "eval.n=32", "eval.aa_n=null", "optim.lr=0.002"]
+TINY = tiny_run("train.epochs=2", *QUICK_EVAL, "optim.lr=0.002")
 
 
 def test_a_resume_keeps_the_validation_eps_while_the_final_evaluation_may_change(tmp_path):

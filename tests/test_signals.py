@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 from helpers import SRC
+from tiny import tiny_run
 
-TINY = ["data.dataset=synthetic", "data.val_size=64", "data.train_subset=128", "train.epochs=1",
-        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=1", "train.batch_size=32",
-        "train.val_n=32", "eval.aa_n=null", "optim.lr=0.002"]
+TINY = tiny_run("eval.aa_n=null", "optim.lr=0.002")
 
 
 def _env(tmp_path):

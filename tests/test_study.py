@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import run_rat
+from tiny import tiny_run
 
 from ratkit import study
 from ratkit.study import StudyError, aggregate, load_grid, run_config, run_study, write_aggregate
 from ratkit.train import TrainingInterrupted, train
 
-TINY = ["data.dataset=synthetic", "data.val_size=128", "data.train_subset=256", "train.epochs=2",
-        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=2", "train.batch_size=32",
-        "train.val_n=64", "optim.lr=0.002"]
+TINY = tiny_run("data.val_size=128", "data.train_subset=256", "train.epochs=2", "attack.steps=2", "train.val_n=64",
+                "optim.lr=0.002")
 STUDIES = Path(__file__).resolve().parents[1] / "src" / "ratkit" / "configs" / "studies"
 PILOTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "pilots"  # a research log, not presets
 # torch itself warns when forward-mode AD (the Hessian) first loads its decompositions

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import SRC
+from tiny import tiny_run
 
 submitit = pytest.importorskip("submitit")
 
@@ -32,9 +33,7 @@ from ratkit.study.cluster import (ExecutorSpec, make_executor, parse_sbatch, par
                                   read_jobs, run_study_jobs)
 from ratkit.study.lock import EXIT_IN_USE, RunInUse, hold_run, holder, wait_for_runs  # noqa: E402
 
-TINY = ["data.dataset=synthetic", "data.val_size=64", "data.train_subset=128", "train.epochs=3",
-        "model.kwargs.channels=[4,8]", "model.kwargs.hidden=16", "attack.steps=1", "train.batch_size=32",
-        "train.val_n=32", "optim.lr=0.002"]
+TINY = tiny_run("train.epochs=3", "optim.lr=0.002")
 
 
 def _grid_file(tmp_path: Path) -> Path:

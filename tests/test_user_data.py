@@ -27,7 +27,7 @@ from ratkit.data.streaming import (
     fits_in_memory,
     iterate_streamed_batches,
 )
-from ratkit.data.tensordata import _float_table, uint8_to_float
+from ratkit.data.tensordata import _float_table, epoch_order, uint8_to_float
 
 CLASSES = ("bird", "cat", "dog")
 
@@ -408,6 +408,20 @@ def test_streamed_batches_equal_in_memory_batches_for_a_seeded_generator(folder,
         got = iterate_streamed_batches(stream, 4, generator=torch.Generator().manual_seed(3),
                                        num_workers=num_workers, **kwargs)
         assert same_batches(got, expected)
+
+
+def test_in_memory_and_streamed_batches_are_the_one_epoch_order_cut_into_batches(folder):
+    """Both iterators take their order from epoch_order, so neither can drift from the other."""
+    stream = streamed(folder)
+    memory = stream.load()
+    for kwargs in ({"shuffle": True, "drop_last": True, "start_batch": 1}, {"shuffle": False, "drop_last": False}):
+        order, starts = epoch_order("synthetic", 15, 4, generator=torch.Generator().manual_seed(5), **kwargs)
+        positions = torch.arange(15) if order is None else order
+        expected = [(memory.as_float().x[positions[s:s + 4]], memory.y[positions[s:s + 4]]) for s in starts]
+        assert len(expected) == (2 if kwargs["drop_last"] else 4)
+        for batches in (iterate_batches(memory, 4, generator=torch.Generator().manual_seed(5), **kwargs),
+                        iterate_streamed_batches(stream, 4, generator=torch.Generator().manual_seed(5), **kwargs)):
+            assert same_batches(batches, expected)
 
 
 def test_a_streamed_subset_covers_its_examples_and_knows_labels_without_decoding(folder):

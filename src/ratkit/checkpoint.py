@@ -1,6 +1,10 @@
-"""Moved to ratkit.checkpoints.native; this name keeps old imports working."""
+"""Moved to ratkit.checkpoints.native; this name keeps old imports working, with a
+DeprecationWarning, until ratkit 0.3."""
 import sys
 
+from ratkit import _warn_moved
 from ratkit.checkpoints import native as _moved
+
+_warn_moved("ratkit.checkpoint", "ratkit.checkpoints.native")
 
 sys.modules[__name__] = _moved

@@ -34,9 +34,9 @@ import yaml
 # choices are declared once, next to the code that implements them; the methods' own settings
 # (beta, RAT's, AWP's) are checked by building them (validate). These imports bring in torch.
 from .attacks.pgd import NORMS, PRECISIONS
+from .attacks.protocols import ATTACKS, parse_attacks
 from .compile import COMPILE_CHOICES
 from .device import AUTO, emulated_bfloat16_warning, resolve_device, resolve_precision
-from .evaluate import ATTACKS
 from .methods import AWP, BASE_METHODS, RAT, STEP_PRECISIONS, TRADES, InvalidSetting, Method, compose_method
 
 DEFAULT_PRESET = "fmnist-cpu"
@@ -204,7 +204,7 @@ class TrainConfig:
 class EvalConfig:
     """The final evaluation after training."""
 
-    attacks: str = ",".join(ATTACKS)  # every attack of our protocol (ratkit.evaluate.PROTOCOL_ATTACKS)
+    attacks: str = ",".join(ATTACKS)  # every attack of our protocol (ratkit.attacks.protocols)
     n: int | None = None
     aa_n: int | None = 500
     batch_size: int = 256
@@ -506,8 +506,6 @@ def _validate_train(cfg: Config) -> None:
 
 
 def _validate_eval(cfg: Config) -> None:
-    from .evaluate import parse_attacks
-
     e = cfg.eval
     try:
         parse_attacks(e.attacks)

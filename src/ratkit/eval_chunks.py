@@ -1,6 +1,10 @@
-"""Moved to ratkit.evaluate.chunks; this name keeps old imports working."""
+"""Moved to ratkit.evaluate.chunks; this name keeps old imports working, with a
+DeprecationWarning, until ratkit 0.3."""
 import sys
 
+from ratkit import _warn_moved
 from ratkit.evaluate import chunks as _moved
+
+_warn_moved("ratkit.eval_chunks", "ratkit.evaluate.chunks")
 
 sys.modules[__name__] = _moved

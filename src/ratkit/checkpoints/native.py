@@ -8,15 +8,16 @@ refused. The ``.json`` sidecar is a copy for humans and tools; it is not read ba
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..files import atomic_write_bytes, tensors_sha256
 
 FORMAT = "ratkit-checkpoint"
 VERSION = 1
@@ -28,36 +29,12 @@ class CheckpointError(Exception):
     """A checkpoint is missing, not ours, of an unknown version, or tampered with."""
 
 
-def tensors_sha256(tensors: dict[str, Tensor]) -> str:
-    """Digest of names, dtypes, shapes and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``: a reader
-    (or a run interrupted at any moment) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-_atomic_write_bytes = atomic_write_bytes  # its old, private name, for old imports
+def __getattr__(name: str):
+    if name == "_atomic_write_bytes":  # its old, private name
+        warnings.warn("ratkit.checkpoints.native._atomic_write_bytes is deprecated and will be removed in ratkit 0.3; "
+                      "use ratkit.files.atomic_write_bytes", DeprecationWarning, stacklevel=2)
+        return atomic_write_bytes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import DataError
 from .formats import FORMATS, FileFormat
 from .info import SPLITS, DatasetFiles, DatasetInfo
+from .synthetic import SYNTHETIC, synthetic_split
 from .tensordata import TensorData
 
 __all__ = ["DATASETS", "SPLITS", "DatasetFiles", "DatasetInfo", "dataset_info", "default_data_dir", "load_dataset"]
@@ -108,18 +109,7 @@ DATASETS: dict[str, DatasetInfo] = {
         class_names=_DIGITS,
         files=DatasetFiles(format="svhn-mat", train=("train_32x32.mat",), test=("test_32x32.mat",), subdirs=("svhn",)),
     ),
-    "synthetic": DatasetInfo(
-        name="synthetic",
-        num_classes=10,
-        image_shape=(1, 28, 28),
-        mean=(0.5,),
-        std=(0.25,),
-        linf_eps=0.1,
-        hflip=False,
-        crop_padding=0,
-        class_names=tuple(f"class_{i}" for i in range(10)),
-        files=None,  # generated in memory: ratkit.data.synthetic
-    ),
+    "synthetic": SYNTHETIC,  # generated in memory: its entry lives with its generator
 }
 
 
@@ -215,8 +205,6 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     if split not in SPLITS:
         raise DataError(f"{name}: unknown split {split!r}, expected 'train' or 'test'")
     if info.files is None:
-        from .synthetic import synthetic_split  # lazy: synthetic.py reads this registry
-
         return synthetic_split(info, split)
     directory = default_data_dir(name, data_dir)
     return _file_format(info, info.files).load(info, directory, info.files.for_split(split))

@@ -5,9 +5,9 @@ training split too large to hold: it keeps the labels (known without decoding, e
 image folder's scan) and a map-style dataset that decodes one example, and
 :func:`iterate_streamed_batches` yields exactly the batches that
 :func:`~ratkit.data.tensordata.iterate_batches` would yield for the same data in memory: the
-same ``randperm`` from the same generator, the same float32 values. Only where the pixels
-come from differs, a :class:`torch.utils.data.DataLoader` with ``num_workers`` processes
-decoding whole batches, so switching between the two never changes a run.
+same order (:func:`~ratkit.data.tensordata.epoch_order`, which both follow), the same float32
+values. Only where the pixels come from differs, a :class:`torch.utils.data.DataLoader` with
+``num_workers`` processes decoding whole batches, so switching between the two never changes a run.
 
 :func:`fits_in_memory` tells which of the two a dataset needs.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
-from .tensordata import TensorData, uint8_to_float
+from .tensordata import TensorData, epoch_order, uint8_to_float
 
 if TYPE_CHECKING:
     from .info import DatasetInfo
@@ -104,7 +104,7 @@ class StreamedData:
         (the validation split, which is evaluated many times, is worth holding).
 
         Example: ``val = streamed.subset(val_idx).load()``"""
-        parts = _decoded(self, _plain_batches(len(self), batch_size, False), num_workers, pin=False)
+        parts = _decoded(self, _epoch_batches(self.info.name, len(self), batch_size), num_workers, pin=False)
         x = None
         start = 0
         for images in parts:
@@ -117,12 +117,14 @@ class StreamedData:
         return TensorData(x, self.labels[self.indices].clone(), self.info).to(self.device)
 
 
-def _plain_batches(n: int, batch_size: int, drop_last: bool, order: torch.Tensor | None = None,
+def _epoch_batches(name: str, n: int, batch_size: int, *, shuffle: bool = False,
+                   generator: torch.Generator | None = None, drop_last: bool = False,
                    start_batch: int = 0) -> list[torch.Tensor]:
-    """Positions (0..n-1) of each batch, as tensordata.iterate_batches cuts them."""
-    stop = n - n % batch_size if drop_last else n
-    positions = torch.arange(n) if order is None else order
-    return [positions[s:min(s + batch_size, n)] for s in range(start_batch * batch_size, stop, batch_size)]
+    """Positions (0..n-1) of each batch of the epoch :func:`~ratkit.data.tensordata.epoch_order` gives."""
+    order, starts = epoch_order(name, n, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                                start_batch=start_batch)
+    positions = torch.arange(n) if order is None else order.cpu()
+    return [positions[s:min(s + batch_size, n)] for s in starts]
 
 
 class _BatchDecoder(torch.utils.data.Dataset):
@@ -197,16 +199,8 @@ def iterate_streamed_batches(
 
     Example: ``for x, y in iterate_streamed_batches(train, 128, shuffle=True, generator=g, num_workers=4): ...``
     """
-    if batch_size <= 0:
-        raise DataError(f"{data.info.name}: batch_size must be positive, got {batch_size}")
-    if start_batch < 0:
-        raise DataError(f"{data.info.name}: start_batch must be >= 0, got {start_batch}")
-    n = len(data)
-    order = None
-    if shuffle:
-        device = generator.device if generator is not None else torch.device("cpu")
-        order = torch.randperm(n, generator=generator, device=device).cpu()
-    batches = _plain_batches(n, batch_size, drop_last, order, start_batch)
+    batches = _epoch_batches(data.info.name, len(data), batch_size, shuffle=shuffle, generator=generator,
+                             drop_last=drop_last, start_batch=start_batch)
     if rows is not None:
         batches = [b[rows(len(b))] for b in batches]
     on_gpu = data.device.type == "cuda"

@@ -6,12 +6,25 @@ import dataclasses
 
 import torch
 
-from .datasets import DATASETS  # its entry; datasets.py imports this module only when it loads it
 from .errors import DataError
 from .info import SPLITS, DatasetInfo
 from .tensordata import TensorData
 
-__all__ = ["SPLITS", "SPLIT_SIZES", "synthetic_data", "synthetic_split"]
+__all__ = ["SPLITS", "SPLIT_SIZES", "SYNTHETIC", "synthetic_data", "synthetic_split"]
+
+# its entry of the registry (ratkit.data.datasets.DATASETS["synthetic"])
+SYNTHETIC = DatasetInfo(
+    name="synthetic",
+    num_classes=10,
+    image_shape=(1, 28, 28),
+    mean=(0.5,),
+    std=(0.25,),
+    linf_eps=0.1,
+    hflip=False,
+    crop_padding=0,
+    class_names=tuple(f"class_{i}" for i in range(10)),
+    files=None,  # generated in memory
+)
 
 # split (one of SPLITS) -> (examples, seed) of load_dataset("synthetic", split)
 SPLIT_SIZES = {"train": (2048, 0), "test": (512, 1)}
@@ -57,14 +70,13 @@ def synthetic_data(
     a = 0.5 + torch.rand(n, 1, 1, 1, generator=g)  # contrast in [0.5, 1.5)
     noise = 0.35 * torch.randn(n, *image_shape, generator=g)
     x = (templates[y] * a + noise).clamp_(0.0, 1.0)
-    base = DATASETS["synthetic"]
     c = image_shape[0]
     info = dataclasses.replace(
-        base,
+        SYNTHETIC,
         num_classes=num_classes,
         image_shape=image_shape,
-        mean=base.mean[:1] * c,
-        std=base.std[:1] * c,
+        mean=SYNTHETIC.mean[:1] * c,
+        std=SYNTHETIC.std[:1] * c,
         class_names=tuple(f"class_{i}" for i in range(num_classes)),
     )
     return TensorData(x.float(), y.long(), info)

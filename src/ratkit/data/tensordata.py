@@ -20,7 +20,7 @@ from .errors import DataError
 if TYPE_CHECKING:
     from .info import DatasetInfo
 
-__all__ = ["TensorData", "iterate_batches", "split_train_val", "uint8_to_float"]
+__all__ = ["TensorData", "epoch_order", "iterate_batches", "split_train_val", "uint8_to_float"]
 
 _LOOKUP: dict[torch.device, torch.Tensor] = {}  # the 256 float values of uint8 pixels, per device
 
@@ -137,6 +137,27 @@ def split_train_val(data: TensorData, val_size: int, seed: int) -> tuple[TensorD
     return data.subset(train_idx), data.subset(val_idx)
 
 
+def epoch_order(name: str, n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+                drop_last: bool = False, start_batch: int = 0) -> tuple[torch.Tensor | None, range]:
+    """The order of one epoch of ``n`` examples, which :func:`iterate_batches` and
+    :func:`~ratkit.data.streaming.iterate_streamed_batches` both follow, so that data in memory and
+    data streamed from files give the same batches bit for bit: the permutation (one
+    ``torch.randperm(n)`` drawn from ``generator`` on the generator's device; None without
+    ``shuffle``: the stored order) and the position where each batch still to come starts
+    (``start_batch`` batches skipped, the permutation still drawn in full; with ``drop_last`` no
+    short last batch). ``name`` names the data in the errors."""
+    if batch_size <= 0:
+        raise DataError(f"{name}: batch_size must be positive, got {batch_size}")
+    if start_batch < 0:
+        raise DataError(f"{name}: start_batch must be >= 0, got {start_batch}")
+    order = None
+    if shuffle:
+        device = generator.device if generator is not None else torch.device("cpu")
+        order = torch.randperm(n, generator=generator, device=device)
+    stop = n - n % batch_size if drop_last else n
+    return order, range(start_batch * batch_size, stop, batch_size)
+
+
 def iterate_batches(
     data: TensorData,
     batch_size: int,
@@ -160,18 +181,13 @@ def iterate_batches(
 
     Example: ``for x, y in iterate_batches(train, 128, shuffle=True, generator=g, drop_last=True): ...``
     """
-    if batch_size <= 0:
-        raise DataError(f"{data.info.name}: batch_size must be positive, got {batch_size}")
-    if start_batch < 0:
-        raise DataError(f"{data.info.name}: start_batch must be >= 0, got {start_batch}")
     n = len(data)
-    order = None
-    if shuffle:
-        device = generator.device if generator is not None else torch.device("cpu")
-        order = torch.randperm(n, generator=generator, device=device).to(data.x.device)
+    order, starts = epoch_order(data.info.name, n, batch_size, shuffle=shuffle, generator=generator,
+                                drop_last=drop_last, start_batch=start_batch)
+    if order is not None:
+        order = order.to(data.x.device)
     convert = uint8_to_float if data.x.dtype == torch.uint8 else (lambda x: x)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(start_batch * batch_size, stop, batch_size):
+    for start in starts:
         end = min(start + batch_size, n)
         if order is None:
             yield convert(data.x[start:end]), data.y[start:end]

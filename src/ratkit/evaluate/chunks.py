@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from ..checkpoints import atomic_write_bytes, tensors_sha256
+from ..files import atomic_write_bytes, tensors_sha256
 
 MANIFEST = "manifest.json"
 

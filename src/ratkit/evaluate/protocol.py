@@ -13,7 +13,8 @@ The papers' ("paper", as the TRADES / RAT evaluation scripts do, so numbers sit 
 paper's table): eps 0.031 where ours is 8/255 (else the dataset's eps), PGD-20 with step 0.003
 (eps/10 for other eps), uniform random start, last iterate; CW-20 on the margin capped at
 kappa = 50, same steps, last iterate; standard AutoAttack at the same eps. docs/method.md
-compares the two.
+compares the two. The protocols' tables (names, titles, settings) live in
+:mod:`ratkit.attacks.protocols`.
 """
 
 from __future__ import annotations
@@ -24,70 +25,19 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from .. import distributed
-from ..attacks import PGDConfig, advance_generator, autoattack_correct, fgsm_config, pgd
+from ..attacks import PGDConfig, advance_generator, autoattack_correct, pgd
+# the tables moved to ratkit.attacks.protocols; their names stay importable from here
+from ..attacks.protocols import (ATTACK_TITLES, ATTACKS, DEFAULT_ATTACKS, PAPER_CW_KAPPA, PAPER_EPS,  # noqa: F401
+                                 PROTOCOL_ATTACKS, PROTOCOLS, ProtocolAttack, _ours_pgd, paper_eps, paper_step,
+                                 parse_attacks)
+from ..files import atomic_write_bytes, write_json_atomic
 from .chunks import AttackChunks, ChunkStore, fingerprint
 from ..modes import model_mode
-
-# What an evaluation attack is: a title for the report, and how it runs. ``kind`` "clean" is the
-# unattacked pass, "autoattack" the pyautoattack adapter, "pgd" the one attack engine with the
-# settings ``config(eps, norm)`` returns; ``plotted``: shown in the studies' plots.
-@dataclass(frozen=True)
-class ProtocolAttack:
-    title: str
-    kind: str = "pgd"
-    config: Callable[[float, str], PGDConfig] | None = None
-    plotted: bool = True
-
-
-def _ours_pgd(steps: int, loss: str) -> Callable[[float, str], PGDConfig]:
-    return lambda eps, norm: PGDConfig(eps=eps, step_size=eps / 4, steps=steps, norm=norm, loss=loss, keep="best")
-
-
-def _paper_pgd(loss: str, kappa: float | None) -> Callable[[float, str], PGDConfig]:
-    return lambda eps, norm: PGDConfig(eps=eps, step_size=paper_step(eps), steps=20, norm=norm, loss=loss,
-                                       kappa=kappa, random_start="uniform", keep="last")
-
-
-PAPER_CW_KAPPA = 50.0
-
-# The protocols, one table each, in report order: every list of attack names, title and
-# accuracy key in ratkit derives from these (docs/extending.md, "Add an evaluation attack").
-PROTOCOL_ATTACKS: dict[str, dict[str, ProtocolAttack]] = {
-    "ours": {
-        "clean": ProtocolAttack("clean", kind="clean"),
-        "fgsm": ProtocolAttack("FGSM", config=lambda eps, norm: fgsm_config(eps, norm), plotted=False),
-        "pgd20": ProtocolAttack("PGD-20 (CE)", config=_ours_pgd(20, "ce")),
-        "cw30": ProtocolAttack("CW-30 (margin)", config=_ours_pgd(30, "cw")),
-        "aa": ProtocolAttack("AutoAttack (standard)", kind="autoattack"),
-    },
-    "paper": {
-        "clean": ProtocolAttack("clean", kind="clean"),
-        "pgd20": ProtocolAttack("PGD-20 (CE)", config=_paper_pgd("ce", None)),
-        "cw20": ProtocolAttack("CW-20 (margin)", config=_paper_pgd("cw", PAPER_CW_KAPPA)),
-        "aa": ProtocolAttack("AutoAttack (standard)", kind="autoattack"),
-    },
-}
-PROTOCOLS = tuple(PROTOCOL_ATTACKS)
-DEFAULT_ATTACKS = {name: tuple(table) for name, table in PROTOCOL_ATTACKS.items()}
-ATTACKS = DEFAULT_ATTACKS["ours"]  # our protocol's
-ATTACK_TITLES = {k: a.title for table in PROTOCOL_ATTACKS.values() for k, a in table.items()}
-PAPER_EPS = 0.031  # the scripts' rounding of 8/255
-
-
-def paper_eps(protocol_eps: float) -> float:
-    """The papers' eps for a dataset whose eps in our protocol is ``protocol_eps``."""
-    return PAPER_EPS if abs(protocol_eps - 8 / 255) < 1e-9 else protocol_eps
-
-
-def paper_step(eps: float) -> float:
-    """The scripts' PGD/CW step: 0.003 at eps 0.031, eps/10 otherwise."""
-    return 0.003 if abs(eps - PAPER_EPS) < 1e-9 else eps / 10
 
 
 def check_protocol_norm(protocol: str, norm: str) -> None:
@@ -105,17 +55,6 @@ def protocol_attack(name: str, eps: float, norm: str, protocol: str = "ours") ->
         raise ValueError(f"{name!r} is not a PGD-engine attack of the {protocol!r} protocol")
     check_protocol_norm(protocol, norm)
     return attack.config(eps, norm)
-
-
-def parse_attacks(text: str, protocol: str = "ours") -> tuple[str, ...]:
-    """Parse 'clean,pgd20,aa' into protocol order; names outside the protocol raise ValueError."""
-    allowed = DEFAULT_ATTACKS[protocol]
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise ValueError(f"unknown attack(s) {unknown or text!r} for the {protocol!r} protocol; "
-                         f"choose from {','.join(allowed)}")
-    return tuple(n for n in allowed if n in names)
 
 
 @dataclass
@@ -402,7 +341,7 @@ def save_adversarial(report: EvalReport, path) -> None:
     (N, C, H, W) in [0, 1], ``t["y"]``, ``t["correct"]`` (1 = survives every attack), ``t["attack"]``."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     adv = report.adversarial
     if adv is None:
@@ -412,14 +351,7 @@ def save_adversarial(report: EvalReport, path) -> None:
                "correct": adv["correct"].to(torch.uint8), "attack": adv["attack"]}
     meta = {"attacks": json.dumps(adv["attacks"]), "eps": str(report.eps), "norm": report.norm,
             "protocol": report.protocol, "dataset": report.dataset, "checkpoint": report.checkpoint}
-    save_file(tensors, str(path), metadata=meta)
-    os.chmod(path, 0o666 & ~_umask())  # as every other output, whatever mode the writer chose
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
 def write_report_files(report: EvalReport, json_path, extra: dict | None = None) -> dict:
@@ -428,13 +360,11 @@ def write_report_files(report: EvalReport, json_path, extra: dict | None = None)
     eval.json both write. Returns the JSON's content.
 
     Example: ``write_report_files(report, "runs/a/eval.json")`` also writes runs/a/eval.csv"""
-    import json
     from pathlib import Path
 
     json_path = Path(json_path)
     payload = {**report.to_json(), "summary": summary_block(report), **(extra or {})}
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(payload, indent=1) + "\n")
+    write_json_atomic(json_path, payload)
     write_per_example_csv(report, json_path.with_suffix(".csv"))
     return payload
 

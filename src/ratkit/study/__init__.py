@@ -18,6 +18,7 @@
 >>> result = run_study(grid, "runs/study-core", "docs/results/core")
 """
 
+from ..files import write_json_atomic
 from .aggregate import FLATNESS_KEYS, aggregate, epoch_seconds, flatness_values, paired_t_p_value
 from .cluster import ExecutorSpec, run_study_jobs
 from .grid import (
@@ -42,7 +43,7 @@ from .measurements import (
     unavailable_measurements,
 )
 from .plots import FIGURES, plot_accuracy, plot_differences, plot_landscapes, plot_study, plot_val_curves
-from .records import ACCURACY_KEYS, read_results, write_json_atomic
+from .records import ACCURACY_KEYS, read_results
 from .report import format_markdown, write_aggregate
 from .runner import OnResult, record_run, run_one, run_study, run_study_parallel, selected_runs
 

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..files import write_json_atomic
 from ..requeue import RequeueingJob
 from .grid import StudyError, StudyGrid, run_key
 from .lock import EXIT_IN_USE, holder
 from .measurements import missing_measurements, unavailable_measurements
-from .records import write_json_atomic
 from .runner import Log, finish_study, selected_runs, study_command
 
 LOCAL_TIME_MIN = 7 * 24 * 60  # the local executor stops a job at its time limit; without --time, a week

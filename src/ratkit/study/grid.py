@@ -16,7 +16,7 @@ import yaml
 
 from ..config import Config, ConfigError, load_config
 
-from ..evaluate import ATTACKS
+from ..attacks.protocols import ATTACKS
 
 DEFAULT_ATTACKS = ",".join(ATTACKS)
 

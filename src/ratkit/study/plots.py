@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from ..evaluate import PROTOCOL_ATTACKS
+from ..attacks.protocols import PROTOCOL_ATTACKS
 
 PLOTTED_KEYS = (*[k for k, a in PROTOCOL_ATTACKS["ours"].items() if a.plotted], "robust")
 

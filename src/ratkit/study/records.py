@@ -7,10 +7,12 @@ import json
 import os
 from pathlib import Path
 
-# the accuracies a record holds, in the order the tables show them ("robust": the worst case per image)
-from ..evaluate import ATTACKS
+from ..attacks.protocols import ATTACKS
+from ..files import write_json_atomic  # noqa: F401  (moved to ratkit.files; this name keeps old imports working)
 
-ACCURACY_KEYS = (*ATTACKS, "robust")  # our protocol's attacks (ratkit.evaluate.PROTOCOL_ATTACKS), then the worst case
+# the accuracies a record holds, in the order the tables show them ("robust": the worst case per image):
+# our protocol's attacks (ratkit.attacks.protocols.PROTOCOL_ATTACKS), then the worst case
+ACCURACY_KEYS = (*ATTACKS, "robust")
 
 
 def report_accuracy(report: dict) -> dict:
@@ -28,11 +30,3 @@ def read_results(results_dir: str | os.PathLike) -> list[dict]:
     >>> records = read_results("docs/results/core")
     """
     return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*-seed*.json"))]
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Write through a temporary file, so that a stopped study never leaves half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..files import atomic_write_bytes, write_json_atomic
 from .aggregate import FLATNESS_KEYS, aggregate
 from .grid import StudyGrid
-from .records import ACCURACY_KEYS, read_results, write_json_atomic
+from .records import ACCURACY_KEYS, read_results
 
 ACCURACY_NAMES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw30": "CW-30", "aa": "AutoAttack",
                   "robust": "worst case"}
@@ -181,6 +182,6 @@ def write_aggregate(grid: StudyGrid, results_dir: str | os.PathLike) -> dict:
     records = [r for r in read_results(results_dir) if r.get("grid", grid.name) == grid.name]
     result = aggregate(grid, records)
     write_json_atomic(results_dir / "results.json", result)
-    (results_dir / "results.md").write_text(format_markdown(result))
+    atomic_write_bytes(results_dir / "results.md", format_markdown(result).encode())
     result["files"] = [str(p) for p in plot_study(result, records, results_dir)]
     return result

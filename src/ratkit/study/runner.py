@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..config import config_to_dict
+from ..files import write_json_atomic
 from .grid import StudyError, StudyGrid, run_config, run_key
 from .lock import EXIT_IN_USE, RunInUse, hold_run, wait_for_runs
 from .measurements import add_measurement, measurement_checkpoint, missing_measurements, unavailable_measurements
-from .records import report_accuracy, write_json_atomic
+from .records import report_accuracy
 from .report import write_aggregate
 
 Log = Callable[[str], None]

@@ -38,7 +38,7 @@ from ..config import Config, ConfigError, data_source
 from ..data import split_train_val
 from ..data.user import load_split, source_info
 from ..device import resolve_device
-from ..evaluate import parse_attacks
+from ..attacks.protocols import parse_attacks
 from ..methods import Method, StepPrecision
 
 # what the plan measures: the run's fresh model, its method, and how to make its optimizer

@@ -183,11 +183,10 @@ def _info(classes: int, shape: tuple, mean, std, eps: float) -> DatasetInfo:
 
 def _evaluate_given(run_dir: Path, cfg, test, info: DatasetInfo, quiet: bool) -> dict:
     """The protocol (``eval.*`` of the run's config) on the best checkpoint, on in-memory test data."""
-    import json
-
     from ..checkpoints import load_model
     from ..device import resolve_device
     from ..evaluate import evaluate, format_report, parse_attacks
+    from ..files import write_json_atomic
     from ..models import ModelCodePolicy
     from ..threat import evaluation_eps
 
@@ -204,5 +203,5 @@ def _evaluate_given(run_dir: Path, cfg, test, info: DatasetInfo, quiet: bool) ->
     if not quiet:
         print(format_report(report), flush=True)
     result = report.to_json()
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(run_dir / "eval.json", result)
     return result

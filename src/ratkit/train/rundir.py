@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..checkpoints import CheckpointError, atomic_write_bytes, read_checkpoint_meta
+from ..checkpoints import CheckpointError, read_checkpoint_meta
 from ..config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
                       evaluation_eps, method_label, save_config, upgrade_flat_method)
 from ..data.user import fingerprint_difference, with_statistics
+from ..files import atomic_write_bytes
 
 
 def default_run_dir(cfg: Config) -> Path:

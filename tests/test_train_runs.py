@@ -1,4 +1,4 @@
-"""Specifications of the trainer: exact resume, selection on validation, stops, run directory."""
+"""Specifications of the trainer run end to end: exact resume, selection on validation, stops, run directory."""
 
 import json
 import os
