@@ -53,8 +53,9 @@ def data_eps(dataset: str, eps: float | None, norm: str) -> float:
 
 def no_radius(dataset: str) -> RadiusError:
     """The error of your own data given no radius: it has no protocol eps to fall back on."""
-    return RadiusError(f"the threat model cannot be guessed for your own data ({dataset}); give the radius with "
-                       "--eps E (data.eps), e.g. --eps 0.0314 for 8/255")
+    from .data.info import no_radius_message
+
+    return RadiusError(no_radius_message(dataset))
 
 
 def check_radius(setting: str, eps: float | None, norm: str) -> None:

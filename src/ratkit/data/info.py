@@ -60,3 +60,10 @@ class DatasetInfo:
 
         Example: ``dataset_info("cifar10").protocol_eps("Linf")`` is 8/255."""
         return float(self.l2_eps if norm == "L2" else self.linf_eps)
+
+
+def no_radius_message(dataset: str) -> str:
+    """Your own data has no protocol eps to fall back on: the one line that asks for it
+    (:func:`ratkit.threat.no_radius` raises it; data/ reads it from here, below the threat floor)."""
+    return (f"the threat model cannot be guessed for your own data ({dataset}); give the radius with "
+            "--eps E (data.eps), e.g. --eps 0.0314 for 8/255")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .errors import DataError
-from .info import SPLITS, DatasetInfo
+from .info import SPLITS, DatasetInfo, no_radius_message
 
 __all__ = ["FILE_DATASETS", "GIVEN", "DataSource", "channel_statistics", "default_crop_padding", "load_split",
            "source_info", "with_statistics"]
@@ -128,9 +128,7 @@ def _own_info(src: DataSource, num_classes: int, shape: tuple[int, ...], names: 
               require_eps: bool = True) -> DatasetInfo:
     """The facts of a dataset of your own (files, or data given from Python) as a DatasetInfo."""
     if src.eps is None and require_eps:
-        from ..threat import no_radius
-
-        raise DataError(str(no_radius(src.dataset)))
+        raise DataError(no_radius_message(src.dataset))
     c = shape[0]
     mean = tuple(src.mean) if src.mean is not None else (0.5,) * c
     std = tuple(src.std) if src.std is not None else (0.25,) * c
