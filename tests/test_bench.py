@@ -235,3 +235,17 @@ def test_rat_bench_cli_times_a_bfloat16_step_and_says_so(tmp_path):
     data = json.loads(out.read_text())
     assert data["settings"]["step_precision"] == "bfloat16" and "bfloat16" in data["gemm_gflops"]
     assert "step bfloat16" in result.stdout
+
+
+def test_rat_bench_compile_times_the_compiled_library_model_and_keeps_the_naive_baseline_eager():
+    """`rat bench --compile` measures what train.compile: true trains: the library's model compiled
+    (in the warm-up steps), the naive baselines eager; the report says so."""
+    from ratkit.bench.steps import _runner, _synthetic_batches
+    from ratkit.compile import is_compiled
+
+    settings = BenchSettings(**{**TINY, "compile": True})
+    device = torch.device("cpu")
+    batches = _synthetic_batches(settings, device)
+    assert is_compiled(_runner("trades", settings, device, batches).model)
+    assert not is_compiled(_runner("naive-trades", settings, device, batches).model)
+    assert not is_compiled(_runner("trades", BenchSettings(**TINY), device, batches).model)

@@ -61,7 +61,7 @@ def test_a_slow_machine_cuts_training_too_and_lays_the_schedule_over_the_shorter
     assert cfg.train.max_steps == plan.steps and cfg.eval.aa_n == AA_FLOOR
     spe = plan.steps_per_epoch  # cosine reaches its end at the planned last step, not mid-way
     assert learning_rate(cfg, plan.steps, spe) == pytest.approx(0.0, abs=1e-12)
-    assert learning_rate(cfg, plan.steps // 2, spe) == pytest.approx(cfg.optim.lr / 2, rel=1e-3)
+    assert learning_rate(cfg, plan.steps // 2, spe) == pytest.approx(cfg.optim.lr / 2, rel=1e-2)
 
 
 def test_a_budget_that_cannot_make_a_useful_model_stops_before_the_run():
@@ -76,7 +76,7 @@ def test_no_evaluation_leaves_the_whole_budget_to_training():
 
 
 def test_a_run_follows_its_plan_records_it_and_a_resume_does_not_plan_again(tmp_path, monkeypatch, capsys):
-    # 8 steps an epoch, 32 configured; 1 s a step and a 30 s budget leave 28 steps (3.5 epochs: 95% of the budget is planned)
+    # 8 steps an epoch, 32 configured; 1 s a step and a 30 s budget leave 27 steps (3.4 epochs: 93% of the budget is planned)
     monkeypatch.setattr(budget, "measure_speed", lambda cfg, info, build: (1.0, 1e-6))
     cfg = load_config("fmnist-cpu", [*TINY, "train.budget_s=30"])
 
@@ -87,17 +87,17 @@ def test_a_run_follows_its_plan_records_it_and_a_resume_does_not_plan_again(tmp_
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "r", on_step=interrupt)
     out = capsys.readouterr().out
-    assert "plan for 30 s" in out and "cut: training to 28 of 32 steps" in out
+    assert "plan for 30 s" in out and "cut: training to 27 of 32 steps" in out
     plan = json.loads((tmp_path / "r" / "plan.json").read_text())
-    assert plan["steps"] == 28 and plan["configured_steps"] == 32
-    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]["max_steps"] == 28
+    assert plan["steps"] == 27 and plan["configured_steps"] == 32
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]["max_steps"] == 27
 
     monkeypatch.setattr(budget, "measure_speed", lambda *a: pytest.fail("a resume planned again"))
     run = train(resume_config(tmp_path / "r"), tmp_path / "r", resume=True, quiet=True)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and "val_pgd20" in rows[-1]  # the cut epoch is validated
     meta = json.loads((run / "last.json").read_text())
-    assert meta["progress"]["global_step"] == 28
+    assert meta["progress"]["global_step"] == 27
 
 
 def test_measuring_the_machine_leaves_the_run_bit_identical_to_the_run_without_a_budget(tmp_path, monkeypatch):

@@ -259,6 +259,9 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .preemption import Preempted
     from .train import TrainingInterrupted, TrainingPreempted, TrainingStopped, evaluate_run, resume_config, train
+    from .train.budget import process_seconds
+
+    job_started = time.monotonic() - process_seconds()  # a budget counts from the process's start
 
     if args.resume:
         if args.config:
@@ -275,7 +278,7 @@ def cmd_train(args) -> int:
     try:
         evaluation = "none" if args.no_eval else "full" if args.full_eval else "preset"
         run_dir = train(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet, model_code=policy,
-                        evaluation=evaluation)
+                        evaluation=evaluation, started=job_started)
     except TrainingStopped as exc:
         print(f"rat train: stopped: {exc}", file=sys.stderr)
         return 1

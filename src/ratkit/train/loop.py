@@ -310,7 +310,8 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.train_data) // cfg.train.batch_size)
         self.progress = Progress(history=[])
         main, meta = self.rank.is_main, run_meta(cfg, self.info)  # one writer: checkpoints, logs and prints come from rank 0
-        self.log = RunLog(self.run_dir, epochs=cfg.train.epochs, quiet=quiet, main=main)
+        epochs = math.ceil(training_epochs(cfg, self.steps_per_epoch))  # train.max_steps may end it sooner
+        self.log = RunLog(self.run_dir, epochs=epochs, quiet=quiet, main=main)
         self.last = LastCheckpoint(self.run_dir, self.model, self.spec, self.optimizer, self.generator, self.device,
                                    meta, main=main, every_s=cfg.train.checkpoint_every_s, precision=self.precision)
         self.best = BestCheckpoint(self.run_dir, self.model, self.spec, meta, validated=len(self.val_data) > 0,
@@ -483,7 +484,8 @@ def _fit_until_stopped(trainer: Trainer) -> None:
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
           on_step: Callable[[Progress], None] | None = None, on_epoch_end: Callable[[dict], None] | None = None,
-          model_code: ModelCodePolicy | None = None, evaluation: str = "preset", _given: dict | None = None) -> Path:
+          model_code: ModelCodePolicy | None = None, evaluation: str = "preset", started: float | None = None,
+          _given: dict | None = None) -> Path:
     """Train (or resume) a run; returns its directory. ``on_step`` is called after every step with
     the run's :class:`~ratkit.train.state.Progress`; ``on_epoch_end`` after every epoch with its
     metrics row (the dict written to metrics.jsonl).
@@ -500,7 +502,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
 
     ``train.budget_s``: a new run is planned first (:mod:`.budget`): ``evaluation`` says which final
     evaluation follows (``preset``: eval.n and eval.aa_n, ``full``, or ``none``), so that training and
-    evaluation together fit; the plan is printed and recorded, and a resume follows it.
+    evaluation together fit, counted from ``started`` (a ``time.monotonic()``; None: from the plan);
+    the plan is printed and recorded, and a resume follows it.
 
     Under torchrun every rank calls this; rank 0 prepares the run directory and every rank
     then uses that one.
@@ -535,7 +538,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
             else:
                 plan = plan_run(cfg, evaluation=evaluation, build=lambda info: (  # before the run directory
                     build_model_from_config(cfg, info, model_code)[0], build_method(cfg),
-                    lambda model: build_optimizer(cfg, model)))
+                    lambda model: build_optimizer(cfg, model)), started=started)
                 cfg = plan.apply(cfg)
                 if not quiet:
                     print(plan.summary(), flush=True)
