@@ -116,3 +116,17 @@ def test_rat_train_budget_flag(tmp_path):
     result = run_rat("train", "--budget", "1s", "--out", str(tmp_path / "r"), *[a for kv in TINY for a in ("--set", kv)],
                      "--set", "eval.attacks=clean,aa", "--set", "eval.aa_n=200", "--set", "eval.n=200")
     assert result.returncode == 2 and "too little on this machine" in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_run_recorded_with_its_plan_and_resolved_precision_is_the_run_its_config_asks_for(tmp_path, monkeypatch):
+    """A study or `--out` finds its run again: what the run filled in (auto's precision, the plan's
+    max_steps and aa_n) does not make it another run; any other difference does."""
+    from ratkit.train import load_run_config, same_run
+
+    monkeypatch.setattr(budget, "measure_speed", lambda cfg, info, build: (1.0, 1e-6))
+    cfg = load_config("fmnist-cpu", [*TINY, "train.budget_s=30", "attack.precision=auto"])
+    run = train(cfg, tmp_path / "r", evaluation="none", quiet=True)
+    recorded = load_run_config(run)
+    assert recorded.attack.precision != "auto" and recorded.train.max_steps == 27
+    assert same_run(recorded, cfg)
+    assert not same_run(recorded, load_config("fmnist-cpu", [*TINY, "train.budget_s=30", "train.seed=1"]))

@@ -16,7 +16,8 @@ from tiny import QUICK_EVAL, tiny_run
 
 from ratkit.bench import METHODS, bench_method
 from ratkit.checkpoints import read_checkpoint, save_checkpoint
-from ratkit.config import (FLAT_METHOD_KEYS, ConfigError, MethodConfig, config_from_dict, config_to_dict, load_config,
+from ratkit.config import (FLAT_METHOD_KEYS, ConfigError, MethodConfig, attack_precision, config_from_dict,
+                           config_to_dict, load_config,
                            method_label, upgrade_flat_method, validate, wrapper_arguments)
 from ratkit.methods import AT, AWP, RAT, TRADES, compose_method
 from ratkit.train import build_method, load_run_config, same_run, train
@@ -46,7 +47,8 @@ def test_the_wrappers_arguments_and_defaults_are_read_from_the_classes():
     assert fields == {"name", "beta", "rat", "awp"} and MethodConfig().beta == TRADES.beta
     # an empty mapping is the class's defaults, recorded in full
     cfg = config_from_dict({"method": {"rat": {}, "awp": {}}})
-    assert build_method(cfg) == AWP(RAT(TRADES(attack=TRADES.training_attack(0.1, 10, 0.025))))
+    attack = TRADES.training_attack(0.1, 10, 0.025, "Linf", attack_precision(cfg))  # auto: this machine's choice
+    assert build_method(cfg) == AWP(RAT(TRADES(attack=attack)))
     assert cfg.method.rat == {**rat, "order": [1, 2]} and cfg.method.awp == {"gamma": None, "warmup": 0}
 
 

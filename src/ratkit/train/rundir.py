@@ -121,11 +121,16 @@ def with_validation_eps(cfg: Config) -> Config:
 def same_run(recorded: Config, cfg: Config) -> bool:
     """Whether a run directory's ``recorded`` config is the run ``cfg`` asks for: equal, except for
     what a run fills in when it starts where ``cfg`` leaves it open (``train.val_eps``, a file
-    dataset's ``data.mean``/``data.std``)."""
+    dataset's ``data.mean``/``data.std``, ``attack.precision: auto``'s choice, and a budget's plan:
+    ``train.max_steps``, ``eval.aa_n``)."""
     a, b = config_to_dict(recorded), config_to_dict(cfg)
     for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std")):
         if b[section][key] is None:
             a[section][key] = None
+    if b["attack"]["precision"] == "auto":
+        a["attack"]["precision"] = "auto"
+    if b["train"]["budget_s"] is not None and b["train"]["max_steps"] is None:
+        a["train"]["max_steps"], a["eval"]["aa_n"] = None, b["eval"]["aa_n"]
     return a == b
 
 
