@@ -47,7 +47,8 @@ def test_a_notice_during_start_up_exits_75_and_resume_starts_the_run(tmp_path):
         f"pathlib.Path({str(tmp_path / 'importing')!r}).write_text('')\ntime.sleep(30)\n")
     run = tmp_path / "run"
     proc = _rat(tmp_path, "train", "--out", str(run), "--quiet", "--no-eval", "--model", "slow_nets:Net",
-                *_settings("model.kwargs.in_channels=1", "model.kwargs.input_size=[28,28]"))
+                *_settings("model.kwargs.in_channels=1", "model.kwargs.input_size=[28,28]",
+                           "train.budget_s=null"))  # a plan builds the model before the run directory exists
     _wait_for(tmp_path / "importing", proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)

@@ -12,7 +12,7 @@ from helpers import SRC
 from helpers import run_rat as _rat
 
 from ratkit.checkpoints import load_model, read_checkpoint
-from ratkit.config import load_config
+from ratkit.config import attack_precision, load_config
 from ratkit.methods import TRADES
 from ratkit.train import TrainingStopped, evaluate_run, learning_rate, train
 
@@ -108,7 +108,9 @@ def test_run_directory_holds_everything_a_user_needs(tmp_path):
                  "last.json", "eval.json", "eval.csv", "curves.png"]:
         assert (run / name).is_file(), name
     # the config as given, with what the run fixes at its start recorded: the validation eps
-    assert load_config(run / "config.yaml") == _synthetic("train.val_eps=0.1")
+    # what the run filled in when it started: the validation eps, and auto's attack precision on this machine
+    assert load_config(run / "config.yaml") == _synthetic("train.val_eps=0.1",
+                                                          f"attack.precision={attack_precision(_synthetic())}")
     report = json.loads((run / "eval.json").read_text())
     assert report["attacks"]["clean"]["n"] == 64
 

@@ -259,9 +259,7 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .preemption import Preempted
     from .train import TrainingInterrupted, TrainingPreempted, TrainingStopped, evaluate_run, resume_config, train
-    from .train.budget import process_seconds
-
-    job_started = time.monotonic() - process_seconds()  # a budget counts from the process's start
+    job_started = _MAIN_STARTED if _MAIN_STARTED is not None else time.monotonic()  # a budget counts from here
 
     if args.resume:
         if args.config:
@@ -783,6 +781,9 @@ def _add_export_command(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+_MAIN_STARTED: float | None = None  # time.monotonic() when main() began
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``rat`` command. For ``rat train`` the preemption signals are caught before anything
     heavy is imported: a notice during start-up exits 75, resumable, not 143 (the default action)."""
@@ -790,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .preemption import PreemptAtOnce, Preempted
 
+    global _MAIN_STARTED
+    _MAIN_STARTED = time.monotonic()  # where `rat train --budget` counts from: before its heavy imports
     argv = sys.argv[1:] if argv is None else list(argv)
     training = next((a for a in argv if not a.startswith("-")), None) == "train"
     with PreemptAtOnce() if training else nullcontext():

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,17 +130,6 @@ def parse_budget(text: str | float | None) -> float | None:
     return value
 
 
-def process_seconds() -> float:
-    """Seconds since this process started (Linux: /proc; elsewhere 0): ``rat train`` counts its
-    budget from there, so the imports, the data and the measurement are spent from it."""
-    try:
-        start_ticks = float(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def _timed(fn, warmup: int, repeats: int, max_s: float = 8.0) -> float:
     """Mean seconds of ``fn()`` after ``warmup`` calls: ``repeats`` calls, fewer when they run past ``max_s``."""
     for _ in range(warmup):
@@ -200,7 +188,7 @@ def plan_run(cfg: Config, *, evaluation: str = "preset", build: Builder | None =
     :func:`measure_speed`; ``speed``: (step seconds, gradient seconds) to plan with instead of
     measuring (tests emulate a slow machine with it); ``train_size``/``test_size``: the splits' sizes,
     read from the data if None; ``started``: the ``time.monotonic()`` the job began at (``rat train``:
-    its process's start), whose seconds so far (imports, data, the measurement) are spent from the
+    when its command line was read, before torch is imported), whose seconds so far (imports, data, the measurement) are spent from the
     budget; None: none are.
 
     Raises :class:`BudgetTooSmall` when less than :data:`MIN_TRAINING_FRACTION` of the configured
