@@ -123,7 +123,8 @@ def same_run(recorded: Config, cfg: Config) -> bool:
     what a run fills in when it starts where ``cfg`` leaves it open (``train.val_eps``, a file
     dataset's ``data.mean``/``data.std``)."""
     a, b = config_to_dict(recorded), config_to_dict(cfg)
-    for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std")):
+    # model.head: the head of a user's model, found and recorded when its run started
+    for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std"), ("model", "head")):
         if b[section][key] is None:
             a[section][key] = None
     return a == b
