@@ -98,6 +98,7 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
     info = source_info(src)
     if not args.untrained:
         check_model_fits_data(meta, info, label, src.dataset, model)
+        _trial_pass(model, meta, info, label)
     try:
         eps = checkpoint_eps(src, args.norm, args.eps, meta)
     except RadiusError as exc:
@@ -125,6 +126,18 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
         save_adversarial(report, args.save_adv)
         print(f"wrote {args.save_adv} ({report.robust_n} worst-case examples)")
     return report
+
+
+def _trial_pass(model, meta: dict, info, label: str) -> None:
+    """The loaded model given one trial pass on the data's shape before the evaluation starts (and
+    before its per-batch results are kept): a model that cannot run on these images is one line."""
+    from .preflight import ModelDoesNotFit, check_model
+
+    try:
+        check_model(model, info.image_shape, info.num_classes, name=(meta.get("model") or {}).get("name", "the model"),
+                    training=False)
+    except ModelDoesNotFit as exc:
+        raise UserError(f"{label}: {exc}") from None
 
 
 def checkpoint_data(meta: dict, args):
@@ -222,8 +235,8 @@ def _train_overrides(args) -> list:
     if args.model is not None and not args.resume:
         from .config import load_config
 
-        if load_config(args.config).model.name != args.model:  # the file's kwargs were for its own model
-            overrides.append(("model.kwargs", {}))
+        if load_config(args.config).model.name != args.model:  # the file's kwargs and head were for its own model
+            overrides += [("model.kwargs", {}), ("model.head", None)]
     for attr, key in flags.items():
         value = getattr(args, attr)
         if attr == "budget" and value is not None:

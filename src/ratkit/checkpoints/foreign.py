@@ -187,13 +187,15 @@ def import_user_model(path, model: str, source, out, mean=None, std=None, model_
     from ..data import DataError
     from ..data.user import source_info
     from ..models import build_user_model
+    from ..preflight import ModelDoesNotFit, check_model
 
     path = Path(path)
     raw, found = read_state_dict(path)
     try:
         info = source_info(source, require_eps=False)
         net, spec = build_user_model(model, model_kwargs or {}, num_classes=info.num_classes,
-                                     image_shape=info.image_shape, head=head, mean=mean, std=std)
+                                     image_shape=info.image_shape, head=head, mean=mean, std=std,
+                                     name_head="--head PATH")
     except DataError as exc:
         raise InteropError(str(exc)) from None
     except (ValueError, TypeError) as exc:
@@ -209,6 +211,10 @@ def import_user_model(path, model: str, source, out, mean=None, std=None, model_
                 ([f"shapes (file vs model) differ: {_first(wrong)}"] if wrong else [])
         raise InteropError(f"{path}: does not fit {model}: {'; '.join(parts)}")
     net.net.load_state_dict({**target, **raw})
+    try:  # a model for other images imports fine and fails at its evaluation: found here, before writing
+        check_model(net, info.image_shape, info.num_classes, name=model, training=False)
+    except ModelDoesNotFit as exc:
+        raise InteropError(f"{path}: {exc}") from None
     meta = {"dataset": source.dataset, "data_source": {k: (list(v) if isinstance(v, tuple) else v)
                                                         for k, v in dataclasses.asdict(source).items()},
             "data": {"image_shape": list(info.image_shape), "num_classes": info.num_classes},

@@ -29,8 +29,8 @@ import torch
 from .errors import DataError
 from .info import SPLITS, DatasetInfo, no_radius_message
 
-__all__ = ["FILE_DATASETS", "GIVEN", "DataSource", "channel_statistics", "default_crop_padding", "load_split",
-           "source_info", "with_statistics"]
+__all__ = ["FILE_DATASETS", "GIVEN", "DataSource", "channel_statistics", "check_split", "default_crop_padding",
+           "load_split", "source_info", "with_statistics"]
 
 FILE_DATASETS = ("folder", "npz")  # datasets read from a user's files; their facts come from the files
 GIVEN = "python"  # data handed over in Python (ratkit.fit): no files, facts recorded in the run
@@ -249,9 +249,7 @@ def load_split(src: DataSource, split: str, *, stream: bool | None = None):
     index = train if split == "train" else test
     channels, size = info.image_shape[0], info.image_shape[1:]
     image_size = tuple(src.image_size) if src.image_size is not None else None
-    if image_size is None and index.size is not None and tuple(index.size) != tuple(size):
-        raise DataError(f"{index.files[0]}: {split} images are {tuple(index.size)}, train images {tuple(size)}; "
-                        "set data.image_size: [H, W] to resize both")
+    _check_folder_size(src, index, size, split)
     if _should_stream(src, len(index.files), info.image_shape) if stream is None else stream:
         return StreamedData(info, FolderImages(index, channels, image_size or tuple(size)))
     x, y, _ = load_folder_index(index, _directory(src), channels=channels, image_size=image_size or tuple(size))
@@ -259,6 +257,31 @@ def load_split(src: DataSource, split: str, *, stream: bool | None = None):
     if split == "test":  # files come class by class: a fixed shuffle makes "the first n" every class's
         data = data.subset(test_order(len(data)))
     return data
+
+
+def _check_folder_size(src: DataSource, index, size: tuple[int, int], split: str) -> None:
+    """A DataError when the scanned images of ``split`` (``index``) are not of the training images'
+    ``size`` (H, W) and data.image_size does not resize them all."""
+    if src.image_size is None and index.size is not None and tuple(index.size) != tuple(size):
+        raise DataError(f"{index.files[0]}: {split} images are {tuple(index.size)}, train images {tuple(size)}; "
+                        "set data.image_size: [H, W] to resize both")
+
+
+def check_split(src: DataSource, split: str = "test") -> None:
+    """Raise now the one-line DataError that reading ``split`` of a file dataset would raise later
+    (the test split, read only by the evaluation after training): an npz file is read and checked
+    as :func:`load_split` reads it (a missing file, NaN, labels outside the training classes,
+    lengths that differ, another image shape); a folder's scanned headers are compared (images of
+    another size), nothing is decoded. Built-in data and data given from Python: nothing to check.
+
+    Example: ``check_split(DataSource("npz", data_dir="arrays", eps=0.03))``"""
+    if src.dataset == "npz":
+        load_split(src, split)
+    elif src.dataset == "folder":
+        train, test = _scan(src)
+        index = train if split == "train" else test
+        _folder_shape(src, index)  # one size, or data.image_size resizing them all
+        _check_folder_size(src, index, _folder_shape(src, train), split)
 
 
 def test_order(n: int) -> torch.Tensor:

@@ -30,8 +30,9 @@ from torch import nn
 
 from .wrap import WrappedModel, wrap
 
-__all__ = ["ModelCodePolicy", "UntrustedModelCode", "build_user_model", "find_classifier_head", "is_model_constructor",
-           "is_user_model", "load_callable", "user_model_spec"]
+__all__ = ["DATA_KWARGS", "ModelCodePolicy", "UntrustedModelCode", "build_user_model", "data_kwargs",
+           "find_classifier_head", "first_line", "is_model_constructor", "is_user_model", "load_callable",
+           "user_model_spec"]
 
 _NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
@@ -129,10 +130,12 @@ def _linears(net: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
 
 
-def find_classifier_head(net: nn.Module, num_classes: int, image_shape: Sequence[int] | None = None) -> str:
+def find_classifier_head(net: nn.Module, num_classes: int, image_shape: Sequence[int] | None = None,
+                         name_head: str = "--set model.head=PATH") -> str:
     """The path of ``net``'s classifier head: the ``nn.Linear`` with ``num_classes`` outputs that
     produces the logits. With several such layers, one forward pass on zeros of ``image_shape``
-    picks the one whose output is the module's. A one-line ValueError lists the candidates."""
+    picks the one whose output is the module's. A one-line ValueError lists the candidates and
+    says how to name the head (``name_head``: the calling command's own flag)."""
     linears = _linears(net)
     listing = ", ".join(f"{n} ({m.in_features}->{m.out_features})" for n, m in linears) or "none"
     candidates = [(n, m) for n, m in linears if m.out_features == num_classes]
@@ -158,7 +161,7 @@ def find_classifier_head(net: nn.Module, num_classes: int, image_shape: Sequence
     if len(candidates) != 1:
         what = "no" if not candidates else f"{len(candidates)}"
         raise ValueError(f"{type(net).__name__}: {what} nn.Linear layers with {num_classes} outputs feed the logits; "
-                         f"name the head with --set model.head=PATH (its nn.Linear layers: {listing})")
+                         f"name the head with {name_head} (its nn.Linear layers: {listing})")
     return candidates[0][0]
 
 
@@ -175,12 +178,39 @@ def user_model_spec(name: str, kwargs: dict, head: str, mean: Sequence[float] | 
     return spec
 
 
+DATA_KWARGS = ("num_classes", "in_channels")  # what the data tells a callable that names these parameters
+
+
+def data_kwargs(factory, kwargs: dict, num_classes: int | None, image_shape: Sequence[int] | None) -> dict:
+    """The data's facts a callable is told besides ``kwargs``: ``num_classes`` and ``in_channels``
+    (the images' channels), each only when the callable's signature names that parameter (never
+    through ``**kwargs``, which may not take it) and ``kwargs`` does not set it already.
+
+    Example: for ``def make(width=8, num_classes=10)``, ``data_kwargs(make, {}, 3, (1, 28, 28))`` is
+    ``{"num_classes": 3}``."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins): tell it nothing
+        return {}
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    facts = dict(zip(DATA_KWARGS, (num_classes, None if image_shape is None else int(image_shape[0]))))
+    return {k: int(v) for k, v in facts.items() if v is not None and k in named and k not in kwargs}
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception raised by the user's code, on one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def build_user_model(name: str, kwargs: dict | None = None, *, num_classes: int | None = None,
                      image_shape: Sequence[int] | None = None, head: str | None = None,
-                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-                     ) -> tuple[WrappedModel, dict]:
-    """Import and call ``name`` (``module:callable``) with ``kwargs``; wrap the module it returns
-    with its head (found when ``head`` is None) and the normalisation. Returns (model, spec).
+                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                     name_head: str = "--set model.head=PATH") -> tuple[WrappedModel, dict]:
+    """Import and call ``name`` (``module:callable``) with ``kwargs``, plus ``num_classes`` and
+    ``in_channels`` where its signature takes them (:func:`data_kwargs`); wrap the module it returns
+    with its head (found when ``head`` is None) and the normalisation. Returns (model, spec); the
+    spec's kwargs are those the callable was called with, so a later rebuild calls it the same way.
 
     Example::
 
@@ -188,20 +218,23 @@ def build_user_model(name: str, kwargs: dict | None = None, *, num_classes: int 
                                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     """
     factory = load_callable(name)
+    kwargs = {**(kwargs or {}), **data_kwargs(factory, kwargs or {}, num_classes, image_shape)}
     try:
-        net = factory(**(kwargs or {}))
+        net = factory(**kwargs)
     except TypeError as exc:
-        raise ValueError(f"{name}: cannot call it with kwargs {kwargs or {}}: {exc}") from None
+        raise ValueError(f"{name}: cannot call it with kwargs {kwargs}: {exc}") from None
+    except Exception as exc:  # the user's constructor failed: one line naming it, not a traceback
+        raise ValueError(f"{name}: calling it with kwargs {kwargs} raised {first_line(exc)}") from None
     if not isinstance(net, nn.Module):
         raise ValueError(f"{name}: returned a {type(net).__name__}, not an nn.Module")
     if head is None:
         if num_classes is None:
             raise ValueError(f"{name}: name the classifier head (model.head), or give the number of classes")
-        head = find_classifier_head(net, num_classes, image_shape)
+        head = find_classifier_head(net, num_classes, image_shape, name_head)
     model = wrap(net, head=head, mean=mean, std=std)
     if num_classes is not None and model.num_classes != num_classes:
         raise ValueError(f"{name}: head {head!r} has {model.num_classes} outputs, the data has {num_classes} classes")
-    return model, user_model_spec(name, kwargs or {}, head, mean, std)
+    return model, user_model_spec(name, kwargs, head, mean, std)
 
 
 def build_user_from_spec(spec: dict, policy: ModelCodePolicy, source: str) -> WrappedModel:

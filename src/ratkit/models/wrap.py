@@ -30,6 +30,15 @@ def _linear_layers(net: nn.Module) -> str:
     return ", ".join(repr(n) for n in names) if names else "none"
 
 
+def describe(value) -> str:
+    """What a forward returned, for a message: ``a tensor of shape (8, 10)``, ``a tuple of 2 items``."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
 def find_head(net: nn.Module, path: str) -> nn.Linear:
     """The ``nn.Linear`` at dotted attribute path ``path`` ("fc", "classifier.2"); integer parts
     index into nn.Sequential / nn.ModuleList. A one-line ValueError names the linear layers there are."""
@@ -105,8 +114,9 @@ class WrappedModel(RobustModel):
                              "it must run exactly once, as the last layer")
         feats, logits = seen[0]
         if out is not logits:
-            raise ValueError(f"wrap: the output of {name} is not the output of its head {self.head_path!r} "
-                             "(does its forward change the logits after the head?); return the head's output as is")
+            raise ValueError(f"wrap: the output of {name} ({describe(out)}) is not the output of its head "
+                             f"{self.head_path!r} ({describe(logits)}; does its forward change the logits after the "
+                             "head?); return the head's output as is")
         if feats.dim() != 2:
             raise ValueError(f"wrap: head {self.head_path!r} received shape {tuple(feats.shape)}; "
                              "a classifier head takes (batch, features)")

@@ -52,8 +52,9 @@ from ..device import resolve_device
 from ..evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
 from ..methods import Method, NonFiniteLossError, StepPrecision, compose_method
 from ..preemption import Preempted
+from ..preflight import check_run_start, check_test_split, with_head
 from ..models import build_from_spec, model_kwargs_for, model_spec
-from ..models.user import ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
+from ..models.user import DATA_KWARGS, ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
 
 # the trainer's observers and state, and its run directory
 from .checkpoints import BestCheckpoint, LastCheckpoint
@@ -107,6 +108,16 @@ def check_model_code(cfg: Config, model_code: ModelCodePolicy | None) -> None:
         raise ConfigError(str(exc)) from None
 
 
+def _with_recorded_head(cfg: Config, run_dir) -> Config:
+    """A resume's ``cfg`` with the head of a user's model that its run found and recorded when it
+    started, where ``cfg`` leaves it open (a study's grid, a caller's config from before the start)."""
+    if cfg.model.head is not None or not is_user_model(cfg.model.name) or run_dir is None:
+        return cfg
+    from .rundir import load_run_config
+
+    return with_head(cfg, load_run_config(run_dir).model.head)
+
+
 def initial_weights(cfg: Config, model_code: ModelCodePolicy | None = None) -> dict[str, Tensor]:
     """The model weights of ``train.init_from`` (CPU tensors), after checking that they were
     trained for the model this run builds: same name and kwargs (classes, channels,
@@ -130,7 +141,9 @@ def initial_weights(cfg: Config, model_code: ModelCodePolicy | None = None) -> d
         raise ConfigError(f"train.init_from: {path} holds a {theirs.get('name')!r} model, this run builds "
                           f"{ours['name']!r}; the model (name and kwargs) must be the same")
     a, b = theirs.get("kwargs") or {}, ours["kwargs"]
-    differ = [f"{k} {a.get(k)!r} (this run: {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    told = set(DATA_KWARGS) - set(a)  # what the data tells a callable, absent from an older checkpoint: checked above
+    differ = [f"{k} {a.get(k)!r} (this run: {b.get(k)!r})" for k in sorted((set(a) | set(b)) - told)
+              if a.get(k) != b.get(k)]
     if differ:
         raise ConfigError(f"train.init_from: {path} holds a {ours['name']} with " + ", ".join(differ)
                           + "; the model (name and kwargs) must be the same")
@@ -516,11 +529,14 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     cfg, precision_line = with_resolved_precision(cfg, device)
     if rank.is_main:
         print_line(precision_line, quiet)  # a warning goes to stderr, quiet or not
-    initial, created = None, False
+    initial, created, start_lines = None, False, []
     if resume:
         if is_user_model(cfg.model.name) and _given is None:
             check_model_code(cfg, model_code)  # before anything in the run directory changes
         cfg = with_validation_eps(cfg)
+        if _given is None:  # the evaluation after training reads it: checked before the run goes on
+            start_lines = [w for w in [check_test_split(data_source(cfg), evaluation)] if w]
+        cfg = _with_recorded_head(cfg, run_dir)
         run_dir = resumed_run_dir(cfg, run_dir, rank, quiet)
     else:
         model_code = model_code or ModelCodePolicy(allowed=cfg.model.name)  # a new run's config is the caller's
@@ -529,6 +545,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         cfg = with_validation_eps(cfg)
         if cfg.train.init_from is not None:
             initial = initial_weights(cfg, model_code)  # checked before the run directory is made
+        if _given is None:  # the test split, and a user's model on one batch: before the run directory
+            cfg, start_lines = check_run_start(cfg, lambda c, info: build_model_from_config(c, info, model_code),
+                                               evaluation=evaluation)
         plan = None
         if cfg.train.budget_s is not None and _given is None:
             if rank.distributed:
@@ -567,6 +586,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     if not quiet:
         print(f"run directory: {run_dir}", flush=True)
         print(eps_line(cfg), flush=True)
+    for line in start_lines if rank.is_main else []:  # a warning goes to stderr, quiet or not
+        print_line(line, quiet)
     _fit_until_stopped(trainer)
     return run_dir
 

@@ -124,7 +124,8 @@ def same_run(recorded: Config, cfg: Config) -> bool:
     dataset's ``data.mean``/``data.std``, ``attack.precision: auto``'s choice, and a budget's plan:
     ``train.max_steps``, ``eval.aa_n``)."""
     a, b = config_to_dict(recorded), config_to_dict(cfg)
-    for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std")):
+    # model.head: the head of a user's model, found and recorded when its run started
+    for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std"), ("model", "head")):
         if b[section][key] is None:
             a[section][key] = None
     if b["attack"]["precision"] == "auto":
