@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.info import DatasetInfo
 from ..data.tensordata import TensorData
-from ..data.user import GIVEN, channel_statistics, default_crop_padding
+from ..data.user import GIVEN, channel_statistics, check_class_count, default_crop_padding, default_val_size
 
 __all__ = ["FitResult", "fit"]
 
@@ -120,6 +120,7 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
 
     x, y = _as_tensors(train, "train")
     classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    check_class_count("fit", classes)
     shape = tuple(int(d) for d in x.shape[1:])
     if mean is None or std is None:
         mean, std = channel_statistics(x[i:i + 1024] for i in range(0, len(x), 1024))
@@ -137,7 +138,7 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         vx, vy = _as_tensors(val, "val")
         val_data = TensorData(vx, vy, _info(classes, shape, mean, std, eps))
     if val_size is None:
-        val_size = 0 if val is not None else min(5000, len(x) // 10)
+        val_size = 0 if val is not None else default_val_size(GIVEN, len(x))
     overrides = [("data.dataset", GIVEN), ("data.eps", float(eps)), ("data.num_classes", classes),
                  ("data.image_shape", list(shape)), ("data.mean", list(mean)), ("data.std", list(std)),
                  ("data.val_size", int(val_size)), ("data.augment", bool(augment)), ("model.name", name),
