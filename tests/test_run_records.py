@@ -1,7 +1,8 @@
-"""What a run refuses and what it records (issue 42, sections 2 and 3): npz labels that skip numbers
+"""What a run refuses and what it records (issue 42, sections 2-4): npz labels that skip numbers
 (refused, or remapped on request and recorded), fewer than 2 classes, a resume that asks for fewer
 epochs or steps than were trained, a refused resume that changes nothing, the final epoch validated
-whatever ended the run, the validation hold-out of small data, an absolute data directory."""
+whatever ended the run, the validation hold-out of small data, an absolute data directory, and the
+method ``ratkit.fit`` trained recorded in its config."""
 
 from __future__ import annotations
 
@@ -243,3 +244,48 @@ def test_every_refused_resume_leaves_the_run_directory_byte_identical(tmp_path, 
     before = files(run)
     assert main(resume + ["--model", model]) == 2
     assert "SHA-256" in one_line(capsys) and files(run) == before
+
+
+# ----------------------------------------------------------------------------- ratkit.fit records its method
+
+
+def _fit_data():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 3
+    x = (0.2 + 0.25 * y[:, None, None, None] + 0.1 * torch.rand(40, 1, 8, 8, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def _fit_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+def test_fit_records_the_method_it_trained_so_a_resume_rebuilds_it_and_refuses_another(tmp_path):
+    import ratkit
+    from ratkit.config import ConfigError
+    from ratkit.methods import AT, AWP, MART, RAT, TRADES
+    from ratkit.threat import method_at_radius
+    from ratkit.train import build_method, load_run_config
+
+    common = dict(eps=0.03, batch_size=8, val_size=8, lr=0.05, quiet=True, settings=["train.val_n=8"])
+    method = AWP(RAT(MART(attack=MART.training_attack(0.03, steps=2), beta=4.0), alpha=0.1), gamma=0.02)
+    run = tmp_path / "fit"
+    ratkit.fit(_fit_net(), _fit_data(), method=method, epochs=1, run_dir=run, **common)
+    cfg = load_run_config(run)
+    m = recorded(run)["method"]
+    assert (m["name"], m["beta"], m["rat"]["alpha"], m["awp"]["gamma"]) == ("mart", 4.0, 0.1, 0.02)
+    assert cfg.attack.steps == 2 and build_method(cfg) == method_at_radius(method, 0.03, "Linf")
+    ratkit.fit(_fit_net(), _fit_data(), method=None, epochs=2, run_dir=run, resume=True, **common)  # the recorded one
+    assert load_run_config(run).train.epochs == 2 and build_method(load_run_config(run)) == build_method(cfg)
+    with pytest.raises(ConfigError, match="cannot change when resuming"):
+        ratkit.fit(_fit_net(), _fit_data(), method=TRADES(), epochs=3, run_dir=run, resume=True, **common)
+
+    class MyAT(AT):
+        pass
+
+    for unrecordable in (MyAT(), AWP(AWP(AT()))):
+        with pytest.raises(ConfigError, match="cannot record|cannot be recorded"):
+            ratkit.fit(_fit_net(), _fit_data(), method=unrecordable, epochs=1, run_dir=tmp_path / "no", **common)
+        assert not (tmp_path / "no").exists()
