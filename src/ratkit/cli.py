@@ -232,11 +232,14 @@ def _train_overrides(args) -> list:
              "awp": "method.awp", "norm": "attack.norm", "eps": "data.eps", "budget": "train.budget_s",
              "compile": "train.compile"}
     overrides = []
-    if args.model is not None and not args.resume:
+    if (args.model is not None or args.dataset is not None) and not args.resume:
         from .config import load_config
 
-        if load_config(args.config).model.name != args.model:  # the file's kwargs and head were for its own model
+        file = load_config(args.config)
+        if args.model is not None and file.model.name != args.model:  # the file's kwargs and head were for its model
             overrides += [("model.kwargs", {}), ("model.head", None)]
+        if args.dataset is not None and file.data.dataset != args.dataset:  # its val_size was for its own data
+            overrides.append(("data.val_size", None))  # null: chosen to fit the data when the run starts
     for attr, key in flags.items():
         value = getattr(args, attr)
         if attr == "budget" and value is not None:

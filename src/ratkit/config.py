@@ -63,7 +63,9 @@ class ConfigError(Exception):
 class DataConfig:
     dataset: str = "fashion-mnist"  # a built-in (ratkit.data.DATASETS), or folder / npz: your own files
     data_dir: str | None = None
-    val_size: int = 5000  # held out of the training set, for checkpoint selection
+    # held out of the training set, for checkpoint selection; null: your own data's tenth (at most 5,000),
+    # a built-in dataset's 5,000, chosen when the run starts and recorded here
+    val_size: int | None = None
     train_subset: int | None = None  # first N of the post-split training set; None = all
     augment: bool = True
     # the threat radius (Linf, or L2 with attack.norm L2) of training, validation and the final
@@ -81,6 +83,10 @@ class DataConfig:
     workers: int = 2  # decoding processes when streaming
     num_classes: int | None = None  # data given from Python (ratkit.fit): recorded for later commands
     image_shape: list[int] | None = None
+    # npz labels that skip numbers (3, 7, 9, 11) are refused; remap: train on the sorted labels present,
+    # class k being label_map[k] (recorded when the run starts, so rat eval maps test labels the same way)
+    labels: str = "as-is"
+    label_map: list[int] | None = None
 
 
 @dataclass
@@ -406,14 +412,20 @@ def validate(cfg: Config) -> None:
 
 def _validate_data_and_model(cfg: Config) -> None:
     from .data import DATASETS
-    from .data.user import FILE_DATASETS, GIVEN
+    from .data.user import FILE_DATASETS, GIVEN, LABELS
     from .models import model_spec
     from .models.user import check_user_model_name, is_user_model
     from .threat import RadiusError, check_radii
 
     d, m = cfg.data, cfg.model
     _choice("data.dataset", d.dataset, (*DATASETS, *FILE_DATASETS, GIVEN))
-    _check(d.val_size >= 0, "data.val_size", "must be >= 0", d.val_size)
+    _check(d.val_size is None or d.val_size >= 0, "data.val_size", "must be >= 0 or null", d.val_size)
+    _choice("data.labels", d.labels, LABELS)
+    _check(d.labels == "as-is" or d.dataset == "npz", "data.labels",
+           "remap renumbers npz labels (a folder's classes are its sub-folders)", d.labels)
+    _check(d.label_map is None or (d.labels == "remap" and len(set(d.label_map)) == len(d.label_map)
+                                   and min(d.label_map, default=0) >= 0), "data.label_map",
+           "is recorded by a run with data.labels=remap: distinct labels >= 0", d.label_map)
     _check(d.train_subset is None or d.train_subset > 0, "data.train_subset", "must be > 0 or null", d.train_subset)
     _check(d.eps is None or d.eps > 0, "data.eps", "must be > 0 or null", d.eps)
     try:  # own data gives its radius; no L-infinity radius of 1 or more
@@ -810,7 +822,8 @@ def data_source(cfg: Config):
                       mean=None if d.mean is None else tuple(d.mean), std=None if d.std is None else tuple(d.std),
                       hflip=d.hflip, crop_padding=d.crop_padding, num_classes=d.num_classes,
                       image_shape=None if d.image_shape is None else tuple(d.image_shape), stream=d.stream,
-                      workers=d.workers)
+                      workers=d.workers, labels=d.labels,
+                      label_map=None if d.label_map is None else tuple(d.label_map))
 
 
 def attack_precision(cfg: Config) -> str:

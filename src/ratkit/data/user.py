@@ -29,11 +29,13 @@ import torch
 from .errors import DataError
 from .info import SPLITS, DatasetInfo, no_radius_message
 
-__all__ = ["FILE_DATASETS", "GIVEN", "DataSource", "channel_statistics", "check_split", "default_crop_padding",
-           "load_split", "source_info", "with_statistics"]
+__all__ = ["FILE_DATASETS", "GIVEN", "LABELS", "DataSource", "channel_statistics", "check_class_count", "check_split",
+           "default_crop_padding", "default_val_size", "load_split", "source_info", "training_labels",
+           "with_statistics"]
 
 FILE_DATASETS = ("folder", "npz")  # datasets read from a user's files; their facts come from the files
 GIVEN = "python"  # data handed over in Python (ratkit.fit): no files, facts recorded in the run
+LABELS = ("as-is", "remap")  # data.labels: npz labels as they are, or the labels present renumbered 0..C-1
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class DataSource:
     ``channels`` forces 1 or 3 channels; ``image_size`` (H, W) resizes; ``mean``/``std`` are the
     per-channel statistics (None: computed from the training split); ``hflip``/``crop_padding``
     None: the dataset's default (file datasets: no flip, padding H // 8). ``num_classes`` and
-    ``image_shape`` describe data given from Python.
+    ``image_shape`` describe data given from Python. ``labels="remap"``: an npz dataset's training
+    labels present, sorted, become classes 0..C-1 (``label_map[k]`` is class k's label in the files;
+    None: found in train.npz), where ``"as-is"`` refuses labels that skip numbers.
     """
 
     dataset: str = "fashion-mnist"
@@ -62,6 +66,8 @@ class DataSource:
     image_shape: tuple[int, int, int] | None = None
     stream: bool | None = None
     workers: int = 2
+    labels: str = "as-is"
+    label_map: tuple[int, ...] | None = None
 
     @property
     def from_files(self) -> bool:
@@ -108,14 +114,96 @@ def _scan(src: DataSource):
 
 def _npz_facts(src: DataSource, train: tuple | None = None) -> tuple[int, tuple[int, int, int], tuple[str, ...]]:
     """(classes, image shape, class names) of an npz dataset, from its training arrays (``train``:
-    already loaded, else read here)."""
-    from .formats.npz import load_npz_split, npz_class_names, npz_num_classes
+    already loaded, else read here). With ``src.labels == "remap"`` the classes are the training
+    labels present, sorted (``label_map``), named as the files name them."""
+    from .formats.npz import check_label_range, load_npz_split, npz_class_names, npz_num_classes
 
     x, y = train if train is not None else load_npz_split(_directory(src), "train")
     given = npz_class_names(_directory(src))
     num_classes = npz_num_classes(y, given)
     names = given or tuple(f"class_{i}" for i in range(num_classes))
-    return num_classes, tuple(int(d) for d in x.shape[1:]), tuple(names)
+    shape = tuple(int(d) for d in x.shape[1:])
+    if src.labels != "remap":
+        return num_classes, shape, tuple(names)
+    check_label_range(_directory(src) / "train.npz", y, num_classes)  # a classes array names every label
+    kept = _label_map(src, y)
+    return len(kept), shape, tuple(names[label] for label in kept)
+
+
+def _label_map(src: DataSource, train_y: torch.Tensor) -> tuple[int, ...]:
+    """The npz labels of classes 0..C-1 under ``data.labels=remap``: the recorded map, else the
+    training labels present, sorted."""
+    if src.label_map is not None:
+        return tuple(int(v) for v in src.label_map)
+    return tuple(int(v) for v in torch.unique(train_y).tolist())
+
+
+def _listed(values, most: int = 12) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values) if len(values) <= most else ", ".join(values[:most]) + f", ... ({len(values)} in all)"
+
+
+def _check_no_skipped_labels(path: Path, y: torch.Tensor, num_classes: int) -> None:
+    """One line naming the labels found when some of 0..num_classes-1 have no training image: a
+    12-class problem with 8 empty classes is not what labels 3, 7, 9, 11 meant."""
+    present = torch.unique(y).tolist()
+    missing = sorted(set(range(num_classes)) - set(present))
+    if not missing:
+        return  # labels beyond a classes array are check_label_range's
+    raise DataError(f"{path}: the training labels are {_listed(present)}, so classes {_listed(missing)} of "
+                    f"0..{num_classes - 1} have no training image; renumber them 0..{len(present) - 1}, or set "
+                    f"data.labels=remap to train on the {len(present)} labels present (the mapping is recorded)")
+
+
+def _remapped_labels(path: Path, y: torch.Tensor, kept: tuple[int, ...]) -> torch.Tensor:
+    """``y`` (labels as in the files) as classes 0..C-1 of ``kept``; a label outside it is refused."""
+    unknown = sorted(set(torch.unique(y).tolist()) - set(kept))
+    if unknown:
+        raise DataError(f"{path}: label {unknown[0]} is not among the training labels {_listed(kept)} "
+                        "(data.labels=remap)")
+    table = torch.zeros(max(kept) + 1, dtype=torch.int64)
+    table[torch.tensor(kept, dtype=torch.int64)] = torch.arange(len(kept))
+    return table[y]
+
+
+def training_labels(src: DataSource) -> tuple[int, tuple[int, ...]]:
+    """(training images, the sorted labels present) of your own files, read once when a run starts;
+    one line for npz labels that skip numbers (unless ``labels="remap"``) or fewer than 2 classes.
+    Asked of new runs only: a run trained before the check keeps evaluating and resuming."""
+    if src.dataset == "folder":
+        labels = torch.tensor(_scan(src)[0].labels)  # a copy: the index keeps its array read-only
+    else:
+        from .formats.npz import load_npz_split, npz_class_names, npz_num_classes
+
+        labels = load_npz_split(_directory(src), "train")[1]
+        if src.labels != "remap":
+            num_classes = npz_num_classes(labels, npz_class_names(_directory(src)))
+            _check_no_skipped_labels(_directory(src) / "train.npz", labels, num_classes)
+    present = tuple(int(v) for v in torch.unique(labels).tolist())
+    check_class_count(src.data_dir or src.dataset, len(present))
+    return len(labels), present
+
+
+BUILT_IN_VAL_SIZE = 5000  # the validation hold-out of a built-in dataset, and the most of your own data's
+
+
+def default_val_size(dataset: str, n: int | None) -> int:
+    """The validation hold-out where ``data.val_size`` is not set: a tenth of your own ``n`` training
+    images, at most 5,000, so that a small dataset keeps most of them for training; a built-in
+    dataset's 5,000, as before (recorded runs stay the same).
+
+    Example: ``default_val_size("npz", 90)`` is 9."""
+    if dataset not in (*FILE_DATASETS, GIVEN):
+        return BUILT_IN_VAL_SIZE
+    return min(BUILT_IN_VAL_SIZE, int(n) // 10)
+
+
+def check_class_count(where: str, num_classes: int) -> None:
+    """One line unless there are at least 2 classes: no method trains, and no attack means
+    anything, on one (PGD-AT would report 100% robust accuracy)."""
+    if num_classes < 2:
+        raise DataError(f"{where}: {num_classes} class{'' if num_classes == 1 else 'es'} in the training data; "
+                        "adversarial training needs at least 2")
 
 
 def _folder_facts(src: DataSource, train) -> tuple[int, tuple[int, int, int], tuple[str, ...]]:
@@ -127,6 +215,7 @@ def _folder_facts(src: DataSource, train) -> tuple[int, tuple[int, int, int], tu
 def _own_info(src: DataSource, num_classes: int, shape: tuple[int, ...], names: tuple[str, ...],
               require_eps: bool = True) -> DatasetInfo:
     """The facts of a dataset of your own (files, or data given from Python) as a DatasetInfo."""
+    check_class_count(src.data_dir or src.dataset, num_classes)
     if src.eps is None and require_eps:
         raise DataError(no_radius_message(src.dataset))
     c = shape[0]
@@ -236,6 +325,10 @@ def load_split(src: DataSource, split: str, *, stream: bool | None = None):
             raise DataError("npz: an npz file is read whole; streaming (data.stream) is for folder datasets")
         x, y = load_npz_split(_directory(src), split)
         info = _own_info(src, *_npz_facts(src, (x, y) if split == "train" else None))  # train.npz read once
+        if src.labels == "remap":  # the classes are the training labels present, in order
+            train_y = y if split == "train" or src.label_map is not None else load_npz_split(_directory(src),
+                                                                                              "train")[1]
+            y = _remapped_labels(_directory(src) / f"{split}.npz", y, _label_map(src, train_y))
         if tuple(x.shape[1:]) != info.image_shape:
             raise DataError(f"{_directory(src) / (split + '.npz')}: images of shape {tuple(x.shape[1:])}, "
                             f"train.npz has {info.image_shape}")

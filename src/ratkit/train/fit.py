@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.info import DatasetInfo
 from ..data.tensordata import TensorData
-from ..data.user import GIVEN, channel_statistics, default_crop_padding
+from ..data.user import GIVEN, channel_statistics, check_class_count, default_crop_padding, default_val_size
 
 __all__ = ["FitResult", "fit"]
 
@@ -102,7 +102,9 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         test: test data like ``train``: the best checkpoint is evaluated on it with the protocol.
         method: a method object (``RAT(TRADES())``, ``AWP(AT())``, ...) whose attack is built at ``eps``
             and ``norm`` when it was given none (an attack at another radius is refused); None: the
-            config's default, RAT-TRADES with the paper's settings at ``eps``.
+            config's default, RAT-TRADES with the paper's settings at ``eps``. The run records it in
+            config.yaml (``method.*``, ``attack.steps|step_size|precision``), so a resume and ``rat eval``
+            rebuild it: AT, TRADES or MART, in RAT and/or AWP (AWP outermost); another is refused.
         mean, std: normalisation the wrapper applies (default: computed from ``train``).
         model_name, model_kwargs: how later commands rebuild the model (``module:callable`` and its
             kwargs); default: the model's class, called without arguments.
@@ -115,11 +117,12 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
     from ..models import WrappedModel, find_classifier_head, wrap
     from ..models.user import user_model_spec
     from ..threat import STEP_FOLLOWS_EPS, method_at_radius, train_radius
-    from .loop import train as run_training
+    from .loop import build_method, train as run_training
     from .rundir import load_run_config, resume_config
 
     x, y = _as_tensors(train, "train")
     classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    check_class_count("fit", classes)
     shape = tuple(int(d) for d in x.shape[1:])
     if mean is None or std is None:
         mean, std = channel_statistics(x[i:i + 1024] for i in range(0, len(x), 1024))
@@ -137,7 +140,7 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         vx, vy = _as_tensors(val, "val")
         val_data = TensorData(vx, vy, _info(classes, shape, mean, std, eps))
     if val_size is None:
-        val_size = 0 if val is not None else min(5000, len(x) // 10)
+        val_size = 0 if val is not None else default_val_size(GIVEN, len(x))
     overrides = [("data.dataset", GIVEN), ("data.eps", float(eps)), ("data.num_classes", classes),
                  ("data.image_shape", list(shape)), ("data.mean", list(mean)), ("data.std", list(std)),
                  ("data.val_size", int(val_size)), ("data.augment", bool(augment)), ("model.name", name),
@@ -150,15 +153,21 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         overrides.append(("optim.milestones", [int(m) for m in milestones]))
     overrides += list(settings)
     info = _info(classes, shape, mean, std, eps)
-    if resume:
-        if run_dir is None:
-            raise ValueError("fit: resume=True needs the run_dir of the run to continue")
-        # what a resume may change: the length of the run and the caller's own settings
-        cfg = resume_config(run_dir, [("train.epochs", int(epochs)), *settings])
-    else:
-        cfg = load_config(None, overrides)
+    if resume and run_dir is None:
+        raise ValueError("fit: resume=True needs the run_dir of the run to continue")
+
+    def configure(more=()):
+        if resume:  # what a resume may change: the length of the run and the caller's own settings
+            return resume_config(run_dir, [("train.epochs", int(epochs)), *settings, *more])
+        return load_config(None, [*overrides, *more])
+
+    cfg = configure()
     if method is not None:  # its attack at the run's radius, or refused before the run directory is made
         method = method_at_radius(method, train_radius(cfg)[0], cfg.attack.norm)
+    # the method trained is recorded (a method given again on a resume must be it); a run from before fit
+    # recorded it (attack.step_size null) resumes with the method given, as it did
+    if not resume or cfg.attack.step_size is not None:
+        cfg = recorded_method_config(method if method is not None else build_method(cfg), configure)
     given = dict(given_data=(TensorData(x, y, info), val_data), given_model=(wrapped, spec), given_method=method)
     out = run_training(cfg, run_dir, resume=resume, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end,
                        _given=given)
@@ -173,6 +182,58 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
         wrapped.load_state_dict({k[len("model/"):]: v.to(next(wrapped.parameters()).device)
                                  for k, v in tensors.items() if k.startswith("model/")})
     return FitResult(run_dir=Path(out), model=wrapped.eval(), report=report)
+
+
+def method_settings_of(method) -> list[tuple[str, Any]]:
+    """The config settings that record ``method``, a base (AT, TRADES, MART) in RAT and/or AWP, AWP
+    outermost: its name, beta, wrappers' arguments and training attack; ConfigError for another."""
+    from ..config import WRAPPERS, ConfigError, wrapper_arguments
+    from ..methods import BASE_METHODS
+
+    settings, inner = [], method
+    for key, attr in (("awp", "method"), ("rat", "base")):  # AWP(RAT(base)): the order the config composes
+        wrapper = WRAPPERS[key]
+        if type(inner) is wrapper:
+            arguments = {name: _plain(getattr(inner, name)) for name in wrapper_arguments(wrapper)}
+            settings.append((f"method.{key}", arguments))
+            inner = getattr(inner, attr)
+        else:
+            settings.append((f"method.{key}", None))
+    name = next((n for n, cls in BASE_METHODS.items() if type(inner) is cls), None)
+    if name is None:
+        bases = ", ".join(cls.__name__ for cls in BASE_METHODS.values())
+        raise ConfigError(f"method: {_composition(method)} cannot be recorded in the run's config.yaml, so a resume "
+                          f"and rat eval could not rebuild it; give {bases} in RAT and/or AWP (AWP outermost)")
+    attack = inner.attack
+    settings += [("method.name", name), ("attack.steps", attack.steps), ("attack.step_size", attack.step_size),
+                 ("attack.precision", attack.precision)]
+    if hasattr(inner, "beta"):
+        settings.append(("method.beta", float(inner.beta)))
+    return settings
+
+
+def recorded_method_config(method, configure: Callable):
+    """``configure(settings)``'s config recording ``method`` (:func:`method_settings_of`), checked to
+    rebuild exactly ``method``; a method it cannot express is refused in one line."""
+    from ..config import ConfigError
+    from .loop import build_method
+
+    cfg = configure(method_settings_of(method))
+    if build_method(cfg) != method:
+        raise ConfigError(f"method: {_composition(method)} has settings the run's config.yaml cannot record "
+                          "(method.name, method.beta, method.rat, method.awp, attack.steps|step_size|precision), so a "
+                          "resume and rat eval could not rebuild it; build its parts with their own arguments")
+    return cfg
+
+
+def _composition(method) -> str:
+    """``AWP(RAT(TRADES))``: the classes of a method and the methods it wraps."""
+    inner = getattr(method, "method", None) or getattr(method, "base", None)
+    return type(method).__name__ + (f"({_composition(inner)})" if inner is not None else "")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _info(classes: int, shape: tuple, mean, std, eps: float) -> DatasetInfo:

@@ -47,7 +47,7 @@ from ..config import (Config, ConfigError, config_to_dict, data_source, evaluati
                       method_settings, with_resolved_precision)
 from ..data import augment, iterate_batches, split_train_val
 from ..data.streaming import StreamedData, iterate_streamed_batches
-from ..data.user import data_fingerprint, load_split, source_info
+from ..data.user import data_fingerprint, default_val_size, load_split, source_info
 from ..device import resolve_device
 from ..evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
 from ..methods import Method, NonFiniteLossError, StepPrecision, compose_method
@@ -61,8 +61,9 @@ from .checkpoints import BestCheckpoint, LastCheckpoint
 from .budget import plan_run, write_plan
 from .collapse import robust_collapse
 from .run_log import RunLog
-from .rundir import (PREEMPTED_FILE, default_run_dir, new_run_dir, record_or_check_data, resumed_run_dir,
-                     validation_eps, with_data_statistics, with_validation_eps)
+from .rundir import (PREEMPTED_FILE, check_recorded_data, check_resume, default_run_dir, load_run_config, new_run_dir,
+                     record_or_check_data, record_resume, validation_eps, with_data_record, with_data_statistics,
+                     with_recorded_data, with_validation_eps)
 from .state import EpochSums, Progress
 from .stopping import StepBoundaryInterrupt, StopConditions, TrainingInterrupted, TrainingPreempted
 
@@ -231,7 +232,9 @@ def _training_data(cfg: Config, device: torch.device, given=None):
     else:
         full = load_split(data_source(cfg), "train")
     if given is None or val_data is None:
-        train_data, val_data = split_train_val(full, cfg.data.val_size, cfg.train.seed)
+        val_size = cfg.data.val_size  # null in a run prepared without train() (prepare_run): the default
+        val_size = default_val_size(cfg.data.dataset, len(full)) if val_size is None else val_size
+        train_data, val_data = split_train_val(full, val_size, cfg.train.seed)
     else:
         train_data = full
     if cfg.data.train_subset is not None:
@@ -437,7 +440,8 @@ class Trainer:
         """Train until ``train.epochs`` or a stop condition; ``last`` is saved after every epoch."""
         p = self.progress
         with cudnn_autotuned(self.device):
-            while p.epoch < self.cfg.train.epochs and not self.steps_done():
+            # a partial epoch that train.max_steps ends (stopped after its last step) is closed and validated
+            while p.epoch < self.cfg.train.epochs and (not self.steps_done() or p.step_in_epoch > 0):
                 if self.stops.budget_reached(p):
                     self.log.budget_reached(self.cfg.train.time_budget_s, p)
                     break
@@ -448,7 +452,21 @@ class Trainer:
                     row.update(self._validate())
                 self._end_epoch(epoch + 1, row)
                 self.stops.honour_requests()  # a signal during validation: stop here, `last` is saved
+            self._validate_final_epoch()
         self.log.finish(p.history)
+
+    def _validate_final_epoch(self) -> None:
+        """Validate the epoch the run ends at if it was not (``train.val_every``), whatever ended the run:
+        a resume with nothing left to train, a time budget, fewer epochs asked; every run that trained
+        then has a ``best``, chosen among validated epochs."""
+        p = self.progress
+        if not p.history or p.step_in_epoch > 0 or "val_pgd20" in p.history[-1] or len(self.val_data) == 0:
+            return
+        row = p.history[-1]
+        row.update(self._validate())
+        self.best.consider(p, p.epoch, row)
+        self.last.save(p)
+        self.log.rewrite(p.history)
 
     def _run_epoch_or_stop(self, epoch: int) -> dict:
         try:
@@ -529,20 +547,21 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     cfg, precision_line = with_resolved_precision(cfg, device)
     if rank.is_main:
         print_line(precision_line, quiet)  # a warning goes to stderr, quiet or not
-    initial, created, start_lines = None, False, []
+    initial, created, changes, start_lines = None, False, {}, []
     if resume:
         if is_user_model(cfg.model.name) and _given is None:
             check_model_code(cfg, model_code)  # before anything in the run directory changes
-        cfg = with_validation_eps(cfg)
+        cfg = with_validation_eps(with_recorded_data(cfg, load_run_config(run_dir)))
         if _given is None:  # the evaluation after training reads it: checked before the run goes on
             start_lines = [w for w in [check_test_split(data_source(cfg), evaluation)] if w]
         cfg = _with_recorded_head(cfg, run_dir)
-        run_dir = resumed_run_dir(cfg, run_dir, rank, quiet)
+        changes = check_resume(cfg, run_dir)  # recorded once every check has passed: a refused resume changes nothing
+        run_dir = Path(run_dir)
     else:
         model_code = model_code or ModelCodePolicy(allowed=cfg.model.name)  # a new run's config is the caller's
         if _given is None:
             cfg = with_data_statistics(cfg)  # before config.yaml is written: the run records them
-        cfg = with_validation_eps(cfg)
+        cfg = with_validation_eps(with_data_record(cfg))
         if cfg.train.init_from is not None:
             initial = initial_weights(cfg, model_code)  # checked before the run directory is made
         if _given is None:  # the test split, and a user's model on one batch: before the run directory
@@ -566,10 +585,17 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         run_dir = new_run_dir(cfg, planned, rank)
         if plan is not None:
             write_plan(run_dir, plan)
+    restored = resume and (Path(run_dir) / "last.safetensors").exists()
     try:
         trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, model_code=model_code,
                           **(_given or {}))
-        trainer.record_or_check_data(resume)
+        fingerprints = trainer.data_fingerprints()
+        if resume:  # every check of a resume before anything in the run directory changes
+            check_recorded_data(run_dir, fingerprints)
+            if restored:
+                trainer.restore_last()
+            record_resume(cfg, run_dir, changes, rank, quiet)
+        record_or_check_data(run_dir, fingerprints, resume, rank.is_main)
     except Preempted as exc:  # a notice during start-up: the run is kept, and --resume starts it
         exc.run_dir = run_dir
         raise
@@ -577,9 +603,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
         if created and rank.is_main:  # a run that fails to start leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if resume and (Path(run_dir) / "last.safetensors").exists():
-        trainer.restore_last()
-    elif resume and not quiet:  # preempted before its first checkpoint: start it from its recorded config
+    if resume and not restored and not quiet:  # preempted before its first checkpoint: from its recorded config
         print(f"{run_dir}: no last checkpoint yet; starting the run from its config.yaml", flush=True)
     elif initial is not None:
         trainer.model.load_state_dict(initial)  # every rank: the same weights; the optimizer stays fresh

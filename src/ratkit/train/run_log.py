@@ -26,7 +26,14 @@ class RunLog:
 
     def __init__(self, run_dir: Path, *, epochs: int, quiet: bool, main: bool):
         self.run_dir, self.epochs, self.quiet, self.main = run_dir, epochs, quiet, main
-        self.tb = _tensorboard_writer(run_dir) if main else None
+        self._tb = None  # opened at the first epoch's row: a resume refused before it writes nothing
+
+    @property
+    def tb(self):
+        """The TensorBoard writer (rank 0, tensorboard installed), else None."""
+        if self._tb is None and self.main:
+            self._tb = _tensorboard_writer(self.run_dir) or False
+        return self._tb or None
 
     @property
     def metrics_path(self) -> Path:

@@ -4,10 +4,12 @@ resume may change.
 A new run gets its directory (:func:`prepare_run`: ``config.yaml``, an empty ``metrics.jsonl``;
 rank 0 makes it, every rank uses it). A resume reads the run's ``config.yaml``
 (:func:`resume_config`), checks that only the fields of :data:`RESUME_CHANGEABLE` changed and that
-the epochs never go below those trained, and records each change in ``config-history.yaml``.
+the epochs and steps never go below those trained, and records each change in ``config-history.yaml``
+once every check has passed: a refused resume changes nothing.
 What a run fixes when it starts is written into its config: a file dataset's mean and std
-(:func:`with_data_statistics`), the eps of validation (:func:`with_validation_eps`); the
-fingerprint of its training and validation data goes to ``data-fingerprint.json``
+(:func:`with_data_statistics`), the eps of validation (:func:`with_validation_eps`), the data
+directory as an absolute path, the validation hold-out and an npz label mapping
+(:func:`with_data_record`); the fingerprint of its training and validation data goes to ``data-fingerprint.json``
 (:func:`record_or_check_data`), and a resume on other data is refused.
 """
 
@@ -23,7 +25,7 @@ from .. import distributed
 from ..checkpoints import CheckpointError, read_checkpoint_meta
 from ..config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
                       evaluation_eps, method_label, save_config, upgrade_flat_method)
-from ..data.user import fingerprint_difference, with_statistics
+from ..data.user import default_val_size, fingerprint_difference, training_labels, with_statistics
 from ..files import atomic_write_bytes
 
 
@@ -121,10 +123,11 @@ def with_validation_eps(cfg: Config) -> Config:
 def same_run(recorded: Config, cfg: Config) -> bool:
     """Whether a run directory's ``recorded`` config is the run ``cfg`` asks for: equal, except for
     what a run fills in when it starts where ``cfg`` leaves it open (``train.val_eps``, a file
-    dataset's ``data.mean``/``data.std``, ``attack.precision: auto``'s choice, and a budget's plan:
-    ``train.max_steps``, ``eval.aa_n``)."""
-    a, b = config_to_dict(recorded), config_to_dict(cfg)
-    # model.head: the head of a user's model, found and recorded when its run started
+    dataset's ``data.mean``/``data.std``, ``data.val_size``, ``data.label_map``, a user model's
+    ``model.head``, ``attack.precision: auto``'s choice, and a budget's plan: ``train.max_steps``,
+    ``eval.aa_n``), and a data directory recorded absolute that is the one ``cfg`` names relative
+    to this directory."""
+    a, b = config_to_dict(recorded), config_to_dict(with_recorded_data(cfg, recorded))
     for section, key in (("train", "val_eps"), ("data", "mean"), ("data", "std"), ("model", "head")):
         if b[section][key] is None:
             a[section][key] = None
@@ -135,6 +138,46 @@ def same_run(recorded: Config, cfg: Config) -> bool:
     return a == b
 
 
+def _absolute(data_dir: str) -> str:
+    return str(Path(data_dir).expanduser().resolve())
+
+
+def with_data_record(cfg: Config) -> Config:
+    """``cfg`` with what a new run fixes about its data when it starts, recorded in its config.yaml:
+    ``data.data_dir`` as an absolute path (``rat eval RUN`` finds the files from any directory; a
+    run recorded relative is still read from the current directory), ``data.val_size`` where not set
+    (your own data: a tenth of the training split, at most 5,000; a built-in dataset: 5,000, as
+    before) and, for ``data.labels=remap``, the npz labels of the classes (``data.label_map``)."""
+    d = config_to_dict(cfg)
+    data = d["data"]
+    if data["data_dir"] is not None:
+        data["data_dir"] = _absolute(data["data_dir"])
+    src = data_source(cfg)
+    # your own files: one line, before the run directory exists, for labels that skip numbers or one class
+    n, present = training_labels(src) if src.from_files else (None, ())
+    if data["val_size"] is None:
+        data["val_size"] = default_val_size(src.dataset, n)
+    if data["labels"] == "remap" and data["label_map"] is None:
+        data["label_map"] = list(present)
+    return config_from_dict(d)
+
+
+def with_recorded_data(cfg: Config, recorded: Config) -> Config:
+    """``cfg`` (a resume's) with what the run filled in when it started where ``cfg`` leaves it open
+    (``data.val_size``, ``data.label_map``), and its data directory as recorded when it names the same
+    place (else absolute: a resume on moved files records where they now are)."""
+    d, r = config_to_dict(cfg), recorded.data
+    data = d["data"]
+    if data["val_size"] is None:
+        data["val_size"] = r.val_size
+    if data["label_map"] is None and data["labels"] == r.labels:
+        data["label_map"] = r.label_map
+    if data["data_dir"] is not None:
+        same = r.data_dir is not None and _absolute(r.data_dir) == _absolute(data["data_dir"])
+        data["data_dir"] = r.data_dir if same else _absolute(data["data_dir"])
+    return config_from_dict(d)
+
+
 def validation_eps(cfg: Config) -> float:
     """The eps of validation: :func:`ratkit.threat.validation_eps`."""
     from ..threat import validation_eps as radius
@@ -143,15 +186,36 @@ def validation_eps(cfg: Config) -> float:
 
 
 def check_resume_epochs(run_dir: Path, cfg: Config) -> None:
-    """ConfigError when a resume asks for fewer epochs than the run has trained: the weights would
-    keep the extra steps, so the run could never be what its config says."""
+    """ConfigError when a resume asks for fewer epochs or steps than the run has trained, a started
+    epoch counting as trained: the weights would keep the extra steps, so the run could never be what
+    its config says."""
     if not (Path(run_dir) / "last.safetensors").exists():
         return  # no last yet: the resume starts the run from its config
     meta = read_checkpoint_meta(Path(run_dir) / "last")  # the header only: restoring reads the tensors
-    done = int((meta.get("progress") or {}).get("epoch") or 0)
-    if cfg.train.epochs < done:
-        raise ConfigError(f"train.epochs: the run has already trained {done} epochs, {cfg.train.epochs} asked; "
-                          f"a resume can only go on (--epochs {done} or more)")
+    progress = meta.get("progress") or {}
+    done, into = int(progress.get("epoch") or 0), int(progress.get("step_in_epoch") or 0)
+    steps, started = int(progress.get("global_step") or 0), done + (into > 0)
+    if cfg.train.epochs < started:
+        trained = f"{done} epochs" + (f" and {into} steps of epoch {done + 1}" if into else "")
+        raise ConfigError(f"train.epochs: the run has already trained {trained}, {cfg.train.epochs} asked; "
+                          f"a resume can only go on (--epochs {started} or more)")
+    if cfg.train.max_steps is not None and cfg.train.max_steps < steps:
+        raise ConfigError(f"train.max_steps: the run has already taken {steps} steps, {cfg.train.max_steps} asked; "
+                          f"a resume can only go on (train.max_steps={steps} or more, or null)")
+
+
+def check_recorded_data(run_dir: Path, now: dict) -> None:
+    """ConfigError, naming what changed, when the run recorded a fingerprint of its training and
+    validation data and ``now`` (``{"train": ..., "val": ...}``) differs; writes nothing."""
+    path = run_dir / DATA_FINGERPRINT_FILE
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    for split in ("train", "val"):
+        problem = fingerprint_difference(recorded.get(split, {}), now[split], split)
+        if problem is not None:
+            raise ConfigError(f"data: {problem}; a resume must train on the run's own data "
+                              f"(the same files may move: --data-dir, RAT_DATA_DIR)")
 
 
 def record_or_check_data(run_dir: Path, now: dict, resume: bool, main: bool) -> None:
@@ -161,12 +225,7 @@ def record_or_check_data(run_dir: Path, now: dict, resume: bool, main: bool) -> 
     ``{"train": ..., "val": ...}`` fingerprints; ``main``: whether this rank writes."""
     path = run_dir / DATA_FINGERPRINT_FILE
     if resume and path.is_file():
-        recorded = json.loads(path.read_text())
-        for split in ("train", "val"):
-            problem = fingerprint_difference(recorded.get(split, {}), now[split], split)
-            if problem is not None:
-                raise ConfigError(f"data: {problem}; a resume must train on the run's own data "
-                                  f"(the same files may move: --data-dir, RAT_DATA_DIR)")
+        check_recorded_data(run_dir, now)
         return
     if main:
         atomic_write_bytes(path, (json.dumps(now, indent=1) + "\n").encode())
@@ -188,10 +247,23 @@ def record_config_changes(run_dir: Path, cfg: Config, changes: dict[str, tuple])
 
 def resumed_run_dir(cfg: Config, run_dir: str | Path, rank: distributed.Rank, quiet: bool) -> Path:
     """The run directory of a resume, after checking and recording the config's changes."""
+    return record_resume(cfg, run_dir, check_resume(cfg, run_dir), rank, quiet)
+
+
+def check_resume(cfg: Config, run_dir: str | Path) -> dict[str, tuple]:
+    """The changes a resume under ``cfg`` makes to the run's config, after checking that a resume may
+    make them and goes on from what the run trained (ConfigError otherwise); writes nothing."""
     run_dir = Path(run_dir)  # cfg has its validation eps recorded (train)
     changes = config_changes(with_validation_eps(load_run_config(run_dir)), cfg)
     check_resume_changes(changes)
     check_resume_epochs(run_dir, cfg)
+    return changes
+
+
+def record_resume(cfg: Config, run_dir: str | Path, changes: dict[str, tuple], rank: distributed.Rank,
+                  quiet: bool) -> Path:
+    """Record an accepted resume: its config ``changes`` (:func:`check_resume`), and no ``preempted``."""
+    run_dir = Path(run_dir)
     if rank.is_main:
         if changes:
             record_config_changes(run_dir, cfg, changes)
