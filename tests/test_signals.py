@@ -41,14 +41,17 @@ def _settings(*extra):
 
 
 def test_a_notice_during_start_up_exits_75_and_resume_starts_the_run(tmp_path):
-    # a model module whose import is slow: the notice arrives while the run is being built
+    # a model whose second construction is slow: the first is the check before the run directory
+    # (preflight), the second the trainer's, so the notice arrives while the run is being built
     (tmp_path / "slow_nets.py").write_text(
-        "import pathlib, time\nfrom ratkit.models import SmallCNN as Net\n"
-        f"pathlib.Path({str(tmp_path / 'importing')!r}).write_text('')\ntime.sleep(30)\n")
+        "import pathlib, time\nfrom ratkit.models import SmallCNN\nbuilt = []\n"
+        "def Net(**kwargs):\n    built.append(1)\n    if len(built) == 2:\n"
+        f"        pathlib.Path({str(tmp_path / 'importing')!r}).write_text('')\n        time.sleep(30)\n"
+        "    return SmallCNN(**kwargs)\n")
     run = tmp_path / "run"
     proc = _rat(tmp_path, "train", "--out", str(run), "--quiet", "--no-eval", "--model", "slow_nets:Net",
                 *_settings("model.kwargs.in_channels=1", "model.kwargs.input_size=[28,28]",
-                           "train.budget_s=null"))  # a plan builds the model before the run directory exists
+                           "train.budget_s=null"))  # a plan would build the model once more
     _wait_for(tmp_path / "importing", proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -60,6 +63,22 @@ def test_a_notice_during_start_up_exits_75_and_resume_starts_the_run(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert (run / "last.safetensors").exists() and not (run / "preempted").exists()
+
+
+def test_a_notice_while_the_users_model_is_checked_exits_75_before_any_run_directory(tmp_path):
+    """The check of a user's model runs before the run directory exists: a notice there leaves
+    nothing to resume, and says so; the same command then starts the run."""
+    (tmp_path / "slow_nets.py").write_text(
+        "import pathlib, time\nfrom ratkit.models import SmallCNN as Net\n"
+        f"pathlib.Path({str(tmp_path / 'importing')!r}).write_text('')\ntime.sleep(30)\n")
+    run = tmp_path / "run"
+    proc = _rat(tmp_path, "train", "--out", str(run), "--quiet", "--no-eval", "--model", "slow_nets:Net",
+                *_settings("model.kwargs.in_channels=1", "model.kwargs.input_size=[28,28]"))
+    _wait_for(tmp_path / "importing", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75 and "nothing was saved yet" in err, err
+    assert not run.exists()
 
 
 def test_a_notice_during_the_final_evaluation_exits_75_and_resume_finishes_it(tmp_path):

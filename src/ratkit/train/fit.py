@@ -156,12 +156,14 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
     if resume and run_dir is None:
         raise ValueError("fit: resume=True needs the run_dir of the run to continue")
 
-    def configure(more=()):
+    def configure(more=(), own=True):
         if resume:  # what a resume may change: the length of the run and the caller's own settings
-            return resume_config(run_dir, [("train.epochs", int(epochs)), *settings, *more])
+            return resume_config(run_dir, [("train.epochs", int(epochs)), *(settings if own else ()), *more])
         return load_config(None, [*overrides, *more])
 
-    cfg = configure()
+    # resumed with a method: the caller's settings of its attack gave way to the method's own when the run
+    # started (recorded), so they are applied under the method's settings, never alone
+    cfg = configure(own=not (resume and method is not None))
     if method is not None:  # its attack at the run's radius, or refused before the run directory is made
         method = method_at_radius(method, train_radius(cfg)[0], cfg.attack.norm)
     # the method trained is recorded (a method given again on a resume must be it); a run from before fit
