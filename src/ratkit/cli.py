@@ -229,8 +229,7 @@ def _train_overrides(args) -> list:
     flags = {"method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
              "batch_size": "train.batch_size", "train_subset": "data.train_subset", "seed": "train.seed",
              "out": "train.out", "data_dir": "data.data_dir", "device": "train.device", "rat": "method.rat",
-             "awp": "method.awp", "norm": "attack.norm", "eps": "data.eps", "budget": "train.budget_s",
-             "compile": "train.compile"}
+             "awp": "method.awp", "norm": "attack.norm", "eps": "data.eps", "compile": "train.compile"}
     overrides = []
     if (args.model is not None or args.dataset is not None) and not args.resume:
         from .config import load_config
@@ -242,10 +241,10 @@ def _train_overrides(args) -> list:
             overrides.append(("data.val_size", None))  # null: chosen to fit the data when the run starts
     for attr, key in flags.items():
         value = getattr(args, attr)
-        if attr == "budget" and value is not None:
-            value = _budget_seconds(value)
-        if value is not None or (attr == "budget" and args.budget is not None):
+        if value is not None:
             overrides.append((key, value))
+    if args.budget is not None:  # "none" gives null: no plan
+        overrides.append(("train.budget_s", _budget_seconds(args.budget)))
     if args.eps is not None and not args.resume:
         from .threat import STEP_FOLLOWS_EPS
 
@@ -275,6 +274,7 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .preemption import Preempted
     from .train import TrainingInterrupted, TrainingPreempted, TrainingStopped, evaluate_run, resume_config, train
+
     job_started = _MAIN_STARTED if _MAIN_STARTED is not None else time.monotonic()  # a budget counts from here
 
     if args.resume:
@@ -683,7 +683,7 @@ def _add_bench_command(sub) -> None:
                         "float16 run attack, loss and backward under autocast, float16 with a gradient scaler)")
     p.add_argument("--no-channels-last", action="store_true", help="time the library in NCHW layout")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the library's model, as train.compile: true (compiled in the warm-up steps)")
+                   help="torch.compile the library's model, as train.compile: true (compiled before the timed steps)")
     p.add_argument("--configs", default=None, help="comma-separated configurations to time (default: all ten)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int, default=0)

@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import yaml
 from .attacks.pgd import NORMS, PRECISIONS
 from .attacks.protocols import ATTACKS, parse_attacks
 from .compile import COMPILE_CHOICES
-from .device import AUTO, emulated_bfloat16_warning, resolve_device, resolve_precision
+from .device import AUTO, emulates_bfloat16, resolve_device, resolve_precision
 from .methods import AWP, BASE_METHODS, RAT, STEP_PRECISIONS, TRADES, InvalidSetting, Method, compose_method
 
 DEFAULT_PRESET = "fmnist-cpu"
@@ -770,8 +771,6 @@ def load_config(path: str | Path | None = None, overrides: list | tuple = ()) ->
     for old in given_flat:  # the file's own were converted by _load_chain: these are overrides
         wrapper, arg = FLAT_METHOD_KEYS[old]
         if getattr(cfg.method, wrapper) is None:
-            import sys
-
             print(f"warning: method.{old}: has no effect, {WRAPPERS[wrapper].__name__} is off (method.{wrapper}: "
                   f"null); method.{wrapper}.{arg}=... switches it on with that setting", file=sys.stderr, flush=True)
     return cfg
@@ -843,7 +842,7 @@ def with_resolved_precision(cfg: Config, device) -> tuple[Config, str]:
     line that says what was chosen and why (an explicit bfloat16 on a device that only emulates it
     keeps bfloat16, and the line warns how much slower it is expected to be)."""
     precision, why = resolve_precision(cfg.attack.precision, device)
-    line = ("warning: " if emulated_bfloat16_warning(precision, device) else "") + f"training attack precision: {why}"
+    line = ("warning: " if emulates_bfloat16(precision, device) else "") + f"training attack precision: {why}"
     return dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, precision=precision)), line
 
 
@@ -861,7 +860,8 @@ def method_label(cfg: Config) -> str:
     if cfg.method.awp is not None:
         parts.append("awp")
     if cfg.method.rat is not None:
-        parts.append({"exact-head": "rat-exact", "trh": "rat-trh", "adv-trace": "rat-adv-trace"}.get(cfg.method.rat.get("taylor"), "rat"))
+        labels = {"exact-head": "rat-exact", "trh": "rat-trh", "adv-trace": "rat-adv-trace"}
+        parts.append(labels.get(cfg.method.rat.get("taylor"), "rat"))
     parts.append(cfg.method.name)
     return "-".join(parts)
 

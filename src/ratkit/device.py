@@ -111,11 +111,10 @@ def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, 
     return precision, f"{precision} as configured"
 
 
-def emulated_bfloat16_warning(precision: str, device: torch.device | str) -> str | None:
-    """One warning line when ``precision`` is an explicit bfloat16 that ``device`` only emulates, else None."""
-    if precision != "bfloat16" or native_bfloat16(device)[0]:
-        return None
-    return "warning: attack.precision " + resolve_precision(precision, device)[1]
+def emulates_bfloat16(precision: str, device: torch.device | str) -> bool:
+    """Whether ``precision`` is a bfloat16 that ``device`` only emulates (:func:`resolve_precision`'s
+    line then says how much slower it is expected to be)."""
+    return precision == "bfloat16" and not native_bfloat16(device)[0]
 
 
 def environment(device: str) -> dict:

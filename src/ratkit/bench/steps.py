@@ -210,8 +210,10 @@ def _runner(name: str, settings: BenchSettings, device: torch.device, batches) -
     if settings.channels_last and name not in NAIVE:
         model.to(memory_format=torch.channels_last)
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-    if settings.compile and name not in NAIVE:
-        model.compile(dynamic=False)  # as train.compile: true; compiled during the warm-up steps
+    if settings.compile and name not in NAIVE:  # as train.compile: true (its recompile limit, its fallback)
+        from ..compile import compile_model, print_line
+
+        print_line(compile_model(model, "true", batches[0][0])[1], quiet=True)  # a fallback's warning only
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     return _Runner(name, make_step(name, settings), model, optimizer, generator, batches)

@@ -183,7 +183,7 @@ def run_config(grid: StudyGrid, name: str, seed: int) -> Config:
 def emulated_bfloat16_notice(grid: StudyGrid, only: list[str] | None = None) -> str | None:
     """One line for the start of a study whose runs keep an explicit bfloat16 attack (the committed
     runs were made so) on a machine that only emulates bfloat16, else None."""
-    from ..device import emulated_bfloat16_warning, resolve_device
+    from ..device import emulates_bfloat16, resolve_device, resolve_precision
 
     for name in (only or grid.runs):
         cfg = run_config(grid, name, grid.seeds[0] if grid.seeds else 0)
@@ -191,9 +191,9 @@ def emulated_bfloat16_notice(grid: StudyGrid, only: list[str] | None = None) -> 
             device = resolve_device(cfg.train.device)
         except ValueError:
             continue
-        warning = emulated_bfloat16_warning(cfg.attack.precision, device)
-        if warning is not None:
-            return f"study {grid.name}: the grid's runs keep attack.precision bfloat16, as its committed runs; {warning[9:]}"
+        if emulates_bfloat16(cfg.attack.precision, device):
+            return (f"study {grid.name}: its runs keep attack.precision bfloat16, as its committed runs were made; "
+                    + resolve_precision(cfg.attack.precision, device)[1])
     return None
 
 

@@ -235,7 +235,6 @@ def plan_run(cfg: Config, *, evaluation: str = "preset", build: Builder | None =
         aa_n = max(min(AA_FLOOR, configured_aa), min(configured_aa, int(room)))
     if training(steps) + evaluating(aa_n) > available:
         room = available - evaluating(aa_n)
-        steps = configured
         while steps > 0 and training(steps) > room:  # validations make it a step function: walk down
             steps = min(steps - 1, int(max(0.0, room - _validations(steps, steps_per_epoch,
                                                                      cfg.train.val_every) * val_s) / step_s))

@@ -640,8 +640,9 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
     model, meta = load_model(run_dir / checkpoint, device, model_code)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)  # AutoAttack ~1.45x faster on CPU, same results
-    compile_for_evaluation(model, cfg.eval.compile, source_info(data_source(cfg)).image_shape, device,
-                           batch_size=cfg.eval.batch_size, quiet=quiet)
+    # the image shape every checkpoint records (run_meta); a checkpoint from before it: read from the data
+    shape = (meta.get("data") or {}).get("image_shape") or source_info(data_source(cfg)).image_shape
+    compile_for_evaluation(model, cfg.eval.compile, shape, device, batch_size=cfg.eval.batch_size, quiet=quiet)
     n, aa_n = (None, None) if full else (cfg.eval.n, cfg.eval.aa_n)
     eps = evaluation_eps(cfg)
     report = evaluate_test_set(model, data_source(cfg), n=n, eps=eps,
