@@ -5,34 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from head_problem import BASES, head_batch, head_model, head_outputs
+
 from ratkit.config import ConfigError, load_config, method_label
-from ratkit.methods import (AT, MART, RAT, TRADES, Outputs, forward_outputs, head_taylor_statistics, train_attack,
-                            trades_attack)
-from ratkit.models import build_model
+from ratkit.methods import AT, RAT, TRADES, Outputs, head_taylor_statistics
 from ratkit.train import build_method
-
-EPS = 0.1
-BASES = {
-    "at": lambda: AT(attack=train_attack(EPS, steps=2)),
-    "trades": lambda: TRADES(attack=trades_attack(EPS, steps=2)),
-    "mart": lambda: MART(attack=train_attack(EPS, steps=2, random_start="normal")),
-}
-
-
-def _model(dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    return build_model("smallcnn", channels=(4, 8), hidden=16).to(dtype)
-
-
-def _batch(n=12, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 28, 28, generator=g, dtype=dtype)
-    x_adv = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=dtype)).clamp(0, 1)
-    return x, x_adv, torch.randint(0, 10, (n,), generator=g)
-
-
-def _outputs(model, x, x_adv, y):
-    return forward_outputs(model, x, x_adv, y, with_clean=True)
 
 
 def _head_grad(model, feats, y, create_graph=False):
@@ -42,9 +19,9 @@ def _head_grad(model, feats, y, create_graph=False):
 
 
 def test_first_order_closed_form_is_the_norm_of_the_autograd_head_gradient_difference():
-    model = _model()
-    x, x_adv, y = _batch()
-    out = _outputs(model, x, x_adv, y)
+    model = head_model()
+    x, x_adv, y = head_batch()
+    out = head_outputs(model, x, x_adv, y)
     g_nat, _ = head_taylor_statistics(out.logits_clean, out.feats_clean, y)
     g_adv, _ = head_taylor_statistics(out.logits_adv, out.feats_adv, y)
     a_nat, a_adv = _head_grad(model, out.feats_clean, y), _head_grad(model, out.feats_adv, y)
@@ -60,9 +37,9 @@ def test_first_order_closed_form_is_the_norm_of_the_autograd_head_gradient_diffe
 
 @pytest.mark.parametrize("side", ["clean", "adv"])
 def test_hessian_trace_closed_form_is_the_trace_of_the_explicit_head_hessian(side):
-    model = _model()
-    x, x_adv, y = _batch()
-    out = _outputs(model, x, x_adv, y)
+    model = head_model()
+    x, x_adv, y = head_batch()
+    out = head_outputs(model, x, x_adv, y)
     feats = (out.feats_clean if side == "clean" else out.feats_adv).detach()
     logits = out.logits_clean if side == "clean" else out.logits_adv
     _, trace = head_taylor_statistics(logits, feats, y)
@@ -98,13 +75,13 @@ def _double_backprop_terms(model, x, x_adv, y, alpha, sigma):
 
 
 def test_gradients_of_the_terms_equal_double_backpropagation_through_every_layer():
-    model = _model(seed=1)
-    x, x_adv, y = _batch(n=8, seed=1)
+    model = head_model(seed=1)
+    x, x_adv, y = head_batch(n=8, seed=1)
     alpha, sigma = 0.2, 0.7
     rat = RAT(TRADES(), alpha=alpha, taylor="exact-head", taylor_sigma=sigma)
-    if rat.exact_head_terms(_outputs(model, x, x_adv, y))["taylor2"] == 0:
+    if rat.exact_head_terms(head_outputs(model, x, x_adv, y))["taylor2"] == 0:
         x, x_adv = x_adv, x  # take the side with the larger curvature as adversarial: the non-zero branch
-    ours = rat.exact_head_terms(_outputs(model, x, x_adv, y))
+    ours = rat.exact_head_terms(head_outputs(model, x, x_adv, y))
     first, second = _double_backprop_terms(model, x, x_adv, y, alpha, sigma)
     torch.testing.assert_close(ours["taylor1"], first, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(ours["taylor2"], second, rtol=1e-10, atol=1e-14)
@@ -122,9 +99,9 @@ def test_gradients_of_the_terms_equal_double_backpropagation_through_every_layer
 
 
 def test_relative_terms_hold_their_normalisers_constant_and_lie_in_the_unit_interval():
-    model = _model(seed=2)
-    x, x_adv, y = _batch(seed=2)
-    out = _outputs(model, x, x_adv, y)
+    model = head_model(seed=2)
+    x, x_adv, y = head_batch(seed=2)
+    out = head_outputs(model, x, x_adv, y)
     rel = RAT(TRADES(), alpha=1.0, taylor="exact-head").exact_head_terms(out)
     g_nat, tr_nat = head_taylor_statistics(out.logits_clean, out.feats_clean, y)
     g_adv, tr_adv = head_taylor_statistics(out.logits_adv, out.feats_adv, y)
@@ -144,9 +121,9 @@ def test_relative_terms_hold_their_normalisers_constant_and_lie_in_the_unit_inte
 def test_relative_terms_do_not_change_when_features_grow_and_the_head_shrinks_alike():
     """h -> c h, W -> W / c leaves every prediction as it is; the sigma-scaled terms scale by c and c^2
     (an optimiser could lower them without changing the function), the relative ones do not move."""
-    model = _model(seed=3)
-    x, x_adv, y = _batch(seed=3)
-    out = _outputs(model, x, x_adv, y)
+    model = head_model(seed=3)
+    x, x_adv, y = head_batch(seed=3)
+    out = head_outputs(model, x, x_adv, y)
     c = 7.0
     scaled = Outputs(y=y, feats_adv=c * out.feats_adv, logits_adv=out.logits_adv, feats_clean=c * out.feats_clean,
                      logits_clean=out.logits_clean)
@@ -160,9 +137,9 @@ def test_relative_terms_do_not_change_when_features_grow_and_the_head_shrinks_al
 
 
 def test_a_negative_curvature_gap_is_neither_rewarded_nor_penalised():
-    model = _model(seed=4)
-    x, x_adv, y = _batch(seed=4)
-    out = _outputs(model, x, x_adv, y)
+    model = head_model(seed=4)
+    x, x_adv, y = head_batch(seed=4)
+    out = head_outputs(model, x, x_adv, y)
     # swap the roles: whichever side has the larger trace becomes "adversarial" once, "clean" once
     swapped = Outputs(y=y, feats_adv=out.feats_clean, logits_adv=out.logits_clean, feats_clean=out.feats_adv,
                       logits_clean=out.logits_adv)
@@ -175,8 +152,8 @@ def test_a_negative_curvature_gap_is_neither_rewarded_nor_penalised():
 
 
 def test_identical_clean_and_adversarial_batches_give_zero_terms_and_finite_gradients():
-    model = _model()
-    x, _, y = _batch()
+    model = head_model()
+    x, _, y = head_batch()
     for sigma in (None, 1e-2):
         loss = RAT(TRADES(), taylor="exact-head", taylor_sigma=sigma).loss(model, x, x, y)
         assert loss.terms["taylor1"].item() == 0 and loss.terms["taylor2"].item() == 0
@@ -186,8 +163,8 @@ def test_identical_clean_and_adversarial_batches_give_zero_terms_and_finite_grad
 
 @pytest.mark.parametrize("base", sorted(BASES))
 def test_exact_head_with_alpha_zero_is_exactly_its_base(base):
-    model = _model(torch.float32)
-    x, x_adv, y = _batch(dtype=torch.float32)
+    model = head_model(torch.float32)
+    x, x_adv, y = head_batch(dtype=torch.float32)
     base_loss = BASES[base]().loss(model, x, x_adv, y).loss
     for sigma in (None, 1e-4):
         rat = RAT(BASES[base](), alpha=0.0, taylor="exact-head", taylor_sigma=sigma)
@@ -196,8 +173,8 @@ def test_exact_head_with_alpha_zero_is_exactly_its_base(base):
 
 @pytest.mark.parametrize("order,present", [((1,), {"taylor1"}), ((2,), {"taylor2"}), ((1, 2), {"taylor1", "taylor2"})])
 def test_order_selects_the_exact_terms_and_the_base_keeps_its_one_minus_alpha_rule(order, present):
-    model = _model()
-    x, x_adv, y = _batch()
+    model = head_model()
+    x, x_adv, y = head_batch()
     terms = RAT(TRADES(), alpha=0.3, order=order, taylor="exact-head").loss(model, x, x_adv, y).terms
     assert {k for k in terms if k.startswith("taylor")} == present
     plain = TRADES().loss(model, x, x_adv, y).terms
@@ -205,9 +182,9 @@ def test_order_selects_the_exact_terms_and_the_base_keeps_its_one_minus_alpha_ru
     assert torch.equal(terms["robust"], plain["robust"])
 
 
-def test_exact_head_on_at_uses_one_clean_forward_and_both_outputs():
-    model = _model()
-    x, x_adv, y = _batch()
+def test_exact_head_on_at_uses_one_clean_forward_and_bothhead_outputs():
+    model = head_model()
+    x, x_adv, y = head_batch()
     calls = []
     handle = model.head.register_forward_hook(lambda *a: calls.append(1))
     loss = RAT(AT(), taylor="exact-head").loss(model, x, x_adv, y)
@@ -255,9 +232,9 @@ def test_the_config_names_the_field_of_a_setting_exact_head_cannot_use(overrides
 
 
 @pytest.mark.parametrize("base,sigma", [("trades", None), ("at", None), ("trades", 1e-4)])
-def test_a_few_steps_of_exact_head_rat_lower_the_loss_on_a_fixed_batch(base, sigma):
-    model = _model(torch.float32)
-    x, _, y = _batch(n=32, dtype=torch.float32)
+def test_a_few_steps_of_exact_head_rat_lower_the_loss_on_a_fixedhead_batch(base, sigma):
+    model = head_model(torch.float32)
+    x, _, y = head_batch(n=32, dtype=torch.float32)
     method = RAT(BASES[base](), taylor="exact-head", taylor_sigma=sigma)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)

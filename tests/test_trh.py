@@ -10,32 +10,16 @@ import yaml
 from torch import nn
 from torch.func import functional_call, hessian
 
+from head_problem import EPS, head_batch, head_model, head_outputs
+
 from ratkit.config import ConfigError, config_to_dict, load_config, method_label
-from ratkit.methods import AT, MART, RAT, TRADES, InvalidSetting, forward_outputs, train_attack, trades_attack
+from ratkit.methods import AT, MART, RAT, TRADES, InvalidSetting, train_attack, trades_attack
 from ratkit.methods.base import Outputs
 from ratkit.methods.rat import ce_head_trace, mart_head_trace, trades_head_trace
-from ratkit.models import build_model
 from ratkit.train import build_method, load_run_config, prepare_run
 
-EPS = 0.1
 # torch itself warns when torch.func.hessian first loads its decompositions
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
-
-def _model(dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    return build_model("smallcnn", channels=(4, 8), hidden=16).to(dtype)
-
-
-def _batch(n=12, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 28, 28, generator=g, dtype=dtype)
-    x_adv = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=dtype)).clamp(0, 1)
-    return x, x_adv, torch.randint(0, 10, (n,), generator=g)
-
-
-def _outputs(model, x, x_adv, y):
-    return forward_outputs(model, x, x_adv, y, with_clean=True)
 
 
 def _head_hessian_traces(model, feats, y):
@@ -54,9 +38,9 @@ def _head_hessian_traces(model, feats, y):
 
 @pytest.mark.parametrize("sigma", [None, 0.3])
 def test_the_adv_trace_term_is_the_autograd_trace_of_the_adversarial_head_hessian(sigma):
-    model = _model()
-    x, x_adv, y = _batch()
-    out = _outputs(model, x, x_adv, y)
+    model = head_model()
+    x, x_adv, y = head_batch()
+    out = head_outputs(model, x, x_adv, y)
     tr_adv, bias_adv = _head_hessian_traces(model, out.feats_adv, y)
     tr_nat, _ = _head_hessian_traces(model, out.feats_clean, y)
     alpha = 0.3
@@ -74,12 +58,12 @@ def test_the_adv_trace_term_is_the_autograd_trace_of_the_adversarial_head_hessia
 def test_adv_trace_differs_from_exact_heads_second_order_term_by_the_clean_trace_alone():
     """Same normaliser, same weight: where the curvature gap is positive, adv-trace's value and gradient
     are exact-head's plus the clean trace's (the gradient reaching the first convolution)."""
-    model = _model(seed=1)
-    x, x_adv, y = _batch(seed=1)
+    model = head_model(seed=1)
+    x, x_adv, y = head_batch(seed=1)
     exact = RAT(TRADES(), alpha=0.4, taylor="exact-head", order=(2,))
-    if exact.exact_head_terms(_outputs(model, x, x_adv, y))["taylor2"] == 0:
+    if exact.exact_head_terms(head_outputs(model, x, x_adv, y))["taylor2"] == 0:
         x, x_adv = x_adv, x  # the side with the larger curvature as adversarial: the non-zero branch
-    out = _outputs(model, x, x_adv, y)
+    out = head_outputs(model, x, x_adv, y)
     gap = exact.exact_head_terms(out)["taylor2"]
     trh = RAT(TRADES(), alpha=0.4, taylor="adv-trace").adv_trace_terms(out)["adv_trace"]
     tr_nat, _ = _head_hessian_traces(model, out.feats_clean, y)
@@ -107,8 +91,8 @@ def _trace(logits, feats):
 
 
 def test_no_gradient_of_the_adv_trace_term_reaches_the_clean_output_but_trhs_on_trades_does():
-    model = _model()
-    x, x_adv, y = _batch()
+    model = head_model()
+    x, x_adv, y = head_batch()
     for sigma in (None, 1e-2):
         loss = RAT(TRADES(), taylor="adv-trace", taylor_sigma=sigma).loss(model, x, x_adv, y)
         (g,) = torch.autograd.grad(loss.terms["adv_trace"], loss.outputs.logits_clean, allow_unused=True)
@@ -124,8 +108,8 @@ def test_no_gradient_of_the_adv_trace_term_reaches_the_clean_output_but_trhs_on_
 
 @pytest.mark.parametrize("taylor,term", [("trh", "trh"), ("adv-trace", "adv_trace")])
 def test_order_two_and_order_one_and_two_are_the_same_trace_term_and_alpha_zero_is_the_base(taylor, term):
-    model = _model()
-    x, x_adv, y = _batch()
+    model = head_model()
+    x, x_adv, y = head_batch()
     a = RAT(TRADES(), alpha=0.3, taylor=taylor, order=(2,)).loss(model, x, x_adv, y)
     b = RAT(TRADES(), alpha=0.3, taylor=taylor, order=(1, 2)).loss(model, x, x_adv, y)
     assert set(a.terms) == set(b.terms) == {"natural", "robust", term}
@@ -186,8 +170,8 @@ def test_the_config_builds_trh_and_adv_trace_and_names_the_field_it_refuses():
                                              ("adv-trace", "adv_trace", None)])
 @pytest.mark.parametrize("base", ["trades", "at"])
 def test_rat_trace_controls_train_a_step_on_trades_and_at(base, taylor, term, coef):
-    model = _model(torch.float32)
-    x, _, y = _batch(n=16, dtype=torch.float32)
+    model = head_model(torch.float32)
+    x, _, y = head_batch(n=16, dtype=torch.float32)
     inner = TRADES(attack=trades_attack(EPS, steps=2)) if base == "trades" else AT(attack=train_attack(EPS, steps=2))
     method = RAT(inner, taylor=taylor, trh_coef=coef)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -284,11 +268,11 @@ def test_the_trh_term_of_a_model_is_its_coefficient_times_the_base_objectives_he
     """Through RAT.loss on a network: the head's bias is in the trace when the head has one; trh_coef is the
     whole weight; the relative default is exact-head's alpha / 2 / (tr H_adv + tr H_nat), taylor_sigma's
     alpha / 2 sigma^2 / 2."""
-    model = _model()
+    model = head_model()
     if not bias:
         model.head = nn.Linear(model.head.in_features, model.head.out_features, bias=False).to(torch.float64)
-    x, x_adv, y = _batch()
-    out = _outputs(model, x, x_adv, y)
+    x, x_adv, y = head_batch()
+    out = head_outputs(model, x, x_adv, y)
     trace = _autograd_base_trace(base, model.head, out.feats_clean, out.feats_adv, y)
     assert abs(trace) > 1e-3
     term = RAT(base, alpha=0.3, taylor="trh", trh_coef=0.05).loss(model, x, x_adv, y).terms["trh"]
@@ -302,8 +286,8 @@ def test_the_trh_term_of_a_model_is_its_coefficient_times_the_base_objectives_he
 
 def test_on_at_trh_is_adv_trace_with_the_head_bias_in_the_trace():
     """PGD-AT's objective is the adversarial cross-entropy: the two controls differ by the bias block alone."""
-    model = _model()
-    x, x_adv, y = _batch()
+    model = head_model()
+    x, x_adv, y = head_batch()
     trh = RAT(AT(), alpha=0.3, taylor="trh").loss(model, x, x_adv, y)
     adv = RAT(AT(), alpha=0.3, taylor="adv-trace").loss(model, x, x_adv, y)
     _, bias_adv = _head_hessian_traces(model, trh.outputs.feats_adv, y)
