@@ -21,6 +21,9 @@ DEFAULT_PRESET = "fmnist-cpu"
 CONFIG_DIR_ENV = "RAT_CONFIG_DIR"
 
 
+# --------------------------------------------------------------------------- presets
+
+
 def preset_dir() -> Path:
     """The presets directory: $RAT_CONFIG_DIR, else the ``configs`` folder shipped inside the
     package (package data), so an installed wheel finds its presets from any directory."""
@@ -71,6 +74,9 @@ def _resolve_path(path: str | Path) -> Path:
             return found.resolve()
     presets = ", ".join(list_presets()) or f"(none in {preset_dir()})"
     raise ConfigError(f"{path}: no such config file or preset; available presets: {presets}")
+
+
+# --------------------------------------------------------------------------- files and their base: chains
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -137,7 +143,12 @@ def _base_path(base: Any, path: Path) -> Path:
     return found.resolve()
 
 
-# the method keys of the flat MethodConfig of earlier releases: old key -> (wrapper, its argument)
+# --------------------------------------------------------------------------- earlier releases' method keys
+
+
+# The method keys of the flat MethodConfig of earlier releases: old key -> (wrapper, its argument).
+# A file's are converted as it is read, over its base (_over_base); an override's once, when the config
+# is built (config_from_dict), as a later --set may still switch its wrapper on.
 FLAT_METHOD_KEYS = {"alpha": ("rat", "alpha"), "sigma": ("rat", "sigma"), "order": ("rat", "order"),
                     "pairing": ("rat", "pairing"), "clean_terms": ("rat", "clean_terms"),
                     "noise_layers": ("rat", "noise_layers"), "taylor": ("rat", "taylor"),
@@ -201,6 +212,32 @@ def upgrade_flat_method(d: dict) -> dict:
     return {**d, "method": method}
 
 
+def _forget_earlier_flat(method: dict, key: str, arg: str | None) -> None:
+    """An override of ``method.<key>.<arg>`` (``arg`` None: the whole mapping) in the nested form: the
+    flat keys given before it for the same setting say no more, as of a flat and a nested key the later
+    wins (the flat ones are converted only when the config is built, :func:`config_from_dict`)."""
+    for old, (wrapper, name) in FLAT_METHOD_KEYS.items():
+        if wrapper == key and arg in (None, name):
+            method.pop(old, None)
+
+
+def _flat_keys(d: dict) -> list[str]:
+    method = d.get("method")
+    return [k for k in method if k in FLAT_METHOD_KEYS] if isinstance(method, dict) else []
+
+
+def _warn_flat_without_effect(given: list[str], cfg: Config) -> None:
+    """A warning line for each flat key an override gave whose wrapper is off in the end: it had no effect."""
+    for old in given:
+        wrapper, arg = FLAT_METHOD_KEYS[old]
+        if getattr(cfg.method, wrapper) is None:
+            print(f"warning: method.{old}: has no effect, {wrappers()[wrapper].__name__} is off (method.{wrapper}: "
+                  f"null); method.{wrapper}.{arg}=... switches it on with that setting", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- overrides, and the whole reading
+
+
 def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
     """Apply one ``section.key=value`` (value parsed as YAML: ``--set``) or one typed
     ``(section.key, value)`` pair (taken as it is: the command line's own flags, so that
@@ -233,15 +270,11 @@ def apply_override(d: dict, override: str | tuple[str, Any]) -> dict:
     node = d.get(sec)
     if not isinstance(node, dict):
         node = d[sec] = {}
-    if sec == "method" and len(parts) == 2 and name in WRAPPER_KEYS and value is True and isinstance(node.get(name), dict):
-        return d  # on already: --rat keeps the arguments given so far
+    already_on = sec == "method" and len(parts) == 2 and name in WRAPPER_KEYS and isinstance(node.get(name), dict)
+    if already_on and value is True:
+        return d  # --rat keeps the arguments given so far
     if sec == "method" and name in WRAPPER_KEYS and (len(parts) > 2 or isinstance(value, dict)):
-        # the later of a flat and a nested key for one setting wins: the flat keys given before
-        # this one (converted only when the config is built) say no more
-        nested = parts[2] if len(parts) > 2 else None  # None: a mapping, every argument
-        for old, (wrapper, arg) in FLAT_METHOD_KEYS.items():
-            if wrapper == name and nested in (None, arg):
-                node.pop(old, None)
+        _forget_earlier_flat(node, name, parts[2] if len(parts) > 2 else None)
     for p in parts[1:-1]:
         child = node.get(p)
         if not isinstance(child, dict):
@@ -293,14 +326,9 @@ def load_config(path: str | Path | None = None, overrides: list | tuple = ()) ->
         overrides = [overrides]
     for ov in overrides:
         apply_override(d, ov)
-    method = d.get("method")
-    given_flat = [k for k in method if k in FLAT_METHOD_KEYS] if isinstance(method, dict) else []
+    given_flat = _flat_keys(d)  # the file's own were converted as it was read: these are overrides
     cfg = config_from_dict(d)
-    for old in given_flat:  # the file's own were converted by _load_chain: these are overrides
-        wrapper, arg = FLAT_METHOD_KEYS[old]
-        if getattr(cfg.method, wrapper) is None:
-            print(f"warning: method.{old}: has no effect, {wrappers()[wrapper].__name__} is off (method.{wrapper}: "
-                  f"null); method.{wrapper}.{arg}=... switches it on with that setting", file=sys.stderr, flush=True)
+    _warn_flat_without_effect(given_flat, cfg)
     return cfg
 
 
