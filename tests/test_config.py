@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -24,6 +27,7 @@ from ratkit.config import (
     save_config,
     validate,
 )
+from helpers import SRC
 
 WRN_PRESETS = [
     f"{ds}-{m}-wrn34"
@@ -313,3 +317,19 @@ def test_method_label():
     assert label(rat=True, awp=True) == "awp-rat-trades"
     assert label(rat=True, name="at") == "rat-at"
     assert label(rat=False, name="mart") == "mart"
+
+
+def test_reading_the_configuration_imports_no_torch():
+    """`import ratkit.config` (and `ratkit.choices`, whose names it checks) stays light: a fresh
+    interpreter, since this one has torch loaded. The method classes come only when first asked for."""
+    code = ("import sys\n"
+            "import ratkit.config\n"
+            "from ratkit.config import EvalConfig, wrappers\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ratkit'))\n"
+            "EvalConfig()\n"
+            "assert 'torch' not in sys.modules\n"
+            "from ratkit.config import WRAPPERS\n"
+            "assert WRAPPERS is wrappers() and 'torch' in sys.modules\n")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr

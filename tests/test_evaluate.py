@@ -191,6 +191,8 @@ def test_autoattack_runs_with_the_parameters_frozen(monkeypatch):
 
 
 def test_every_list_of_attacks_derives_from_the_protocol_tables():
+    from ratkit.attacks.protocols import _RUNS
+    from ratkit.choices import PROTOCOL_TITLES
     from ratkit.config import EvalConfig
     from ratkit.evaluate import ATTACK_TITLES, ATTACKS, DEFAULT_ATTACKS, PROTOCOL_ATTACKS, PROTOCOLS
     from ratkit.study.grid import DEFAULT_ATTACKS as STUDY_ATTACKS
@@ -202,6 +204,8 @@ def test_every_list_of_attacks_derives_from_the_protocol_tables():
     assert ACCURACY_KEYS == (*ATTACKS, "robust") and set(PLOTTED_KEYS) <= set(ACCURACY_KEYS)
     assert EvalConfig().attacks == STUDY_ATTACKS == ",".join(ATTACKS)
     assert all(ATTACK_TITLES[k] == a.title for t in PROTOCOL_ATTACKS.values() for k, a in t.items())
+    # the names and titles (ratkit.choices, no torch) and how each attack runs: the same keys, none left over
+    assert all(set(_RUNS[p]) == set(PROTOCOL_TITLES[p]) for p in PROTOCOLS) and set(_RUNS) == set(PROTOCOLS)
 
 
 def test_an_attack_added_to_the_table_runs_through_the_protocol(monkeypatch):

@@ -23,7 +23,8 @@ import sys
 import torch
 from torch import Tensor, nn
 
-COMPILE_CHOICES = ("auto", "true", "false")
+from .choices import COMPILE_CHOICES
+
 # Where auto compiles: the device types on which a compiled step was measured to win net of its
 # compile time (benchmarks/compile_step.py). None yet: slower on the CPUs measured, GPUs not measured.
 MEASURED_WINS: tuple[str, ...] = ()

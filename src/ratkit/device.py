@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-# attack.precision: "auto" is resolved here, per device, into one of the attack's precisions
-AUTO = "auto"
+from .choices import AUTO  # attack.precision: "auto" is resolved here, per device, into a precision
+
 # Expected cost of an emulated bfloat16 step against float32, measured with benchmarks/step_precision.py
 # (docs/performance.md, "Precision follows the hardware"): 9.1 s against 1.9 s a step on an AVX2-only
 # CPU, 3.09 s against 0.352 s on an AVX-512 CPU restricted to AVX2 kernels.

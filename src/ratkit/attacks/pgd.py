@@ -14,14 +14,13 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from ..choices import NORMS, PRECISIONS
 from ..modes import model_mode, parameters_frozen
 from ..weights import forward_with
 from .losses import LOSSES, attack_loss
 
-NORMS = ("Linf", "L2")
 STARTS = ("none", "uniform", "normal")
 KEEP = ("last", "best")
-PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)

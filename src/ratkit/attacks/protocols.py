@@ -1,7 +1,7 @@
-"""The evaluation protocols as tables: which attacks each protocol runs, in report order, their
-titles, and how each runs (the one PGD engine's settings). Every list of attack names, title and
-accuracy key in ratkit derives from :data:`PROTOCOL_ATTACKS`; the configuration, the studies and
-:mod:`ratkit.evaluate` read the names here, so none of them imports the evaluation to get them
+"""The evaluation protocols as tables: how each attack runs (the one PGD engine's settings). Their
+attacks' names and titles, in report order, are :data:`ratkit.choices.PROTOCOL_TITLES`, which
+:data:`PROTOCOL_ATTACKS` is built on; every list of attack names, title and accuracy key in ratkit
+derives from them, and the configuration reads the names there without importing torch
 (docs/extending.md, "Add an evaluation attack")."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ..choices import ATTACK_TITLES, ATTACKS, DEFAULT_ATTACKS, PROTOCOL_TITLES, PROTOCOLS, parse_attacks  # noqa: F401
 from .pgd import PGDConfig, fgsm_config
 
 # What an evaluation attack is: a title for the report, and how it runs. ``kind`` "clean" is the
@@ -33,26 +34,27 @@ def _paper_pgd(loss: str, kappa: float | None) -> Callable[[float, str], PGDConf
 
 PAPER_CW_KAPPA = 50.0
 
-# The protocols, one table each, in report order.
-PROTOCOL_ATTACKS: dict[str, dict[str, ProtocolAttack]] = {
+# How each attack of the protocols runs, by the names of ratkit.choices.PROTOCOL_TITLES.
+_RUNS: dict[str, dict[str, dict]] = {
     "ours": {
-        "clean": ProtocolAttack("clean", kind="clean"),
-        "fgsm": ProtocolAttack("FGSM", config=lambda eps, norm: fgsm_config(eps, norm), plotted=False),
-        "pgd20": ProtocolAttack("PGD-20 (CE)", config=_ours_pgd(20, "ce")),
-        "cw30": ProtocolAttack("CW-30 (margin)", config=_ours_pgd(30, "cw")),
-        "aa": ProtocolAttack("AutoAttack (standard)", kind="autoattack"),
+        "clean": dict(kind="clean"),
+        "fgsm": dict(config=lambda eps, norm: fgsm_config(eps, norm), plotted=False),
+        "pgd20": dict(config=_ours_pgd(20, "ce")),
+        "cw30": dict(config=_ours_pgd(30, "cw")),
+        "aa": dict(kind="autoattack"),
     },
     "paper": {
-        "clean": ProtocolAttack("clean", kind="clean"),
-        "pgd20": ProtocolAttack("PGD-20 (CE)", config=_paper_pgd("ce", None)),
-        "cw20": ProtocolAttack("CW-20 (margin)", config=_paper_pgd("cw", PAPER_CW_KAPPA)),
-        "aa": ProtocolAttack("AutoAttack (standard)", kind="autoattack"),
+        "clean": dict(kind="clean"),
+        "pgd20": dict(config=_paper_pgd("ce", None)),
+        "cw20": dict(config=_paper_pgd("cw", PAPER_CW_KAPPA)),
+        "aa": dict(kind="autoattack"),
     },
 }
-PROTOCOLS = tuple(PROTOCOL_ATTACKS)
-DEFAULT_ATTACKS = {name: tuple(table) for name, table in PROTOCOL_ATTACKS.items()}
-ATTACKS = DEFAULT_ATTACKS["ours"]  # our protocol's
-ATTACK_TITLES = {k: a.title for table in PROTOCOL_ATTACKS.values() for k, a in table.items()}
+# The protocols, one table each, in report order: attack name -> ProtocolAttack.
+PROTOCOL_ATTACKS: dict[str, dict[str, ProtocolAttack]] = {
+    protocol: {name: ProtocolAttack(title, **_RUNS[protocol][name]) for name, title in titles.items()}
+    for protocol, titles in PROTOCOL_TITLES.items()
+}
 PAPER_EPS = 0.031  # the scripts' rounding of 8/255
 
 
@@ -64,14 +66,3 @@ def paper_eps(protocol_eps: float) -> float:
 def paper_step(eps: float) -> float:
     """The scripts' PGD/CW step: 0.003 at eps 0.031, eps/10 otherwise."""
     return 0.003 if abs(eps - PAPER_EPS) < 1e-9 else eps / 10
-
-
-def parse_attacks(text: str, protocol: str = "ours") -> tuple[str, ...]:
-    """Parse 'clean,pgd20,aa' into protocol order; names outside the protocol raise ValueError."""
-    allowed = DEFAULT_ATTACKS[protocol]
-    names = [t.strip().lower() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise ValueError(f"unknown attack(s) {unknown or text!r} for the {protocol!r} protocol; "
-                         f"choose from {','.join(allowed)}")
-    return tuple(n for n in allowed if n in names)

@@ -22,12 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import BatchShard, PGDConfig, pgd
+from ..choices import STEP_PRECISIONS
 from ..distributed import any_rank, unwrap
 from ..modes import model_mode
-
-
-# the precisions of a whole training step (train.precision); the attack alone: attacks.pgd.PRECISIONS
-STEP_PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 class NonFiniteLossError(RuntimeError):

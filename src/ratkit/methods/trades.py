@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 
 from ..attacks import PGDConfig, kl_to_target
+from ..choices import TRADES_BETA
 from .base import BaseMethod, InvalidSetting, Outputs
 
 
@@ -34,7 +35,7 @@ class TRADES(BaseMethod):
     """
 
     attack: PGDConfig = field(default_factory=lambda: TRADES.training_attack(8 / 255))
-    beta: float = 6.0
+    beta: float = TRADES_BETA
     needs_clean: ClassVar[bool] = True
     labels_clean: ClassVar[bool] = True
     primary_term: ClassVar[str] = "natural"
