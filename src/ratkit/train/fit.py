@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.info import DatasetInfo
 from ..data.tensordata import TensorData
-from ..data.user import GIVEN, channel_statistics, check_class_count, default_crop_padding, default_val_size
+from ..data.source import GIVEN, channel_statistics, check_class_count, default_crop_padding, default_val_size
 
 __all__ = ["FitResult", "fit"]
 

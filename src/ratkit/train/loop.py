@@ -47,7 +47,7 @@ from ..config import (Config, ConfigError, config_to_dict, data_source, evaluati
                       method_settings, with_resolved_precision)
 from ..data import augment, iterate_batches, split_train_val
 from ..data.streaming import StreamedData, iterate_streamed_batches
-from ..data.user import data_fingerprint, default_val_size, load_split, source_info
+from ..data.source import data_fingerprint, default_val_size, load_split, source_info
 from ..device import resolve_device
 from ..evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
 from ..methods import Method, NonFiniteLossError, StepPrecision, compose_method
