@@ -89,7 +89,7 @@ def autoattack_rate(run_dir: str, n: int) -> list[dict]:
     from ratkit.attacks.autoattack import autoattack_correct
     from ratkit.checkpoints import load_model
     from ratkit.config import data_source
-    from ratkit.data.user import load_split
+    from ratkit.data.source import load_split
     from ratkit.train import load_run_config
 
     cfg = load_run_config(run_dir)

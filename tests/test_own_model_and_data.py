@@ -196,6 +196,19 @@ def test_a_model_constructor_is_a_module_class_or_a_function_outside_the_standar
     assert not is_model_constructor(print) and is_model_constructor(torch.nn.Conv2d)
 
 
+def test_the_default_model_code_policy_allows_only_the_model_of_the_callers_own_config():
+    """Written once (models.user): a config the caller gave allows its model; what only a file names is refused."""
+    from ratkit.models import ModelCodePolicy, UntrustedModelCode, policy_or_default
+
+    given = ModelCodePolicy(trust_all=True)
+    assert policy_or_default(given, "nets:Net") is given
+    policy_or_default(None, "nets:Net").check("nets:Net", "the run's config")  # allowed: nothing is imported
+    for policy, named in ((policy_or_default(None), "nets:Net"), (policy_or_default(None, "nets:Net"), "nets:Other"),
+                          (policy_or_default(None, "smallcnn"), "nets:Net")):
+        with pytest.raises(UntrustedModelCode, match="--trust-model-code"):
+            policy.check(named, "the checkpoint")
+
+
 def test_a_model_for_other_images_or_classes_is_refused_in_one_line(tmp_path, user_code, capsys):
     folder = _write_folder(tmp_path / "imgs")
     other = _write_folder(tmp_path / "gray", size=10, mode="L")

@@ -68,7 +68,7 @@ def test_npz_labels_that_skip_numbers_are_refused_in_one_line_naming_them_and_le
 
 def test_remap_trains_on_the_labels_present_records_the_mapping_and_eval_maps_test_labels_alike(tmp_path, capsys):
     from ratkit.checkpoints import read_checkpoint
-    from ratkit.data.user import DataSource, load_split
+    from ratkit.data.source import DataSource, load_split
 
     data = write_npz(tmp_path / "skips", np.tile([3, 7, 9, 11], 12), [11, 3, 9, 7, 3, 11, 7, 9])
     run = tmp_path / "run"
@@ -102,7 +102,7 @@ def test_one_class_folder_and_one_class_given_to_fit_are_refused(tmp_path):
 
     import ratkit
     from ratkit.data import DataError
-    from ratkit.data.user import DataSource, source_info
+    from ratkit.data.source import DataSource, source_info
 
     for split in ("train", "test"):
         (tmp_path / "imgs" / split / "cat").mkdir(parents=True)

@@ -146,7 +146,7 @@ def test_an_l2_radius_of_1_or_more_is_a_radius_and_fit_refuses_linf_8(tmp_path):
 
 def test_own_data_without_a_radius_is_one_message_from_one_home():
     from ratkit.data import DataError
-    from ratkit.data.user import DataSource, source_info
+    from ratkit.data.source import DataSource, source_info
 
     with pytest.raises(ConfigError) as config_err:
         load_config(None, [("data.dataset", "python")])

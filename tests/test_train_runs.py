@@ -64,6 +64,15 @@ def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, stop_at, extra
     assert _history(whole) == _history(resumed)
 
 
+def test_train_takes_no_private_argument_fit_enters_the_trainer_its_own_way():
+    import inspect
+
+    from ratkit.train.loop import train_built
+
+    assert not [name for name in inspect.signature(train).parameters if name.startswith("_")]
+    assert {"data", "model", "method"} <= set(inspect.signature(train_built).parameters)
+
+
 def test_best_checkpoint_is_chosen_on_validation_robust_accuracy(tmp_path):
     run = train(_synthetic("train.epochs=3"), tmp_path / "r", quiet=True)
     history = _history(run)

@@ -471,3 +471,21 @@ def test_fits_in_memory_compares_the_bytes_with_the_available_memory(tmp_path, m
     assert not fits_in_memory(10, (1, 5, 10), dtype=torch.float32) and fits_in_memory(5, (1, 5, 10), np.uint16)
     monkeypatch.setattr("ratkit.data.streaming.available_memory", lambda: None)
     assert fits_in_memory(10**12, (3, 224, 224))
+
+
+def test_a_data_source_takes_every_field_it_shares_with_the_data_config_by_name():
+    """A field added to both DataConfig and DataSource is carried over with no third edit."""
+    import dataclasses
+
+    from ratkit.config import DataConfig, data_source, load_config
+    from ratkit.data.source import DataSource
+
+    shared = {f.name for f in dataclasses.fields(DataSource)} & {f.name for f in dataclasses.fields(DataConfig)}
+    assert {"dataset", "data_dir", "eps", "mean", "std", "labels", "label_map"} <= shared
+    data = DataConfig(**{name: f"<{name}>" for name in shared})
+    assert {name: getattr(DataSource.from_config(data), name) for name in shared} == {n: f"<{n}>" for n in shared}
+    lists = DataSource.from_config(DataConfig(mean=[0.5], std=[0.25], image_size=[8, 8]), eps=0.1)
+    assert (lists.mean, lists.std, lists.image_size, lists.eps) == ((0.5,), (0.25,), (8, 8), 0.1)  # hashable tuples
+    cfg = load_config("fmnist-cpu", ["data.dataset=npz", "data.data_dir=arrays", "data.eps=0.1", "data.mean=[0.3]",
+                                     "data.std=[0.2]", "data.labels=remap", "data.label_map=[1,3]"])
+    assert DataSource.from_config(cfg.data) == data_source(cfg)

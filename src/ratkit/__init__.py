@@ -5,16 +5,6 @@ Data flows one way: config -> data + model -> method (attacks via ``ratkit.attac
 """
 
 __version__ = "0.1.0"
-_REMOVED_IN = "ratkit 0.3"  # the release that removes the old names of moved modules
-
-
-def _warn_moved(old: str, new: str) -> None:
-    """A ``DeprecationWarning`` that ``old`` moved to ``new``, for the old names that still work;
-    shown at the line that imports ``old`` (``warnings`` skips the import machinery's frames)."""
-    import warnings
-
-    warnings.warn(f"{old} is deprecated and will be removed in {_REMOVED_IN}; use {new}", DeprecationWarning,
-                  stacklevel=3)
 
 
 def fit(*args, **kwargs):

@@ -2,9 +2,9 @@
 DeprecationWarning, until ratkit 0.3."""
 import sys
 
-from ratkit import _warn_moved
+from ratkit.moved import warn_moved
 from ratkit.checkpoints import native as _moved
 
-_warn_moved("ratkit.checkpoint", "ratkit.checkpoints.native")
+warn_moved("ratkit.checkpoint", "ratkit.checkpoints.native")
 
 sys.modules[__name__] = _moved

@@ -77,7 +77,7 @@ def run_eval(model, meta: dict, args, device: torch.device, label: str, state_di
     """Load the test split the checkpoint was trained for and run the protocol on it; ``state_dir``
     keeps per-batch results so that a rerun of an interrupted evaluation resumes."""
     from .checkpoints import check_model_fits_data
-    from .data.user import source_info
+    from .data.source import source_info
     from .evaluate import (DEFAULT_ATTACKS, check_protocol_norm, evaluate_test_set, format_report, paper_eps,
                            parse_attacks, save_adversarial, write_report_files)
     from .threat import RadiusError, checkpoint_eps
@@ -526,7 +526,7 @@ def cmd_hessian(args) -> int:
 
 def cmd_import(args) -> int:
     from .checkpoints import InteropError, import_layout, import_user_model
-    from .data.user import FILE_DATASETS, DataSource
+    from .data.source import FILE_DATASETS, DataSource
     from .models import is_user_model
 
     if is_user_model(args.model):

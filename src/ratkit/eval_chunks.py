@@ -2,9 +2,9 @@
 DeprecationWarning, until ratkit 0.3."""
 import sys
 
-from ratkit import _warn_moved
+from ratkit.moved import warn_moved
 from ratkit.evaluate import chunks as _moved
 
-_warn_moved("ratkit.eval_chunks", "ratkit.evaluate.chunks")
+warn_moved("ratkit.eval_chunks", "ratkit.evaluate.chunks")
 
 sys.modules[__name__] = _moved

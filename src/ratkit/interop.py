@@ -2,9 +2,9 @@
 DeprecationWarning, until ratkit 0.3."""
 import sys
 
-from ratkit import _warn_moved
+from ratkit.moved import warn_moved
 from ratkit.checkpoints import foreign as _moved
 
-_warn_moved("ratkit.interop", "ratkit.checkpoints.foreign")
+warn_moved("ratkit.interop", "ratkit.checkpoints.foreign")
 
 sys.modules[__name__] = _moved

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .config import Config, ConfigError, data_source
 from .data import DataError
-from .data.user import check_split, source_info
+from .data.source import check_split, source_info
 from .modes import model_mode
 from .models.user import first_line, is_user_model
 from .models.wrap import WrappedModel, describe
@@ -41,7 +41,7 @@ class ModelDoesNotFit(ValueError):
 
 
 def check_test_split(src, evaluation: str = "preset") -> str | None:
-    """The test split of a file dataset read and checked now (:func:`ratkit.data.user.check_split`),
+    """The test split of a file dataset read and checked now (:func:`ratkit.data.source.check_split`),
     not after training: its DataError is raised, unless no evaluation follows (``evaluation``
     ``"none"``: ``rat train --no-eval``), which never reads it; then the warning line is returned."""
     try:

@@ -143,7 +143,7 @@ def load_checkpoint_examples(
         ex = load_checkpoint_examples("runs/my-run", n=256)   # ex.model, ex.x, ex.y, ex.eps
     """
     from ..checkpoints import check_model_fits_data, checkpoint_path, load_model, recorded_data
-    from ..data.user import load_split, source_info
+    from ..data.source import load_split, source_info
     from ..threat import data_eps
 
     if n < 1:

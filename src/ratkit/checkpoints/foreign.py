@@ -177,7 +177,7 @@ def _model_kwargs(dataset: str, model: str, mean, std, model_kwargs) -> dict[str
 def import_user_model(path, model: str, source, out, mean=None, std=None, model_kwargs=None,
                       head: str | None = None) -> tuple[Path, dict[str, Any]]:
     """A plain state dict of a user's own ``module:callable`` model (its own keys, no mapping) as a
-    ratkit checkpoint for ``source`` (a :class:`ratkit.data.user.DataSource`: the data it is for);
+    ratkit checkpoint for ``source`` (a :class:`ratkit.data.source.DataSource`: the data it is for);
     ``mean``/``std``: the normalisation the model expects before its first layer (default none).
 
     Example: ``import_user_model("net.pt", "nets:Net", DataSource("folder", data_dir="imgs"), "net.safetensors")``"""
@@ -185,7 +185,7 @@ def import_user_model(path, model: str, source, out, mean=None, std=None, model_
 
     from .native import save_model
     from ..data import DataError
-    from ..data.user import source_info
+    from ..data.source import source_info
     from ..models import build_user_model
     from ..preflight import ModelDoesNotFit, check_model
 

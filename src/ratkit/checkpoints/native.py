@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..files import atomic_write_bytes, tensors_sha256
+from ..moved import warn_moved
 
 FORMAT = "ratkit-checkpoint"
 VERSION = 1
@@ -31,8 +31,7 @@ class CheckpointError(Exception):
 
 def __getattr__(name: str):
     if name == "_atomic_write_bytes":  # its old, private name
-        warnings.warn("ratkit.checkpoints.native._atomic_write_bytes is deprecated and will be removed in ratkit 0.3; "
-                      "use ratkit.files.atomic_write_bytes", DeprecationWarning, stacklevel=2)
+        warn_moved("ratkit.checkpoints.native._atomic_write_bytes", "ratkit.files.atomic_write_bytes")
         return atomic_write_bytes
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -200,7 +199,7 @@ def check_model_fits_data(meta: dict[str, Any], info, where: str, dataset: str, 
 
 def recorded_data(meta: dict[str, Any], dataset: str | None = None, data_dir: str | None = None,
                   eps: float | None = None):
-    """The data a checkpoint's model was trained on, as a :class:`ratkit.data.user.DataSource`: the
+    """The data a checkpoint's model was trained on, as a :class:`ratkit.data.source.DataSource`: the
     run's recorded ``data:`` config (a file dataset's statistics and eps included), else its
     dataset's name. ``dataset``/``data_dir`` name other data to use instead (only what they say of
     it, under the radius the run recorded); ``eps`` fills in a radius the checkpoint does not record.
@@ -209,7 +208,7 @@ def recorded_data(meta: dict[str, Any], dataset: str | None = None, data_dir: st
     import dataclasses
 
     from ..config import ConfigError, config_from_dict, data_source
-    from ..data.user import DataSource
+    from ..data.source import DataSource
 
     recorded = None
     if isinstance(meta.get("data_source"), dict):  # rat import of a user's model: its data as given there

@@ -32,20 +32,13 @@ def protocol_eps(cfg: Config) -> float:
 
 
 def data_source(cfg: Config):
-    """The run's data as a :class:`ratkit.data.user.DataSource`: what every command needs to read
+    """The run's data as a :class:`ratkit.data.source.DataSource`: what every command needs to read
     the same data and normalise it identically.
 
     Example: ``source_info(data_source(load_config("fmnist-cpu"))).num_classes`` is 10."""
-    from ..data.user import DataSource
+    from ..data.source import DataSource
 
-    d = cfg.data
-    return DataSource(dataset=d.dataset, data_dir=d.data_dir, eps=d.eps, channels=d.channels,
-                      image_size=None if d.image_size is None else tuple(d.image_size),
-                      mean=None if d.mean is None else tuple(d.mean), std=None if d.std is None else tuple(d.std),
-                      hflip=d.hflip, crop_padding=d.crop_padding, num_classes=d.num_classes,
-                      image_shape=None if d.image_shape is None else tuple(d.image_shape), stream=d.stream,
-                      workers=d.workers, labels=d.labels,
-                      label_map=None if d.label_map is None else tuple(d.label_map))
+    return DataSource.from_config(cfg.data)
 
 
 def attack_precision(cfg: Config) -> str:

@@ -46,7 +46,7 @@ def validate(cfg: Config) -> None:
 
 def _validate_data_and_model(cfg: Config) -> None:
     from ..data import DATASETS
-    from ..data.user import FILE_DATASETS, GIVEN, LABELS
+    from ..data.source import FILE_DATASETS, GIVEN, LABELS
     from ..models import model_spec
     from ..models.user import check_user_model_name, is_user_model
     from ..threat import RadiusError, check_radii

@@ -292,12 +292,12 @@ def worst_case_examples(outcomes: dict[str, Tensor], inputs: dict[str, Tensor], 
 
 def evaluate_test_set(model: nn.Module, dataset, *, data_dir=None, n: int | None = None,
                       **protocol) -> EvalReport:
-    """Load ``dataset``'s test split (a built-in's name, or a :class:`ratkit.data.user.DataSource`
+    """Load ``dataset``'s test split (a built-in's name, or a :class:`ratkit.data.source.DataSource`
     for any data) and run :func:`evaluate` on its first ``n`` images (all if None); the report
     records the full test-set size so the table can say "first n".
 
     Example: ``print(format_report(evaluate_test_set(model, "fashion-mnist", n=1000, eps=0.1, aa_n=500)))``"""
-    from ..data.user import DataSource, load_split
+    from ..data.source import DataSource, load_split
 
     src = dataset if isinstance(dataset, DataSource) else DataSource(dataset, data_dir=data_dir)
     test = load_split(src, "test", stream=False)

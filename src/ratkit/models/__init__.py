@@ -6,7 +6,8 @@ from .registry import MODELS, build_from_spec, build_model, model_kwargs_for, mo
 from .resnet import ResNet18, ResNetBlock
 from .small_cnn import SmallCNN
 from .wideresnet import BasicBlock, NetworkBlock, WideResNet
-from .user import ModelCodePolicy, UntrustedModelCode, build_user_model, find_classifier_head, is_user_model
+from .user import (ModelCodePolicy, UntrustedModelCode, build_user_model, find_classifier_head, is_user_model,
+                   policy_or_default)
 from .wrap import WrappedModel, wrap
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "build_user_model",
     "find_classifier_head",
     "is_user_model",
+    "policy_or_default",
     "BasicBlock",
     "NetworkBlock",
     "PreActBlock",

@@ -16,7 +16,7 @@ from .base import RobustModel
 from .preact_resnet import PreActResNet18
 from .resnet import ResNet18
 from .small_cnn import SmallCNN
-from .user import ModelCodePolicy, build_user_from_spec, is_user_model
+from .user import build_user_from_spec, is_user_model, policy_or_default
 from .wideresnet import WideResNet
 
 MODELS: dict[str, type[RobustModel]] = {
@@ -113,7 +113,7 @@ def build_from_spec(spec: dict, policy=None, source: str = "the checkpoint") -> 
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a model spec is a dict with 'name' and 'kwargs', got {spec!r}")
     if is_user_model(spec["name"]):
-        return build_user_from_spec(spec, policy or ModelCodePolicy(), source)
+        return build_user_from_spec(spec, policy_or_default(policy), source)
     kwargs = _from_json(dict(spec.get("kwargs") or {}))
     return build_model(spec["name"], **kwargs)
 

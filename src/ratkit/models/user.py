@@ -32,7 +32,7 @@ from .wrap import WrappedModel, wrap
 
 __all__ = ["DATA_KWARGS", "ModelCodePolicy", "UntrustedModelCode", "build_user_model", "data_kwargs",
            "find_classifier_head", "first_line", "is_model_constructor", "is_user_model", "load_callable",
-           "user_model_spec"]
+           "policy_or_default", "user_model_spec"]
 
 _NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
@@ -89,6 +89,15 @@ class ModelCodePolicy:
         raise UntrustedModelCode(f"{source} names model code {name}: loading it imports module {module!r}, "
                                  f"which runs that module's code{given}; to allow it, pass --model {name} "
                                  f"or --trust-model-code")
+
+
+def policy_or_default(policy: ModelCodePolicy | None, own_model: str | None = None) -> ModelCodePolicy:
+    """``policy``, else the default trust rule: a config the caller gave (in Python, on the command
+    line, in a study's grid file) is their own, so the model code it names (``own_model``) may be
+    imported; code that only a file names (a checkpoint, a resumed run's config.yaml) may not."""
+    if policy is not None:
+        return policy
+    return ModelCodePolicy.from_flags(own_model, False)
 
 
 def is_model_constructor(obj: Any) -> bool:

@@ -39,9 +39,9 @@ class MeasuredRun:
     def model_code(self):
         """The model code the grid names (``model.name=module:callable``) may be imported: the grid
         file is the user's own, as for the training and the evaluation of the run."""
-        from ..models import ModelCodePolicy
+        from ..models import policy_or_default
 
-        return ModelCodePolicy(allowed=self.cfg.model.name)
+        return policy_or_default(None, self.cfg.model.name)
 
 
 def _last(run: MeasuredRun) -> dict:

@@ -63,7 +63,7 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
     The grid file is the user's own: a model it names (``model.name=module:callable``) is allowed
     on a resume as on the first start. The run resumed is the grid's (checked), under the grid's
     config, not the run directory's."""
-    from ..models import ModelCodePolicy
+    from ..models import policy_or_default
     from ..train import load_run_config, same_run, train
 
     cfg = run_config(grid, name, seed)
@@ -73,7 +73,7 @@ def run_one(grid: StudyGrid, name: str, seed: int, out_dir: Path, *, quiet: bool
             raise StudyError(f"{run_dir}: holds a run with a different config; move it away or use another --out")
         if not _training_complete(run_dir, cfg.train.epochs):
             log(f"{run_key(name, seed)}: resuming")
-            train(cfg, run_dir, resume=True, quiet=quiet, model_code=ModelCodePolicy(allowed=cfg.model.name))
+            train(cfg, run_dir, resume=True, quiet=quiet, model_code=policy_or_default(None, cfg.model.name))
     else:
         log(f"{run_key(name, seed)}: training")
         train(cfg, run_dir, quiet=quiet)

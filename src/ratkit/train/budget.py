@@ -36,7 +36,7 @@ from typing import Callable
 
 from ..config import Config, ConfigError, data_source
 from ..data import split_train_val
-from ..data.user import load_split, source_info
+from ..data.source import load_split, source_info
 from ..device import resolve_device
 from ..attacks.protocols import parse_attacks
 from ..methods import Method, StepPrecision

@@ -1,9 +1,10 @@
 """``ratkit.fit``: train any ``nn.Module`` on any dataset from Python, with the trainer of ``rat train``.
 
 Not a second loop: :func:`fit` writes the same run directory (config.yaml, metrics.jsonl, best
-and last checkpoints) through :func:`ratkit.train.train`, so validation, best/last selection,
-exact resume, SIGTERM/SIGUSR1 preemption, periodic checkpoints, the time budget and the
-collapse warning all work as for ``rat train``, and ``rat eval`` opens the run.
+and last checkpoints) through the trainer of ``rat train`` (:func:`ratkit.train.loop.train_built`,
+its entry for a model and data built here), so validation, best/last selection, exact resume,
+SIGTERM/SIGUSR1 preemption, periodic checkpoints, the time budget and the collapse warning all
+work as for ``rat train``, and ``rat eval`` opens the run.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..data.info import DatasetInfo
 from ..data.tensordata import TensorData
-from ..data.user import GIVEN, channel_statistics, check_class_count, default_crop_padding, default_val_size
+from ..data.source import GIVEN, channel_statistics, check_class_count, default_crop_padding, default_val_size
 
 __all__ = ["FitResult", "fit"]
 
@@ -117,7 +118,8 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
     from ..models import WrappedModel, find_classifier_head, wrap
     from ..models.user import user_model_spec
     from ..threat import STEP_FOLLOWS_EPS, method_at_radius, train_radius
-    from .loop import build_method, train as run_training
+    from .loop import train_built
+    from .start import build_method
     from .rundir import load_run_config, resume_config
 
     x, y = _as_tensors(train, "train")
@@ -170,9 +172,8 @@ def fit(model: nn.Module, train, *, eps: float, val=None, val_size: int | None =
     # recorded it (attack.step_size null) resumes with the method given, as it did
     if not resume or cfg.attack.step_size is not None:
         cfg = recorded_method_config(method if method is not None else build_method(cfg), configure)
-    given = dict(given_data=(TensorData(x, y, info), val_data), given_model=(wrapped, spec), given_method=method)
-    out = run_training(cfg, run_dir, resume=resume, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end,
-                       _given=given)
+    out = train_built(cfg, run_dir, data=(TensorData(x, y, info), val_data), model=(wrapped, spec), method=method,
+                      resume=resume, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end)
     report = None
     if test is not None:
         report = _evaluate_given(out, load_run_config(out), test, info, quiet)
@@ -218,7 +219,7 @@ def recorded_method_config(method, configure: Callable):
     """``configure(settings)``'s config recording ``method`` (:func:`method_settings_of`), checked to
     rebuild exactly ``method``; a method it cannot express is refused in one line."""
     from ..config import ConfigError
-    from .loop import build_method
+    from .start import build_method
 
     cfg = configure(method_settings_of(method))
     if build_method(cfg) != method:

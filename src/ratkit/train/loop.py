@@ -3,7 +3,8 @@
 The loop hands over at step and epoch boundaries to its observers, the other modules of
 :mod:`ratkit.train`: the run log (console, metrics.jsonl, TensorBoard, curves.png), the ``last``
 and ``best`` checkpoints, and the stop conditions (time budget, non-finite loss, Ctrl-C,
-preemption); :mod:`.rundir` makes the run directory, and checks and records what a resume changes.
+preemption). Before the trainer is built, :mod:`.start` builds, checks and plans the run from its
+config; :mod:`.rundir` makes the run directory, and checks and records what a resume changes.
 
 Every run directory holds ``config.yaml``, ``metrics.jsonl``, ``best.*`` (by validation
 robust accuracy, never the test set), ``last.*`` (everything needed to resume), ``eval.json``
@@ -28,7 +29,6 @@ from __future__ import annotations
 import math
 import random
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,121 +42,29 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed
 from ..attacks import BatchShard
 from ..compile import compile_for_evaluation, compile_model, is_compiled, print_line
-from ..checkpoints import CheckpointError, checkpoint_path, check_model_fits_data, load_model, read_checkpoint
-from ..config import (Config, ConfigError, config_to_dict, data_source, evaluation_eps, method_label,
-                      method_settings, with_resolved_precision)
+from ..checkpoints import load_model
+from ..config import Config, ConfigError, config_to_dict, data_source, evaluation_eps, method_label
 from ..data import augment, iterate_batches, split_train_val
 from ..data.streaming import StreamedData, iterate_streamed_batches
-from ..data.user import data_fingerprint, default_val_size, load_split, source_info
+from ..data.source import data_fingerprint, default_val_size, load_split, source_info
 from ..device import resolve_device
 from ..evaluate import evaluate, evaluate_test_set, format_report, parse_attacks, write_report_files
-from ..methods import Method, NonFiniteLossError, StepPrecision, compose_method
+from ..methods import Method, NonFiniteLossError, StepPrecision
 from ..preemption import Preempted
-from ..preflight import check_run_start, check_test_split, with_head
-from ..models import build_from_spec, model_kwargs_for, model_spec
-from ..models.user import DATA_KWARGS, ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model
+from ..models.user import ModelCodePolicy, policy_or_default
 
-# the trainer's observers and state, and its run directory
+# the trainer's observers and state, its run directory, and its start
 from .checkpoints import BestCheckpoint, LastCheckpoint
-from .budget import plan_run, write_plan
 from .collapse import robust_collapse
 from .run_log import RunLog
-from .rundir import (PREEMPTED_FILE, check_recorded_data, check_resume, default_run_dir, load_run_config, new_run_dir,
-                     record_or_check_data, record_resume, validation_eps, with_data_record, with_data_statistics,
-                     with_recorded_data, with_validation_eps)
+from .rundir import PREEMPTED_FILE, check_recorded_data, record_or_check_data, record_resume, validation_eps
+from .start import (RunStart, build_method, build_model_from_config, build_optimizer, built_start, checked_start,
+                    start_process)
 from .state import EpochSums, Progress
 from .stopping import StepBoundaryInterrupt, StopConditions, TrainingInterrupted, TrainingPreempted
 
 
-# ----------------------------------------------------------------------------- building
-
-
-def build_method(cfg: Config) -> Method:
-    """Base method from the config, wrapped in RAT and/or AWP as asked: AWP(RAT(base)).
-
-    Example: ``build_method(load_config("fmnist-cpu"))`` is RAT(TRADES) with the preset's settings."""
-    return compose_method(**method_settings(cfg))
-
-
-def model_spec_from_config(cfg: Config, info) -> dict:
-    """The spec of the built-in model a run builds: the config's name and kwargs on the dataset's
-    shape (a user's ``module:callable`` model gets its spec when it is built, head included)."""
-    return model_spec(cfg.model.name, **model_kwargs_for(cfg.model.name, info, **cfg.model.kwargs))
-
-
-def build_model_from_config(cfg: Config, info, model_code: ModelCodePolicy | None = None) -> tuple[nn.Module, dict]:
-    """The run's model and its spec. A user's ``module:callable`` is imported only if ``model_code``
-    allows it (the command line named it, or --trust-model-code); the error says how to allow it."""
-    if is_user_model(cfg.model.name):
-        check_model_code(cfg, model_code)
-        try:
-            return build_user_model(cfg.model.name, cfg.model.kwargs, num_classes=info.num_classes,
-                                    image_shape=info.image_shape, head=cfg.model.head, mean=info.mean, std=info.std)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"model: {exc}") from None
-    spec = model_spec_from_config(cfg, info)
-    try:
-        return build_from_spec(spec), spec
-    except (ValueError, TypeError) as exc:  # a constructor's own refusal, e.g. an unknown keyword
-        raise ConfigError(f"model.kwargs: {exc}") from None
-
-
-def check_model_code(cfg: Config, model_code: ModelCodePolicy | None) -> None:
-    """ConfigError unless ``model_code`` allows importing the run's ``module:callable`` model."""
-    try:
-        (model_code or ModelCodePolicy()).check(cfg.model.name, "the run's config")
-    except UntrustedModelCode as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _with_recorded_head(cfg: Config, run_dir) -> Config:
-    """A resume's ``cfg`` with the head of a user's model that its run found and recorded when it
-    started, where ``cfg`` leaves it open (a study's grid, a caller's config from before the start)."""
-    if cfg.model.head is not None or not is_user_model(cfg.model.name) or run_dir is None:
-        return cfg
-    from .rundir import load_run_config
-
-    return with_head(cfg, load_run_config(run_dir).model.head)
-
-
-def initial_weights(cfg: Config, model_code: ModelCodePolicy | None = None) -> dict[str, Tensor]:
-    """The model weights of ``train.init_from`` (CPU tensors), after checking that they were
-    trained for the model this run builds: same name and kwargs (classes, channels,
-    normalisation included), else the weights would mean something else or not load at all."""
-    path = checkpoint_path(cfg.train.init_from)
-    try:
-        tensors, meta = read_checkpoint(path)
-    except CheckpointError as exc:
-        raise ConfigError(f"train.init_from: {exc}") from None
-    info = source_info(data_source(cfg))
-    try:  # other images or classes first: the clearest reason the weights cannot be used
-        check_model_fits_data(meta, info, f"train.init_from: {path}", cfg.data.dataset)
-    except CheckpointError as exc:
-        raise ConfigError(str(exc)) from None
-    theirs = meta.get("model") or {}
-    if is_user_model(cfg.model.name):
-        ours = build_model_from_config(cfg, info, model_code)[1]
-    else:
-        ours = model_spec_from_config(cfg, info)
-    if theirs.get("name") != ours["name"]:
-        raise ConfigError(f"train.init_from: {path} holds a {theirs.get('name')!r} model, this run builds "
-                          f"{ours['name']!r}; the model (name and kwargs) must be the same")
-    a, b = theirs.get("kwargs") or {}, ours["kwargs"]
-    told = set(DATA_KWARGS) - set(a)  # what the data tells a callable, absent from an older checkpoint: checked above
-    differ = [f"{k} {a.get(k)!r} (this run: {b.get(k)!r})" for k in sorted((set(a) | set(b)) - told)
-              if a.get(k) != b.get(k)]
-    if differ:
-        raise ConfigError(f"train.init_from: {path} holds a {ours['name']} with " + ", ".join(differ)
-                          + "; the model (name and kwargs) must be the same")
-    return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-
-
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                           weight_decay=o.weight_decay)
+# ----------------------------------------------------------------------------- the schedule and the data order
 
 
 def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
@@ -515,8 +423,7 @@ def _fit_until_stopped(trainer: Trainer) -> None:
 
 def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False,
           on_step: Callable[[Progress], None] | None = None, on_epoch_end: Callable[[dict], None] | None = None,
-          model_code: ModelCodePolicy | None = None, evaluation: str = "preset", started: float | None = None,
-          _given: dict | None = None) -> Path:
+          model_code: ModelCodePolicy | None = None, evaluation: str = "preset", started: float | None = None) -> Path:
     """Train (or resume) a run; returns its directory. ``on_step`` is called after every step with
     the run's :class:`~ratkit.train.state.Progress`; ``on_epoch_end`` after every epoch with its
     metrics row (the dict written to metrics.jsonl).
@@ -529,7 +436,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
 
     ``model_code``: which user model code (``module:callable``) may be imported. A new run's config
     is the caller's own, so its model is allowed; a resumed run's config is a file, so its model
-    code is imported only if ``model_code`` allows it.
+    code is imported only if ``model_code`` allows it (:func:`ratkit.models.policy_or_default`).
 
     ``train.budget_s``: a new run is planned first (:mod:`.budget`): ``evaluation`` says which final
     evaluation follows (``preset``: eval.n and eval.aa_n, ``full``, or ``none``), so that training and
@@ -540,77 +447,56 @@ def train(cfg: Config, run_dir: str | Path | None = None, *, resume: bool = Fals
     then uses that one.
 
     Example: ``train(load_config("fmnist-cpu", ["train.epochs=1"]), "runs/try")``"""
-    device = resolve_device(cfg.train.device)
-    rank = distributed.init_from_environment(device.type)
-    # attack.precision: auto becomes what this device computes natively, recorded in config.yaml, so
-    # that a resume continues with the precision the run started with, on any machine
-    cfg, precision_line = with_resolved_precision(cfg, device)
-    if rank.is_main:
-        print_line(precision_line, quiet)  # a warning goes to stderr, quiet or not
-    initial, created, changes, start_lines = None, False, {}, []
-    if resume:
-        if is_user_model(cfg.model.name) and _given is None:
-            check_model_code(cfg, model_code)  # before anything in the run directory changes
-        cfg = with_validation_eps(with_recorded_data(cfg, load_run_config(run_dir)))
-        if _given is None:  # the evaluation after training reads it: checked before the run goes on
-            start_lines = [w for w in [check_test_split(data_source(cfg), evaluation)] if w]
-        cfg = _with_recorded_head(cfg, run_dir)
-        changes = check_resume(cfg, run_dir)  # recorded once every check has passed: a refused resume changes nothing
-        run_dir = Path(run_dir)
-    else:
-        model_code = model_code or ModelCodePolicy(allowed=cfg.model.name)  # a new run's config is the caller's
-        if _given is None:
-            cfg = with_data_statistics(cfg)  # before config.yaml is written: the run records them
-        cfg = with_validation_eps(with_data_record(cfg))
-        if cfg.train.init_from is not None:
-            initial = initial_weights(cfg, model_code)  # checked before the run directory is made
-        if _given is None:  # the test split, and a user's model on one batch: before the run directory
-            cfg, start_lines = check_run_start(cfg, lambda c, info: build_model_from_config(c, info, model_code),
-                                               evaluation=evaluation)
-        plan = None
-        if cfg.train.budget_s is not None and _given is None:
-            if rank.distributed:
-                if rank.is_main:
-                    print("warning: train.budget_s is not planned under torchrun; the run trains as configured",
-                          file=sys.stderr, flush=True)
-            else:
-                plan = plan_run(cfg, evaluation=evaluation, build=lambda info: (  # before the run directory
-                    build_model_from_config(cfg, info, model_code)[0], build_method(cfg),
-                    lambda model: build_optimizer(cfg, model)), started=started)
-                cfg = plan.apply(cfg)
-                if not quiet:
-                    print(plan.summary(), flush=True)
-        planned = Path(run_dir or cfg.train.out or default_run_dir(cfg))
-        created = not planned.exists()
-        run_dir = new_run_dir(cfg, planned, rank)
-        if plan is not None:
-            write_plan(run_dir, plan)
-    restored = resume and (Path(run_dir) / "last.safetensors").exists()
+    cfg, rank = start_process(cfg, quiet)
+    start = checked_start(cfg, run_dir, rank, resume=resume, quiet=quiet, model_code=model_code,
+                          evaluation=evaluation, started=started)
+    return _run(start, rank, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end)
+
+
+def train_built(cfg: Config, run_dir: str | Path | None, *, data: tuple, model: tuple[nn.Module, dict],
+                method: Method | None = None, resume: bool = False, quiet: bool = False,
+                on_step: Callable[[Progress], None] | None = None,
+                on_epoch_end: Callable[[dict], None] | None = None) -> Path:
+    """:func:`ratkit.fit`'s entry into the trainer: as :func:`train`, on what the caller built and
+    ``cfg`` records: ``data`` (training, validation or None), ``model`` (the module and its spec)
+    and ``method`` (None: the config's). The checks that build them from the config are the
+    caller's, who built them (:func:`~.start.built_start`)."""
+    cfg, rank = start_process(cfg, quiet)
+    start = built_start(cfg, run_dir, rank, resume=resume)
+    return _run(start, rank, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, given_data=data,
+                given_model=model, given_method=method)
+
+
+def _run(start: RunStart, rank: distributed.Rank, *, quiet: bool, on_step, on_epoch_end, **given) -> Path:
+    """The trainer of a started run built and run: what :func:`train` and :func:`train_built` share.
+    A resume's last checks (the data fingerprints, ``last``) come before it is recorded."""
+    cfg, run_dir, resume = start.cfg, start.run_dir, start.resume
+    restored = resume and (run_dir / "last.safetensors").exists()
     try:
-        trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end, model_code=model_code,
-                          **(_given or {}))
+        trainer = Trainer(cfg, run_dir, quiet=quiet, on_step=on_step, on_epoch_end=on_epoch_end,
+                          model_code=start.model_code, **given)
         fingerprints = trainer.data_fingerprints()
         if resume:  # every check of a resume before anything in the run directory changes
             check_recorded_data(run_dir, fingerprints)
             if restored:
                 trainer.restore_last()
-            record_resume(cfg, run_dir, changes, rank, quiet)
+            record_resume(cfg, run_dir, start.changes, rank, quiet)
         record_or_check_data(run_dir, fingerprints, resume, rank.is_main)
     except Preempted as exc:  # a notice during start-up: the run is kept, and --resume starts it
         exc.run_dir = run_dir
         raise
     except BaseException:
-        if created and rank.is_main:  # a run that fails to start leaves nothing behind
+        if start.created and rank.is_main:  # a run that fails to start leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if resume and not restored and not quiet:  # preempted before its first checkpoint: from its recorded config
         print(f"{run_dir}: no last checkpoint yet; starting the run from its config.yaml", flush=True)
-    elif initial is not None:
-        trainer.model.load_state_dict(initial)  # every rank: the same weights; the optimizer stays fresh
+    elif start.initial is not None:
+        trainer.model.load_state_dict(start.initial)  # every rank: the same weights; the optimizer stays fresh
     if not quiet:
         print(f"run directory: {run_dir}", flush=True)
         print(eps_line(cfg), flush=True)
-    for line in start_lines if rank.is_main else []:  # a warning goes to stderr, quiet or not
+    for line in start.start_lines if rank.is_main else []:  # a warning goes to stderr, quiet or not
         print_line(line, quiet)
     _fit_until_stopped(trainer)
     return run_dir
@@ -635,8 +521,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config, *, full: bool = False, quiet:
         raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
-    if model_code is None and is_user_model(cfg.model.name):
-        model_code = ModelCodePolicy(allowed=cfg.model.name)  # the run this process trained or was allowed to
+    model_code = policy_or_default(model_code, cfg.model.name)  # the run this process trained or was allowed to
     model, meta = load_model(run_dir / checkpoint, device, model_code)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)  # AutoAttack ~1.45x faster on CPU, same results

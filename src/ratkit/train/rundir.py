@@ -25,7 +25,7 @@ from .. import distributed
 from ..checkpoints import CheckpointError, read_checkpoint_meta
 from ..config import (Config, ConfigError, apply_override, config_from_dict, config_to_dict, data_source,
                       evaluation_eps, method_label, save_config, upgrade_flat_method)
-from ..data.user import default_val_size, fingerprint_difference, training_labels, with_statistics
+from ..data.source import default_val_size, fingerprint_difference, training_labels, with_statistics
 from ..files import atomic_write_bytes
 
 

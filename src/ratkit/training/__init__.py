@@ -3,8 +3,8 @@ DeprecationWarning, until ratkit 0.3."""
 import importlib
 import sys
 
-from ratkit import _warn_moved
+from ratkit.moved import warn_moved
 
-_warn_moved("ratkit.training", "ratkit.train")
+warn_moved("ratkit.training", "ratkit.train")
 for _name in ("checkpoints", "collapse", "fit", "run_log", "state", "stopping"):
     globals()[_name] = sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"ratkit.train.{_name}")
