@@ -267,6 +267,19 @@ def test_trainer_writes_the_collapse_warning_to_metrics_and_stderr(tmp_path, mon
     assert capsys.readouterr().err.count("warning: validation PGD-20") == 2
 
 
+
+def test_trainer_warns_when_validation_finds_one_output_for_every_image(tmp_path, monkeypatch, capsys):
+    import ratkit.train as train_module
+
+    accuracies = iter([(0.60, 0.40), (0.08, 0.08), (0.09, 0.09)])  # synthetic data: 10 classes
+    monkeypatch.setattr(train_module.Trainer, "_validate",
+                        lambda self: dict(zip(("val_clean", "val_pgd20"), next(accuracies))))
+    run = train(_synthetic("train.epochs=3"), tmp_path / "r", quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ["warning" in r for r in rows] == [False, False, True]
+    assert "stayed at chance (9.00% clean" in rows[2]["warning"]
+    assert capsys.readouterr().err.count("one output for every image") == 1
+
 def test_val_every_validates_every_nth_and_the_last_epoch_and_picks_best_among_them(tmp_path, monkeypatch):
     import ratkit.train as train_module
 
@@ -305,3 +318,22 @@ def test_val_every_must_be_positive():
 
     with pytest.raises(ConfigError, match="train.val_every"):
         _synthetic("train.val_every=0")
+
+
+def test_the_constant_output_warning_needs_chance_accuracy_that_pgd_cannot_lower():
+    from ratkit.train import constant_output
+
+    def rows(*pairs):
+        return [{"epoch": e + 1, "val_clean": c, "val_pgd20": r} for e, (c, r) in enumerate(pairs)]
+
+    # awp-rat-exact-trades-seed0 of the regime grid: 8.2% clean and PGD-20 at every validation
+    collapsed = rows((0.082, 0.082), (0.082, 0.082), (0.082, 0.082))
+    assert constant_output(collapsed[:1], 10, 2) is None  # one validation: not yet
+    message = constant_output(collapsed, 10, 2)
+    assert "8.20% clean" in message and "one output for every image" in message
+    assert constant_output(collapsed, 10, 3) is not None and constant_output(collapsed, 10, 4) is None
+    assert constant_output(rows((0.40, 0.20), (0.08, 0.08), (0.09, 0.09)), 10, 2) is not None  # it fell there
+    assert constant_output(rows((0.08, 0.08), (0.09, 0.09), (0.40, 0.20)), 10, 2) is None  # it recovered
+    assert constant_output(rows((0.12, 0.05), (0.13, 0.06)), 10, 2) is None  # learning: the attack lowers it
+    assert constant_output(rows((0.12, 0.12), (0.13, 0.13)), 100, 2) is None  # above chance of 100 classes
+    assert constant_output([*collapsed, {"epoch": 4}], 10, 2) is None  # an unvalidated epoch says nothing new

@@ -185,7 +185,8 @@ class TrainConfig:
     precision: str = "float32"
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     # robust-accuracy collapse warning: validation PGD-20 more than `collapse_margin` points
-    # below its best for `collapse_epochs` epochs in a row (null margin: no check)
+    # below its best for `collapse_epochs` epochs in a row (null margin: no check); and, always, the
+    # warning that the model is at chance, one output for every image, for `collapse_epochs` validations
     collapse_margin: float | None = 5.0
     collapse_epochs: int = 2
 

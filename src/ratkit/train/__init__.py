@@ -15,12 +15,12 @@
   ``stopping``: :class:`StopConditions` (time budget, non-finite loss, Ctrl-C and preemption
   signals) and the exceptions a stopped run raises;
   ``run_log``: :class:`RunLog` (console, metrics.jsonl, TensorBoard, curves.png);
-  ``collapse``: :func:`robust_collapse`, the warning that robust accuracy is collapsing;
+  ``collapse``: :func:`robust_collapse` and :func:`constant_output`, the warnings that training is collapsing;
 - ``fit``: :func:`ratkit.fit`, any ``nn.Module`` on any dataset through the same trainer.
 """
 
 from .checkpoints import BestCheckpoint, LastCheckpoint
-from .collapse import robust_collapse
+from .collapse import constant_output, robust_collapse
 from .loop import (Trainer, cudnn_autotuned, epoch_order_generator, eps_line, evaluate_run, learning_rate, run_meta,
                    step_sums, train)
 from .run_log import RunLog, plot_curves

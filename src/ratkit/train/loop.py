@@ -55,7 +55,7 @@ from ..models.user import ModelCodePolicy, policy_or_default
 
 # the trainer's observers and state, its run directory, and its start
 from .checkpoints import BestCheckpoint, LastCheckpoint
-from .collapse import robust_collapse
+from .collapse import constant_output, robust_collapse
 from .run_log import RunLog
 from .rundir import PREEMPTED_FILE, check_recorded_data, record_or_check_data, record_resume, validation_eps
 from .start import (RunStart, build_method, build_model_from_config, build_optimizer, built_start, checked_start,
@@ -386,12 +386,14 @@ class Trainer:
             raise self.stops.non_finite_loss(epoch, self.progress, exc) from None
 
     def _end_epoch(self, epoch: int, row: dict) -> None:
-        """Record the validated ``epoch`` (1-based, its metrics ``row``): best, collapse warning,
+        """Record the validated ``epoch`` (1-based, its metrics ``row``): best, collapse warnings,
         history, ``last``, logs."""
         p, t = self.progress, self.cfg.train
         p.epoch, p.step_in_epoch, p.partial = epoch, 0, None
         self.best.consider(p, epoch, row)
-        warning = robust_collapse([*p.history, row], t.collapse_margin, t.collapse_epochs)
+        history = [*p.history, row]
+        warning = (constant_output(history, self.info.num_classes, t.collapse_epochs)
+                   or robust_collapse(history, t.collapse_margin, t.collapse_epochs))
         if warning is not None:
             row["warning"] = warning
         p.history.append(row)
