@@ -1,5 +1,5 @@
-"""The ``rat`` command: a thin layer over the library, every subcommand and its flags; and the
-device check's command line (:func:`device_check_main`). Nothing below imports it.
+"""The ``rat`` command: every subcommand and its flags, handed to the library that does the work
+(:mod:`ratkit.evaluate.run`, :mod:`ratkit.study`, :mod:`ratkit.bench`, ...). Nothing below imports it.
 
 User errors (bad data, bad checkpoint, bad config) print one line on stderr and exit 2.
 ``rat train`` stopped by SIGTERM or SIGUSR1 exits 75 (EX_TEMPFAIL: preempted, resumable), by
@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-EXIT_USER_ERROR = 2
-EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later"; a job script requeues on it
+from .exits import EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
 
 
-class UserError(Exception):
-    """A problem the user can fix from the message alone; printed without a traceback."""
+def __getattr__(name: str):
+    """The names that moved out of the command line, still importable from it; imported when asked
+    for, so that importing the command line stays light."""
+    if name in ("run_eval", "checkpoint_data", "eval_state_dir"):
+        from .evaluate import run as home
+    elif name == "git_commit":
+        from .study import commits as home
+    elif name == "device_check_main":
+        from .bench.device_check import main
+        return main
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(home, name)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,82 +82,6 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_eval(model, meta: dict, args, device: torch.device, label: str, state_dir: Path | None = None):
-    """Load the test split the checkpoint was trained for and run the protocol on it; ``state_dir``
-    keeps per-batch results so that a rerun of an interrupted evaluation resumes."""
-    from .checkpoints import check_model_fits_data
-    from .data.user import source_info
-    from .evaluate import (DEFAULT_ATTACKS, check_protocol_norm, evaluate_test_set, format_report, paper_eps,
-                           parse_attacks, save_adversarial, write_report_files)
-    from .threat import RadiusError, checkpoint_eps
-
-    try:
-        attacks = parse_attacks(args.attacks or ",".join(DEFAULT_ATTACKS[args.protocol]), args.protocol)
-    except ValueError as exc:
-        raise UserError(f"--attacks: {exc}") from None
-    try:
-        check_protocol_norm(args.protocol, args.norm)
-    except ValueError as exc:
-        raise UserError(f"--protocol {args.protocol}: {exc}") from None
-    for flag in ("n", "aa_n"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise UserError(f"--{flag.replace('_', '-')}: must be a positive number of images, got {value}")
-    src = checkpoint_data(meta, args)
-    info = source_info(src)
-    if not args.untrained:
-        check_model_fits_data(meta, info, label, src.dataset, model)
-        _trial_pass(model, meta, info, label)
-    try:
-        eps = checkpoint_eps(src, args.norm, args.eps, meta)
-    except RadiusError as exc:
-        raise UserError(str(exc)) from None
-    if args.protocol == "paper" and args.eps is None:
-        eps = paper_eps(eps)
-    from .compile import compile_for_evaluation
-
-    compile_for_evaluation(model.to(device), getattr(args, "compile", "auto"), info.image_shape, device,
-                           batch_size=args.batch_size, quiet=args.quiet)
-    report = evaluate_test_set(model.to(device), src, n=args.n, eps=eps,
-                               norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
-                               seed=args.seed, quiet=args.quiet, protocol=args.protocol,
-                               keep_adversarial=args.save_adv is not None, state_dir=state_dir)
-    report.checkpoint = label
-    from .distributed import current
-
-    if not current().is_main:  # under torchrun every rank evaluated its share; rank 0 reports
-        return report
-    print(format_report(report))
-    if args.json is not None:
-        write_report_files(report, args.json)
-    if args.save_adv is not None:
-        args.save_adv.parent.mkdir(parents=True, exist_ok=True)
-        save_adversarial(report, args.save_adv)
-        print(f"wrote {args.save_adv} ({report.robust_n} worst-case examples)")
-    return report
-
-
-def _trial_pass(model, meta: dict, info, label: str) -> None:
-    """The loaded model given one trial pass on the data's shape before the evaluation starts (and
-    before its per-batch results are kept): a model that cannot run on these images is one line."""
-    from .preflight import ModelDoesNotFit, check_model
-
-    try:
-        check_model(model, info.image_shape, info.num_classes, name=(meta.get("model") or {}).get("name", "the model"),
-                    training=False)
-    except ModelDoesNotFit as exc:
-        raise UserError(f"{label}: {exc}") from None
-
-
-def checkpoint_data(meta: dict, args):
-    """The data a checkpoint is evaluated on (:func:`ratkit.checkpoints.recorded_data`), with the
-    command line's ``--dataset``/``--data-dir``/``--eps``."""
-    from .checkpoints import recorded_data
-
-    return recorded_data(meta, dataset=getattr(args, "dataset", None), data_dir=getattr(args, "data_dir", None),
-                         eps=getattr(args, "eps", None))
-
-
 def model_code_policy(args):
     """What user model code the command line allows importing: ``--model module:callable`` names
     one, ``--trust-model-code`` allows any."""
@@ -166,46 +99,20 @@ def add_model_code_args(p: argparse.ArgumentParser) -> None:
                    help="allow importing whatever model code the checkpoint names")
 
 
-def eval_state_dir(args) -> Path | None:
-    """Where ``rat eval`` keeps its per-batch results: --state-dir, else beside the checkpoint
-    (``best.safetensors`` -> ``best.eval-state/``) when that directory is writable; none with
-    --no-resume or for an untrained model."""
-    from .checkpoints import checkpoint_path
-
-    if args.no_resume:
-        return None
-    if args.state_dir is not None:
-        return args.state_dir
-    if args.untrained or args.checkpoint is None:
-        return None
-    path = checkpoint_path(args.checkpoint)
-    return path.with_suffix(".eval-state") if os.access(path.parent, os.W_OK) else None
-
-
 def cmd_eval(args) -> int:
     import torch
 
     from .checkpoints import load_model
-    from .data import dataset_info
     from .distributed import init_from_environment, rank_device
-    from .models import build_model, model_kwargs_for, model_spec
+    from .evaluate.run import eval_state_dir, run_eval, untrained_model
 
     device = resolve_device(args.device)
     device = rank_device(device, init_from_environment(device.type))  # under torchrun: evaluate a shard
     if args.untrained:
-        dataset = args.dataset or "fashion-mnist"
-        info = dataset_info(dataset)
-        torch.manual_seed(args.seed)
-        try:
-            kwargs = model_kwargs_for(args.untrained, info)
-            model = build_model(args.untrained, **kwargs)
-        except ValueError as exc:
-            raise UserError(f"--untrained: {exc}") from None
-        meta = {"dataset": dataset, "model": model_spec(args.untrained, **kwargs)}
-        label = f"untrained {args.untrained}, seed {args.seed}"
+        model, meta, label = untrained_model(args.untrained, args.dataset, args.seed)
+    elif args.checkpoint is None:
+        raise UserError("rat eval: give a CHECKPOINT (run directory or .safetensors file) or --untrained MODEL")
     else:
-        if args.checkpoint is None:
-            raise UserError("rat eval: give a CHECKPOINT (run directory or .safetensors file) or --untrained MODEL")
         model, meta = load_model(args.checkpoint, device, model_code_policy(args))
         label = str(args.checkpoint)
     if not args.no_channels_last:
@@ -376,89 +283,42 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def git_commit(paths: list[Path], message: str, *, attempts: int = 5) -> bool:
-    """Commit ``paths`` (and nothing else); retried while another git process holds the lock."""
-    import subprocess
+def cmd_study(args) -> int:
+    from .study import StudyError, load_grid, run_study, run_study_parallel, write_aggregate
+    from .study.cluster import EXECUTOR_FLAGS, executor_spec, run_study_jobs
+    from .study.commits import commit_results
+    from .study.grid import emulated_bfloat16_notice, grid_file
+    from .study.lock import EXIT_IN_USE, RunInUse
 
-    for attempt in range(attempts):
-        add = subprocess.run(["git", "add", "--", *map(str, paths)], capture_output=True, text=True)
-        commit = subprocess.run(["git", "commit", "-q", "-m", message, "--", *map(str, paths)],
-                                capture_output=True, text=True) if add.returncode == 0 else add
-        if commit.returncode == 0:
-            return True
-        if "index.lock" not in commit.stderr:
-            return False
-        time.sleep(2 + 3 * attempt)
-    return False
-
-
-def _commit_results(log, grid, results_dir: Path, lock_path: Path):
-    """``rat study --commit``: the runner's on_result. Each result file is committed together with
-    the aggregate remade from all result files, so that a committed aggregate always matches the
-    committed result files, whenever the study stops. Parallel runs (``--jobs``, or several
-    ``rat study`` processes) take turns through a lock file in the run directory."""
-    import fcntl
-
-    from .study import write_aggregate
-
-    def commit(paths: list[Path], message: str) -> None:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            files = [results_dir / "results.json", results_dir / "results.md",
-                     *map(Path, write_aggregate(grid, results_dir)["files"])]
-            if not git_commit([*paths, *files], message):
-                log(f"{paths[0].stem}: could not commit {', '.join(map(str, paths))}")
-
-    return commit
-
-
-def _study_grid(args):
-    """The grid file (a path, or a name in configs/studies/), the grid and the seeds asked for."""
-    from .config import preset_dir
-    from .study import StudyError, load_grid
-
-    grid_path = Path(args.grid)
-    if not grid_path.exists() and not grid_path.suffix:
-        grid_path = preset_dir() / "studies" / f"{args.grid}.yaml"
+    grid_path = grid_file(args.grid)
     try:
         grid = load_grid(grid_path)
         seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
     except (StudyError, ValueError) as exc:
         raise UserError(f"--grid/--seeds: {exc}") from None
-    return grid_path, grid, seeds
-
-
-def cmd_study(args) -> int:
-    from .study import StudyError, run_study, run_study_parallel, write_aggregate
-    from .study.grid import emulated_bfloat16_notice
-    from .study.lock import EXIT_IN_USE, RunInUse
-
-    grid_path, grid, seeds = _study_grid(args)
     results = Path(args.results or Path("docs") / "results" / grid.name)
     out = Path(args.out or Path("runs") / f"study-{grid.name}")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
     common = dict(seeds=seeds, log=log, aggregate_after=not args.no_aggregate, evaluate_only=args.evaluate_only)
+    child_args = ["--commit"] if args.commit else []
     try:
         only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
         if args.jobs is not None and args.jobs < 1:
             raise StudyError(f"--jobs: must be >= 1, got {args.jobs}")
-        spec = _study_executor(args)
+        spec = executor_spec(args.executor, **{f: getattr(args, f) for f in EXECUTOR_FLAGS})
         notice = None if args.aggregate_only else emulated_bfloat16_notice(grid, only)
         if notice is not None:
             print(f"warning: {notice}", file=sys.stderr, flush=True)
         if args.aggregate_only:
             result = write_aggregate(grid, results)
         elif spec is not None:
-            from .study.cluster import run_study_jobs
-
             result = run_study_jobs(grid_path, grid, out, results, spec, jobs=args.jobs, only=only,
-                                    child_args=["--commit"] if args.commit else [], **common)
+                                    child_args=child_args, **common)
         elif (args.jobs or 1) > 1:
             result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, only=only,
-                                        child_args=["--commit"] if args.commit else [], **common)
+                                        child_args=child_args, **common)
         else:
-            on_result = _commit_results(log, grid, results, out / ".commit.lock") if args.commit else None
+            on_result = commit_results(log, grid, results, out) if args.commit else None
             result = run_study(grid, out, results, only=only, quiet=args.quiet, on_result=on_result, **common)
     except StudyError as exc:
         raise UserError(str(exc)) from None
@@ -469,25 +329,6 @@ def cmd_study(args) -> int:
     print((results / "results.md").read_text(), end="")
     print(f"wrote {results / 'results.json'}, {results / 'results.md'}" + "".join(f", {f}" for f in result["files"]))
     return 0
-
-
-def _study_executor(args):
-    """``rat study --executor local|slurm`` and its flags as an ExecutorSpec; None for ``process``."""
-    from .study import StudyError
-
-    if args.executor == "process":
-        given = [f for f in ("partition", "time", "gpus_per_job", "cpus_per_job", "sbatch", "executor_dir")
-                 if getattr(args, f) not in (None, [])]
-        if given:
-            raise StudyError(f"{', '.join('--' + f.replace('_', '-') for f in given)}: only with --executor "
-                             f"local or slurm")
-        return None
-    from .study.cluster import ExecutorSpec, parse_sbatch, parse_time
-
-    return ExecutorSpec(args.executor, partition=args.partition,
-                        time_min=None if args.time is None else parse_time(args.time),
-                        gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
-                        sbatch=parse_sbatch(args.sbatch), folder=args.executor_dir)
 
 
 def _analysis_common(args) -> dict:
@@ -844,51 +685,3 @@ def _main(argv: list[str]) -> int:
         print(f"rat {args.command}: {'preempted' if preempted else 'interrupted'}", file=sys.stderr)
         code = EXIT_PREEMPTED if preempted else 130
     return code
-
-
-# ----------------------------------------------------------------------------- the device check
-
-
-def device_check_main(argv: list[str] | None = None) -> int:
-    """The command line of the device check (:mod:`ratkit.bench.device_check`). Not a ``rat``
-    subcommand: ``python -m ratkit.device_check`` runs it, as ``scripts/device_check.sh`` does."""
-    from dataclasses import replace
-
-    import torch
-
-    from .bench.device_check import EXIT_NO_DEVICE, DeviceCheckSettings, format_check, run_device_check
-    from .device import resolve_device as resolve
-
-    p = argparse.ArgumentParser(prog="device_check", description="Issue 19's device check: GPU against CPU "
-                                "correctness, training-step throughput, RAT's ratios with intervals and the "
-                                "presets' 200-epoch estimates (docs/performance.md, 'Device check').")
-    d = DeviceCheckSettings()
-    p.add_argument("--out", default="docs/performance/gpu.json", help="the JSON to write")
-    p.add_argument("--device", default=d.device, help="the device checked (default cuda)")
-    p.add_argument("--reference", default=d.reference, help="the device it is checked against (default cpu)")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="timing rounds per precision")
-    p.add_argument("--steps-per-round", type=int, default=d.steps_per_round)
-    p.add_argument("--aa-images", type=int, default=d.aa_images)
-    p.add_argument("--correctness-only", action="store_true", help="skip the throughput and the estimates")
-    args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("device_check: no GPU here (torch.cuda.is_available() is False), so nothing was checked. Run it "
-              "on a machine with a CUDA device and a CUDA build of torch; tests/test_device_check.py runs the "
-              "check's CPU side.", file=sys.stderr)
-        return EXIT_NO_DEVICE
-    try:
-        device, reference = resolve(args.device), resolve(args.reference)
-    except ValueError as exc:
-        p.error(str(exc))
-    settings = replace(d, device=str(device), reference=str(reference), rounds=args.rounds,
-                       steps_per_round=args.steps_per_round, aa_images=args.aa_images,
-                       throughput=not args.correctness_only)
-    started = time.perf_counter()
-    result = run_device_check(settings, lambda m: print(f"[{time.perf_counter() - started:6.0f} s] {m}",
-                                                        file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(format_check(result))
-    print(f"wrote {out}")
-    return 0 if result["correctness"]["rat_trades_step"]["passed"] else 1

@@ -41,10 +41,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .exits import EXIT_IN_USE, EXIT_PREEMPTED
 from .preemption import PREEMPT_SIGNALS, install_handlers, restore_handlers
 
-EXIT_PREEMPTED = 75  # rat's exit code for "preempted, resumable" (ratkit.cli.EXIT_PREEMPTED)
-EXIT_IN_USE = 73  # rat study: "the run is in use by another process, left to it" (ratkit.study.lock.EXIT_IN_USE)
 MAX_ATTEMPTS = 6  # a job's attempts at most, the first included: as submitit's local controller
 
 

@@ -85,6 +85,25 @@ class ExecutorSpec:
                 raise StudyError(f"{flag}: must be >= {least}, got {value}")
 
 
+EXECUTOR_FLAGS = ("partition", "time", "gpus_per_job", "cpus_per_job", "sbatch", "executor_dir")
+
+
+def executor_spec(kind: str, **flags) -> ExecutorSpec | None:
+    """``rat study --executor local|slurm`` and its flags (:data:`EXECUTOR_FLAGS`, as the command
+    line gives them) as an :class:`ExecutorSpec`; None for ``process``, which takes none of them."""
+    if kind == "process":
+        given = [f for f in EXECUTOR_FLAGS if flags.get(f) not in (None, [])]
+        if given:
+            raise StudyError(f"{', '.join('--' + f.replace('_', '-') for f in given)}: only with --executor "
+                             f"local or slurm")
+        return None
+    time_limit, sbatch = flags.get("time"), flags.get("sbatch") or []
+    return ExecutorSpec(kind, partition=flags.get("partition"),
+                        time_min=None if time_limit is None else parse_time(time_limit),
+                        gpus_per_job=flags.get("gpus_per_job"), cpus_per_job=flags.get("cpus_per_job"),
+                        sbatch=parse_sbatch(sbatch), folder=flags.get("executor_dir"))
+
+
 def parse_time(text: str) -> int:
     """``--time``: minutes (``180``), ``H:MM:SS`` or ``D-H:MM:SS``, as whole minutes (rounded up)."""
     days, dash, clock = text.strip().rpartition("-")
