@@ -9,7 +9,6 @@ Ctrl-C 130.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,24 +20,18 @@ def __getattr__(name: str):
     """The names that moved out of the command line, still importable from it; imported when asked
     for, so that importing the command line stays light."""
     if name in ("run_eval", "checkpoint_data", "eval_state_dir"):
-        from .evaluate import run as home
+        from .evaluate import command as home
     elif name == "git_commit":
         from .study import commits as home
+    elif name == "resolve_device":  # --device: a device that is not there is a UserError
+        from .device import resolve_device_flag
+        return resolve_device_flag
     elif name == "device_check_main":
         from .bench.device_check import main
         return main
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(home, name)
-
-
-def resolve_device(name: str) -> torch.device:
-    from .device import resolve_device as resolve
-
-    try:
-        return resolve(name)
-    except ValueError as exc:
-        raise UserError(f"--device: {exc}") from None
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -100,173 +93,22 @@ def add_model_code_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args) -> int:
-    import torch
+    from .evaluate.command import eval_command
 
-    from .checkpoints import load_model
-    from .distributed import init_from_environment, rank_device
-    from .evaluate.run import eval_state_dir, run_eval, untrained_model
-
-    device = resolve_device(args.device)
-    device = rank_device(device, init_from_environment(device.type))  # under torchrun: evaluate a shard
-    if args.untrained:
-        model, meta, label = untrained_model(args.untrained, args.dataset, args.seed)
-    elif args.checkpoint is None:
-        raise UserError("rat eval: give a CHECKPOINT (run directory or .safetensors file) or --untrained MODEL")
-    else:
-        model, meta = load_model(args.checkpoint, device, model_code_policy(args))
-        label = str(args.checkpoint)
-    if not args.no_channels_last:
-        model.to(memory_format=torch.channels_last)  # faster attacks (AutoAttack ~1.45x on CPU), same results
-    run_eval(model, meta, args, device, label, eval_state_dir(args))
+    eval_command(args, model_code_policy(args))
     return 0
-
-
-def _budget_seconds(text: str) -> float | None:
-    from .train.budget import parse_budget
-
-    try:
-        return parse_budget(text)
-    except ValueError as exc:
-        raise UserError(f"--budget: {exc}") from None
-
-
-def _train_overrides(args) -> list:
-    """The common flags as typed ``(section.key, value)`` overrides (never re-parsed as YAML),
-    then the ``--set section.key=value`` strings (parsed as YAML), which win."""
-    flags = {"method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
-             "batch_size": "train.batch_size", "train_subset": "data.train_subset", "seed": "train.seed",
-             "out": "train.out", "data_dir": "data.data_dir", "device": "train.device", "rat": "method.rat",
-             "awp": "method.awp", "norm": "attack.norm", "eps": "data.eps", "compile": "train.compile"}
-    overrides = []
-    if (args.model is not None or args.dataset is not None) and not args.resume:
-        from .config import load_config
-
-        file = load_config(args.config)
-        if args.model is not None and file.model.name != args.model:  # the file's kwargs and head were for its model
-            overrides += [("model.kwargs", {}), ("model.head", None)]
-        if args.dataset is not None and file.data.dataset != args.dataset:  # its val_size was for its own data
-            overrides.append(("data.val_size", None))  # null: chosen to fit the data when the run starts
-    for attr, key in flags.items():
-        value = getattr(args, attr)
-        if value is not None:
-            overrides.append((key, value))
-    if args.budget is not None:  # "none" gives null: no plan
-        overrides.append(("train.budget_s", _budget_seconds(args.budget)))
-    if args.eps is not None and not args.resume:
-        from .threat import STEP_FOLLOWS_EPS
-
-        overrides.append(STEP_FOLLOWS_EPS)
-    return overrides + list(args.set)
-
-
-def _preempted_outside_the_loop(exc) -> int:
-    from . import distributed
-    from .train import PREEMPTED_FILE
-
-    run_dir = exc.run_dir
-    if run_dir is not None and (Path(run_dir) / "config.yaml").is_file() and distributed.current().is_main:
-        (Path(run_dir) / PREEMPTED_FILE).write_text(f"{exc.signal_name} outside the training loop (start-up or "
-                                                    f"final evaluation); continue with: rat train --resume {run_dir}\n")
-    where = f"; continue with: rat train --resume {run_dir}" if run_dir is not None else "; nothing was saved yet"
-    print(f"rat train: stopped by {exc.signal_name}{where} (exit {EXIT_PREEMPTED}: preempted, resumable)",
-          file=sys.stderr)
-    return EXIT_PREEMPTED
 
 
 def cmd_train(args) -> int:
-    """``rat train``: a preemption at any moment exits 75 with a ``preempted`` file, resumable: at
-    a step boundary in the loop (the trainer), at once during start-up and the final evaluation
-    (:func:`main` catches the signals before anything heavy is imported)."""
-    from . import distributed
-    from .config import load_config
-    from .preemption import Preempted
-    from .train import TrainingInterrupted, TrainingPreempted, TrainingStopped, evaluate_run, resume_config, train
+    from .train.command import train_command
 
-    job_started = _MAIN_STARTED if _MAIN_STARTED is not None else time.monotonic()  # a budget counts from here
-
-    if args.resume:
-        if args.config:
-            raise UserError("--resume continues a run with its own config.yaml; --config does not apply "
-                            "(change what a resume may change with --set)")
-        cfg = resume_config(args.resume, _train_overrides(args))
-        run_dir = args.resume
-        policy = model_code_policy(args)
-    else:
-        cfg = load_config(args.config, _train_overrides(args))
-        run_dir, policy = None, None  # a new run: its config is the user's own
-    resolve_device(cfg.train.device)
-    started = time.perf_counter()
-    try:
-        evaluation = "none" if args.no_eval else "full" if args.full_eval else "preset"
-        run_dir = train(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet, model_code=policy,
-                        evaluation=evaluation, started=job_started)
-    except TrainingStopped as exc:
-        print(f"rat train: stopped: {exc}", file=sys.stderr)
-        return 1
-    except TrainingPreempted as exc:
-        if distributed.current().is_main:
-            print(f"rat train: stopped by {exc.signal_name}; progress saved. Continue with: "
-                  f"rat train --resume {exc.run_dir} (exit {EXIT_PREEMPTED}: preempted, resumable)", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except TrainingInterrupted as exc:
-        print(f"rat train: interrupted; progress saved. Continue with: rat train --resume {exc.run_dir}",
-              file=sys.stderr)
-        return 130
-    main = distributed.current().is_main  # under torchrun rank 0 reports; every rank evaluates its shard
-    if main:
-        print(f"training finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}", flush=True)
-    if not args.no_eval:
-        from .train import load_run_config
-
-        cfg = load_run_config(run_dir)  # as the run recorded it (a file dataset's statistics included)
-        try:  # a preemption here keeps the finished batches: --resume finishes the evaluation
-            evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet, model_code=policy)
-        except Preempted as exc:
-            exc.run_dir = run_dir
-            raise
-    if main:
-        print(f"total wall time {time.perf_counter() - started:.0f} s", flush=True)
-    return 0
+    return train_command(args, started=_MAIN_STARTED if _MAIN_STARTED is not None else time.monotonic())
 
 
 def cmd_bench(args) -> int:
-    from .bench import CONFIGS, BenchSettings, bench_model, format_bench, run_bench, width_kwargs
-    from .config import load_config
+    from .bench.command import bench_command
 
-    configs = CONFIGS if args.configs is None else tuple(c.strip() for c in args.configs.split(",") if c.strip())
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown or not configs:
-        raise UserError(f"--configs: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(CONFIGS)}")
-    for flag in ("batch_size", "steps", "rounds", "attack_steps"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, got {getattr(args, flag)}")
-    model, model_kwargs = args.model, {}
-    if args.width != 1.0:
-        scaled = width_kwargs(args.model, {}, args.width)
-        if scaled is None:
-            raise UserError(f"--width: only smallcnn and wrn-D-W models can be scaled, not {args.model}")
-        model, model_kwargs = scaled
-    device = resolve_device(args.device)
-    from .device import resolve_precision
-
-    precision = resolve_precision(args.attack_precision or load_config(None).attack.precision, device)[0]
-    settings = BenchSettings(dataset=args.dataset, model=model, model_kwargs=model_kwargs,
-                             batch_size=args.batch_size, attack_steps=args.attack_steps,
-                             rounds=min(args.rounds, args.steps),  # --steps 10: 10 rounds of one step, not 60
-                             steps_per_round=max(1, -(-args.steps // args.rounds)), configs=configs,
-                             device=str(device), seed=args.seed, memory=not args.no_memory,
-                             attack_precision=precision, step_precision=args.precision,
-                             channels_last=not args.no_channels_last, compile=args.compile)
-    progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
-    try:
-        bench_model(settings)
-    except ValueError as exc:
-        raise UserError(f"--model: {exc}") from None
-    result = run_bench(settings, with_scaling=not args.no_scaling, progress=progress)
-    print(format_bench(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    bench_command(args)
     return 0
 
 
@@ -284,83 +126,39 @@ def cmd_presets(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import StudyError, load_grid, run_study, run_study_parallel, write_aggregate
-    from .study.cluster import EXECUTOR_FLAGS, executor_spec, run_study_jobs
-    from .study.commits import commit_results
-    from .study.grid import emulated_bfloat16_notice, grid_file
-    from .study.lock import EXIT_IN_USE, RunInUse
+    from .study.command import study_command
 
-    grid_path = grid_file(args.grid)
-    try:
-        grid = load_grid(grid_path)
-        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
-    except (StudyError, ValueError) as exc:
-        raise UserError(f"--grid/--seeds: {exc}") from None
-    results = Path(args.results or Path("docs") / "results" / grid.name)
-    out = Path(args.out or Path("runs") / f"study-{grid.name}")
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
-    common = dict(seeds=seeds, log=log, aggregate_after=not args.no_aggregate, evaluate_only=args.evaluate_only)
-    child_args = ["--commit"] if args.commit else []
-    try:
-        only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
-        if args.jobs is not None and args.jobs < 1:
-            raise StudyError(f"--jobs: must be >= 1, got {args.jobs}")
-        spec = executor_spec(args.executor, **{f: getattr(args, f) for f in EXECUTOR_FLAGS})
-        notice = None if args.aggregate_only else emulated_bfloat16_notice(grid, only)
-        if notice is not None:
-            print(f"warning: {notice}", file=sys.stderr, flush=True)
-        if args.aggregate_only:
-            result = write_aggregate(grid, results)
-        elif spec is not None:
-            result = run_study_jobs(grid_path, grid, out, results, spec, jobs=args.jobs, only=only,
-                                    child_args=child_args, **common)
-        elif (args.jobs or 1) > 1:
-            result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, only=only,
-                                        child_args=child_args, **common)
-        else:
-            on_result = commit_results(log, grid, results, out) if args.commit else None
-            result = run_study(grid, out, results, only=only, quiet=args.quiet, on_result=on_result, **common)
-    except StudyError as exc:
-        raise UserError(str(exc)) from None
-    except RunInUse:  # --no-aggregate: runs left to the process that has them (logged); the executor waits
-        return EXIT_IN_USE
-    if args.no_aggregate:
-        return 0
-    print((results / "results.md").read_text(), end="")
-    print(f"wrote {results / 'results.json'}, {results / 'results.md'}" + "".join(f", {f}" for f in result["files"]))
-    return 0
-
-
-def _analysis_common(args) -> dict:
-    if args.n < 1:
-        raise UserError(f"--n: must be a positive number of images, got {args.n}")
-    return dict(out=args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
-                data_dir=args.data_dir, device=str(resolve_device(args.device)), quiet=args.quiet,
-                model_code=model_code_policy(args))
+    return study_command(args)
 
 
 def cmd_landscape(args) -> int:
     from .analysis import format_landscapes, run_landscape
 
-    try:
-        job = run_landscape(args.checkpoints, dim=args.dim, adversarial=args.adversarial, points=args.points,
-                            span=args.span, **_analysis_common(args))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    print(format_landscapes(job.results))
-    print("wrote " + ", ".join(str(f) for f in job.files))
-    return 0
+    return _analysis(run_landscape, format_landscapes, args.checkpoints, args, dim=args.dim,
+                     adversarial=args.adversarial, points=args.points, span=args.span)
 
 
 def cmd_hessian(args) -> int:
     from .analysis import format_hessian, run_hessian
 
+    return _analysis(run_hessian, format_hessian, args.checkpoint, args, top_k=args.top_k, probes=args.probes,
+                     loss=args.loss, max_iter=args.max_iter, tol=args.tol, params=args.params)
+
+
+def _analysis(run, format, checkpoints, args, **settings) -> int:
+    """What the analysis commands share: their common flags, the job, its results and files printed."""
+    from .device import resolve_device_flag
+
+    if args.n < 1:
+        raise UserError(f"--n: must be a positive number of images, got {args.n}")
+    common = dict(out=args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+                  data_dir=args.data_dir, device=str(resolve_device_flag(args.device)), quiet=args.quiet,
+                  model_code=model_code_policy(args))
     try:
-        job = run_hessian(args.checkpoint, top_k=args.top_k, probes=args.probes, loss=args.loss,
-                          max_iter=args.max_iter, tol=args.tol, params=args.params, **_analysis_common(args))
+        job = run(checkpoints, **settings, **common)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print(format_hessian(job.results))
+    print(format(job.results))
     print("wrote " + ", ".join(str(f) for f in job.files))
     return 0
 
@@ -656,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             code = _main(argv)
         except Preempted as exc:  # before rat train's own handling began (imports, parsing)
-            code = _preempted_outside_the_loop(exc)
+            from .train.command import preempted_outside_the_loop
+
+            code = preempted_outside_the_loop(exc)
     from .distributed import active, exit_cleanly
 
     if active():  # a torchrun worker (python -m ratkit or the rat script): leave without gloo teardown
