@@ -1,5 +1,6 @@
-"""The ``rat`` command: every subcommand and its flags, handed to the library that does the work
-(:mod:`ratkit.evaluate.run`, :mod:`ratkit.study`, :mod:`ratkit.bench`, ...). Nothing below imports it.
+"""The ``rat`` command: every subcommand and its flags, handed to the module that does its work
+(``command.py`` of :mod:`ratkit.train`, :mod:`ratkit.evaluate`, :mod:`ratkit.study`, ...). Nothing
+below imports it.
 
 User errors (bad data, bad checkpoint, bad config) print one line on stderr and exit 2.
 ``rat train`` stopped by SIGTERM or SIGUSR1 exits 75 (EX_TEMPFAIL: preempted, resumable), by
@@ -102,7 +103,7 @@ def cmd_eval(args) -> int:
 def cmd_train(args) -> int:
     from .train.command import train_command
 
-    return train_command(args, started=_MAIN_STARTED if _MAIN_STARTED is not None else time.monotonic())
+    return train_command(args, started=_MAIN_STARTED)
 
 
 def cmd_bench(args) -> int:
@@ -164,24 +165,9 @@ def _analysis(run, format, checkpoints, args, **settings) -> int:
 
 
 def cmd_import(args) -> int:
-    from .checkpoints import InteropError, import_layout, import_user_model
-    from .data.user import FILE_DATASETS, DataSource
-    from .models import is_user_model
+    from .checkpoints.command import import_command
 
-    if is_user_model(args.model):
-        source = DataSource(args.dataset, data_dir=args.data_dir, eps=args.eps,
-                            channels=args.channels, image_size=tuple(args.image_size) if args.image_size else None)
-        path, meta = import_user_model(args.state_dict, args.model, source, args.out, args.mean, args.std,
-                                       head=args.head)
-        print(f"{meta['imported_from']['file']}: {args.model} (head {meta['model']['head']}) for {args.dataset}; "
-              f"wrote {path}")
-        return 0
-    if args.dataset in FILE_DATASETS:
-        raise InteropError(f"--dataset {args.dataset}: your own data goes with your own model (--model module:callable)")
-    path, meta = import_layout(args.state_dict, args.model, args.dataset, args.out, args.mean, args.std, None)
-    kw, source = meta["model"]["kwargs"], meta["imported_from"]
-    print(f"{source['file']}: layout {source['layout']} -> {meta['model']['name']} ({meta['dataset']}, "
-          f"mean {kw['mean']}, std {kw['std']}); wrote {path}")
+    import_command(args)
     return 0
 
 

@@ -20,11 +20,12 @@ from . import (PREEMPTED_FILE, TrainingInterrupted, TrainingPreempted, TrainingS
 from .budget import parse_budget
 
 
-def train_command(args, started: float) -> int:
+def train_command(args, started: float | None = None) -> int:
     """``rat train``: a preemption at any moment exits 75 with a ``preempted`` file, resumable: at
     a step boundary in the loop (the trainer), at once during start-up and the final evaluation
     (:func:`ratkit.cli.main` catches the signals before anything heavy is imported). ``started``:
-    when the job began (``time.monotonic()``), where a budget counts from."""
+    when the job began (``time.monotonic()``; default now), where a budget counts from."""
+    started = started if started is not None else time.monotonic()
     if args.resume:
         if args.config:
             raise UserError("--resume continues a run with its own config.yaml; --config does not apply "
