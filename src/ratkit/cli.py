@@ -146,7 +146,7 @@ def cmd_hessian(args) -> int:
                      loss=args.loss, max_iter=args.max_iter, tol=args.tol, params=args.params)
 
 
-def _analysis(run, format, checkpoints, args, **settings) -> int:
+def _analysis(run, describe, checkpoints, args, **settings) -> int:
     """What the analysis commands share: their common flags, the job, its results and files printed."""
     from .device import resolve_device_flag
 
@@ -159,7 +159,7 @@ def _analysis(run, format, checkpoints, args, **settings) -> int:
         job = run(checkpoints, **settings, **common)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print(format(job.results))
+    print(describe(job.results))
     print("wrote " + ", ".join(str(f) for f in job.files))
     return 0
 
