@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19's device check on one GPU (about 8 minutes): GPU against CPU correctness, the
+# The device check on one GPU (about 8 minutes): GPU against CPU correctness, the
 # training steps' throughput, RAT's ratios with intervals, and the 200-epoch estimates; it
 # prints a summary and writes docs/performance/gpu.json (ratkit.bench.device_check, docs/performance.md).
 # Without a CUDA device it exits at once with status 69 (EX_UNAVAILABLE) and a message.

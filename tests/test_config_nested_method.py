@@ -197,10 +197,11 @@ def test_of_a_flat_and_a_nested_set_for_one_setting_the_later_wins(overrides, al
 
 
 def test_the_later_set_wins_through_the_command_line_too(capsys):
-    from ratkit.cli import _train_overrides, build_parser
+    from ratkit.cli import build_parser
+    from ratkit.train.command import train_overrides
 
     args = build_parser().parse_args(["train", "--set", "method.alpha=0.5", "--set", "method.rat.alpha=0.7"])
-    assert load_config(None, _train_overrides(args)).method.rat["alpha"] == 0.7
+    assert load_config(None, train_overrides(args)).method.rat["alpha"] == 0.7
 
 
 def test_one_file_setting_a_flat_and_a_nested_key_for_one_setting_is_refused_in_one_line(tmp_path):

@@ -102,9 +102,10 @@ def test_the_names_the_docs_give_still_import_from_their_old_paths():
     assert ratkit.fit.__doc__ and "ratkit.train.fit" in ratkit.fit.__doc__
 
 
-def test_python_m_ratkit_device_check_still_runs_the_device_check():
+@pytest.mark.parametrize("module", ["ratkit.device_check", "ratkit.bench.device_check"])
+def test_python_m_runs_the_device_check_by_its_old_and_its_new_name(module):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "ratkit.device_check", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--correctness-only" in proc.stdout

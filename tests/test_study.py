@@ -561,10 +561,10 @@ def test_each_result_file_is_handed_to_on_result_with_its_message(tmp_path, monk
     assert json.loads((results / "trades-seed0.json").read_text()) == {"config": "trades", "seed": 0}
 
 
-def test_the_command_lines_git_commit_commits_only_the_given_files(tmp_path, monkeypatch):
+def test_git_commit_commits_only_the_given_files(tmp_path, monkeypatch):
     import subprocess
 
-    from ratkit.cli import git_commit
+    from ratkit.study.commits import git_commit
 
     for key in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{key}_NAME", "test")
@@ -584,7 +584,7 @@ def test_study_commit_commits_each_result_with_the_aggregate_remade(tmp_path, mo
     committed result files (a study stopped between runs leaves main consistent)."""
     import subprocess
 
-    from ratkit.cli import _commit_results
+    from ratkit.study.commits import commit_results
 
     for key in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{key}_NAME", "test")
@@ -593,7 +593,7 @@ def test_study_commit_commits_each_result_with_the_aggregate_remade(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     subprocess.run(["git", "init", "-q"], check=True)
     results = Path("results")
-    commit = _commit_results(lambda m: None, grid, results, Path("runs") / ".commit.lock")
+    commit = commit_results(lambda m: None, grid, results, Path("runs"))
     for seed, pgd in ((0, 0.60), (1, 0.64)):
         result = results / f"trades-seed{seed}.json"
         results.mkdir(exist_ok=True)

@@ -155,14 +155,7 @@ def test_executor_flags_are_checked_at_the_edge_with_one_line(capsys):
         assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_job_requeues_on_rats_exit_code_for_preempted_and_starts_its_command_without_torch():
-    from ratkit.cli import EXIT_PREEMPTED
-    from ratkit.requeue import EXIT_PREEMPTED as job_code
-
-    assert job_code == EXIT_PREEMPTED == 75
-    from ratkit.requeue import EXIT_IN_USE as job_in_use
-
-    assert job_in_use == EXIT_IN_USE == 73
+def test_a_job_starts_its_command_without_torch():
     loaded = subprocess.run([sys.executable, "-c", "import sys, ratkit.requeue; print('torch' in sys.modules)"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC}, check=True)
     assert loaded.stdout.strip() == "False"

@@ -1,5 +1,6 @@
-"""The ``rat`` command: a thin layer over the library, every subcommand and its flags; and the
-device check's command line (:func:`device_check_main`). Nothing below imports it.
+"""The ``rat`` command: every subcommand and its flags, handed to the module that does its work
+(``command.py`` of :mod:`ratkit.train`, :mod:`ratkit.evaluate`, :mod:`ratkit.study`, ...). Nothing
+below imports it.
 
 User errors (bad data, bad checkpoint, bad config) print one line on stderr and exit 2.
 ``rat train`` stopped by SIGTERM or SIGUSR1 exits 75 (EX_TEMPFAIL: preempted, resumable), by
@@ -9,31 +10,33 @@ Ctrl-C 130.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-EXIT_USER_ERROR = 2
-EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later"; a job script requeues on it
+from .exits import EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
 
 
-class UserError(Exception):
-    """A problem the user can fix from the message alone; printed without a traceback."""
-
-
-def resolve_device(name: str) -> torch.device:
-    from .device import resolve_device as resolve
-
-    try:
-        return resolve(name)
-    except ValueError as exc:
-        raise UserError(f"--device: {exc}") from None
+def __getattr__(name: str):
+    """The names that moved out of the command line, still importable from it; imported when asked
+    for, so that importing the command line stays light."""
+    if name in ("run_eval", "checkpoint_data", "eval_state_dir"):
+        from .evaluate import command as home
+    elif name == "git_commit":
+        from .study import commits as home
+    elif name == "resolve_device":  # --device: a device that is not there is a UserError
+        from .device import resolve_device_flag
+        return resolve_device_flag
+    elif name == "device_check_main":
+        from .bench.device_check import main
+        return main
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(home, name)
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    from .attacks.pgd import NORMS
+    from .choices import NORMS
     from .evaluate import PROTOCOLS
 
     p.add_argument("--protocol", choices=PROTOCOLS, default="ours",
@@ -73,82 +76,6 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_eval(model, meta: dict, args, device: torch.device, label: str, state_dir: Path | None = None):
-    """Load the test split the checkpoint was trained for and run the protocol on it; ``state_dir``
-    keeps per-batch results so that a rerun of an interrupted evaluation resumes."""
-    from .checkpoints import check_model_fits_data
-    from .data.source import source_info
-    from .evaluate import (DEFAULT_ATTACKS, check_protocol_norm, evaluate_test_set, format_report, paper_eps,
-                           parse_attacks, save_adversarial, write_report_files)
-    from .threat import RadiusError, checkpoint_eps
-
-    try:
-        attacks = parse_attacks(args.attacks or ",".join(DEFAULT_ATTACKS[args.protocol]), args.protocol)
-    except ValueError as exc:
-        raise UserError(f"--attacks: {exc}") from None
-    try:
-        check_protocol_norm(args.protocol, args.norm)
-    except ValueError as exc:
-        raise UserError(f"--protocol {args.protocol}: {exc}") from None
-    for flag in ("n", "aa_n"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise UserError(f"--{flag.replace('_', '-')}: must be a positive number of images, got {value}")
-    src = checkpoint_data(meta, args)
-    info = source_info(src)
-    if not args.untrained:
-        check_model_fits_data(meta, info, label, src.dataset, model)
-        _trial_pass(model, meta, info, label)
-    try:
-        eps = checkpoint_eps(src, args.norm, args.eps, meta)
-    except RadiusError as exc:
-        raise UserError(str(exc)) from None
-    if args.protocol == "paper" and args.eps is None:
-        eps = paper_eps(eps)
-    from .compile import compile_for_evaluation
-
-    compile_for_evaluation(model.to(device), getattr(args, "compile", "auto"), info.image_shape, device,
-                           batch_size=args.batch_size, quiet=args.quiet)
-    report = evaluate_test_set(model.to(device), src, n=args.n, eps=eps,
-                               norm=args.norm, attacks=attacks, batch_size=args.batch_size, aa_n=args.aa_n,
-                               seed=args.seed, quiet=args.quiet, protocol=args.protocol,
-                               keep_adversarial=args.save_adv is not None, state_dir=state_dir)
-    report.checkpoint = label
-    from .distributed import current
-
-    if not current().is_main:  # under torchrun every rank evaluated its share; rank 0 reports
-        return report
-    print(format_report(report))
-    if args.json is not None:
-        write_report_files(report, args.json)
-    if args.save_adv is not None:
-        args.save_adv.parent.mkdir(parents=True, exist_ok=True)
-        save_adversarial(report, args.save_adv)
-        print(f"wrote {args.save_adv} ({report.robust_n} worst-case examples)")
-    return report
-
-
-def _trial_pass(model, meta: dict, info, label: str) -> None:
-    """The loaded model given one trial pass on the data's shape before the evaluation starts (and
-    before its per-batch results are kept): a model that cannot run on these images is one line."""
-    from .preflight import ModelDoesNotFit, check_model
-
-    try:
-        check_model(model, info.image_shape, info.num_classes, name=(meta.get("model") or {}).get("name", "the model"),
-                    training=False)
-    except ModelDoesNotFit as exc:
-        raise UserError(f"{label}: {exc}") from None
-
-
-def checkpoint_data(meta: dict, args):
-    """The data a checkpoint is evaluated on (:func:`ratkit.checkpoints.recorded_data`), with the
-    command line's ``--dataset``/``--data-dir``/``--eps``."""
-    from .checkpoints import recorded_data
-
-    return recorded_data(meta, dataset=getattr(args, "dataset", None), data_dir=getattr(args, "data_dir", None),
-                         eps=getattr(args, "eps", None))
-
-
 def model_code_policy(args):
     """What user model code the command line allows importing: ``--model module:callable`` names
     one, ``--trust-model-code`` allows any."""
@@ -166,200 +93,23 @@ def add_model_code_args(p: argparse.ArgumentParser) -> None:
                    help="allow importing whatever model code the checkpoint names")
 
 
-def eval_state_dir(args) -> Path | None:
-    """Where ``rat eval`` keeps its per-batch results: --state-dir, else beside the checkpoint
-    (``best.safetensors`` -> ``best.eval-state/``) when that directory is writable; none with
-    --no-resume or for an untrained model."""
-    from .checkpoints import checkpoint_path
-
-    if args.no_resume:
-        return None
-    if args.state_dir is not None:
-        return args.state_dir
-    if args.untrained or args.checkpoint is None:
-        return None
-    path = checkpoint_path(args.checkpoint)
-    return path.with_suffix(".eval-state") if os.access(path.parent, os.W_OK) else None
-
-
 def cmd_eval(args) -> int:
-    import torch
+    from .evaluate.command import eval_command
 
-    from .checkpoints import load_model
-    from .data import dataset_info
-    from .distributed import init_from_environment, rank_device
-    from .models import build_model, model_kwargs_for, model_spec
-
-    device = resolve_device(args.device)
-    device = rank_device(device, init_from_environment(device.type))  # under torchrun: evaluate a shard
-    if args.untrained:
-        dataset = args.dataset or "fashion-mnist"
-        info = dataset_info(dataset)
-        torch.manual_seed(args.seed)
-        try:
-            kwargs = model_kwargs_for(args.untrained, info)
-            model = build_model(args.untrained, **kwargs)
-        except ValueError as exc:
-            raise UserError(f"--untrained: {exc}") from None
-        meta = {"dataset": dataset, "model": model_spec(args.untrained, **kwargs)}
-        label = f"untrained {args.untrained}, seed {args.seed}"
-    else:
-        if args.checkpoint is None:
-            raise UserError("rat eval: give a CHECKPOINT (run directory or .safetensors file) or --untrained MODEL")
-        model, meta = load_model(args.checkpoint, device, model_code_policy(args))
-        label = str(args.checkpoint)
-    if not args.no_channels_last:
-        model.to(memory_format=torch.channels_last)  # faster attacks (AutoAttack ~1.45x on CPU), same results
-    run_eval(model, meta, args, device, label, eval_state_dir(args))
+    eval_command(args, model_code_policy(args))
     return 0
-
-
-def _budget_seconds(text: str) -> float | None:
-    from .train.budget import parse_budget
-
-    try:
-        return parse_budget(text)
-    except ValueError as exc:
-        raise UserError(f"--budget: {exc}") from None
-
-
-def _train_overrides(args) -> list:
-    """The common flags as typed ``(section.key, value)`` overrides (never re-parsed as YAML),
-    then the ``--set section.key=value`` strings (parsed as YAML), which win."""
-    flags = {"method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
-             "batch_size": "train.batch_size", "train_subset": "data.train_subset", "seed": "train.seed",
-             "out": "train.out", "data_dir": "data.data_dir", "device": "train.device", "rat": "method.rat",
-             "awp": "method.awp", "norm": "attack.norm", "eps": "data.eps", "compile": "train.compile"}
-    overrides = []
-    if (args.model is not None or args.dataset is not None) and not args.resume:
-        from .config import load_config
-
-        file = load_config(args.config)
-        if args.model is not None and file.model.name != args.model:  # the file's kwargs and head were for its model
-            overrides += [("model.kwargs", {}), ("model.head", None)]
-        if args.dataset is not None and file.data.dataset != args.dataset:  # its val_size was for its own data
-            overrides.append(("data.val_size", None))  # null: chosen to fit the data when the run starts
-    for attr, key in flags.items():
-        value = getattr(args, attr)
-        if value is not None:
-            overrides.append((key, value))
-    if args.budget is not None:  # "none" gives null: no plan
-        overrides.append(("train.budget_s", _budget_seconds(args.budget)))
-    if args.eps is not None and not args.resume:
-        from .threat import STEP_FOLLOWS_EPS
-
-        overrides.append(STEP_FOLLOWS_EPS)
-    return overrides + list(args.set)
-
-
-def _preempted_outside_the_loop(exc) -> int:
-    from . import distributed
-    from .train import PREEMPTED_FILE
-
-    run_dir = exc.run_dir
-    if run_dir is not None and (Path(run_dir) / "config.yaml").is_file() and distributed.current().is_main:
-        (Path(run_dir) / PREEMPTED_FILE).write_text(f"{exc.signal_name} outside the training loop (start-up or "
-                                                    f"final evaluation); continue with: rat train --resume {run_dir}\n")
-    where = f"; continue with: rat train --resume {run_dir}" if run_dir is not None else "; nothing was saved yet"
-    print(f"rat train: stopped by {exc.signal_name}{where} (exit {EXIT_PREEMPTED}: preempted, resumable)",
-          file=sys.stderr)
-    return EXIT_PREEMPTED
 
 
 def cmd_train(args) -> int:
-    """``rat train``: a preemption at any moment exits 75 with a ``preempted`` file, resumable: at
-    a step boundary in the loop (the trainer), at once during start-up and the final evaluation
-    (:func:`main` catches the signals before anything heavy is imported)."""
-    from . import distributed
-    from .config import load_config
-    from .preemption import Preempted
-    from .train import TrainingInterrupted, TrainingPreempted, TrainingStopped, evaluate_run, resume_config, train
+    from .train.command import train_command
 
-    job_started = _MAIN_STARTED if _MAIN_STARTED is not None else time.monotonic()  # a budget counts from here
-
-    if args.resume:
-        if args.config:
-            raise UserError("--resume continues a run with its own config.yaml; --config does not apply "
-                            "(change what a resume may change with --set)")
-        cfg = resume_config(args.resume, _train_overrides(args))
-        run_dir = args.resume
-        policy = model_code_policy(args)
-    else:
-        cfg = load_config(args.config, _train_overrides(args))
-        run_dir, policy = None, None  # a new run: its config is the user's own
-    resolve_device(cfg.train.device)
-    started = time.perf_counter()
-    try:
-        evaluation = "none" if args.no_eval else "full" if args.full_eval else "preset"
-        run_dir = train(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet, model_code=policy,
-                        evaluation=evaluation, started=job_started)
-    except TrainingStopped as exc:
-        print(f"rat train: stopped: {exc}", file=sys.stderr)
-        return 1
-    except TrainingPreempted as exc:
-        if distributed.current().is_main:
-            print(f"rat train: stopped by {exc.signal_name}; progress saved. Continue with: "
-                  f"rat train --resume {exc.run_dir} (exit {EXIT_PREEMPTED}: preempted, resumable)", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except TrainingInterrupted as exc:
-        print(f"rat train: interrupted; progress saved. Continue with: rat train --resume {exc.run_dir}",
-              file=sys.stderr)
-        return 130
-    main = distributed.current().is_main  # under torchrun rank 0 reports; every rank evaluates its shard
-    if main:
-        print(f"training finished in {time.perf_counter() - started:.0f} s; run directory: {run_dir}", flush=True)
-    if not args.no_eval:
-        from .train import load_run_config
-
-        cfg = load_run_config(run_dir)  # as the run recorded it (a file dataset's statistics included)
-        try:  # a preemption here keeps the finished batches: --resume finishes the evaluation
-            evaluate_run(run_dir, cfg, full=args.full_eval, quiet=args.quiet, model_code=policy)
-        except Preempted as exc:
-            exc.run_dir = run_dir
-            raise
-    if main:
-        print(f"total wall time {time.perf_counter() - started:.0f} s", flush=True)
-    return 0
+    return train_command(args, started=_MAIN_STARTED)
 
 
 def cmd_bench(args) -> int:
-    from .bench import CONFIGS, BenchSettings, bench_model, format_bench, run_bench, width_kwargs
-    from .config import load_config
+    from .bench.command import bench_command
 
-    configs = CONFIGS if args.configs is None else tuple(c.strip() for c in args.configs.split(",") if c.strip())
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown or not configs:
-        raise UserError(f"--configs: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(CONFIGS)}")
-    for flag in ("batch_size", "steps", "rounds", "attack_steps"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, got {getattr(args, flag)}")
-    model, model_kwargs = args.model, {}
-    if args.width != 1.0:
-        scaled = width_kwargs(args.model, {}, args.width)
-        if scaled is None:
-            raise UserError(f"--width: only smallcnn and wrn-D-W models can be scaled, not {args.model}")
-        model, model_kwargs = scaled
-    device = resolve_device(args.device)
-    from .device import resolve_precision
-
-    precision = resolve_precision(args.attack_precision or load_config(None).attack.precision, device)[0]
-    settings = BenchSettings(dataset=args.dataset, model=model, model_kwargs=model_kwargs,
-                             batch_size=args.batch_size, attack_steps=args.attack_steps,
-                             rounds=min(args.rounds, args.steps),  # --steps 10: 10 rounds of one step, not 60
-                             steps_per_round=max(1, -(-args.steps // args.rounds)), configs=configs,
-                             device=str(device), seed=args.seed, memory=not args.no_memory,
-                             attack_precision=precision, step_precision=args.precision,
-                             channels_last=not args.no_channels_last, compile=args.compile)
-    progress = None if args.quiet else (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
-    try:
-        bench_model(settings)
-    except ValueError as exc:
-        raise UserError(f"--model: {exc}") from None
-    result = run_bench(settings, with_scaling=not args.no_scaling, progress=progress)
-    print(format_bench(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    bench_command(args)
     return 0
 
 
@@ -376,173 +126,48 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def git_commit(paths: list[Path], message: str, *, attempts: int = 5) -> bool:
-    """Commit ``paths`` (and nothing else); retried while another git process holds the lock."""
-    import subprocess
-
-    for attempt in range(attempts):
-        add = subprocess.run(["git", "add", "--", *map(str, paths)], capture_output=True, text=True)
-        commit = subprocess.run(["git", "commit", "-q", "-m", message, "--", *map(str, paths)],
-                                capture_output=True, text=True) if add.returncode == 0 else add
-        if commit.returncode == 0:
-            return True
-        if "index.lock" not in commit.stderr:
-            return False
-        time.sleep(2 + 3 * attempt)
-    return False
-
-
-def _commit_results(log, grid, results_dir: Path, lock_path: Path):
-    """``rat study --commit``: the runner's on_result. Each result file is committed together with
-    the aggregate remade from all result files, so that a committed aggregate always matches the
-    committed result files, whenever the study stops. Parallel runs (``--jobs``, or several
-    ``rat study`` processes) take turns through a lock file in the run directory."""
-    import fcntl
-
-    from .study import write_aggregate
-
-    def commit(paths: list[Path], message: str) -> None:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            files = [results_dir / "results.json", results_dir / "results.md",
-                     *map(Path, write_aggregate(grid, results_dir)["files"])]
-            if not git_commit([*paths, *files], message):
-                log(f"{paths[0].stem}: could not commit {', '.join(map(str, paths))}")
-
-    return commit
-
-
-def _study_grid(args):
-    """The grid file (a path, or a name in configs/studies/), the grid and the seeds asked for."""
-    from .config import preset_dir
-    from .study import StudyError, load_grid
-
-    grid_path = Path(args.grid)
-    if not grid_path.exists() and not grid_path.suffix:
-        grid_path = preset_dir() / "studies" / f"{args.grid}.yaml"
-    try:
-        grid = load_grid(grid_path)
-        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
-    except (StudyError, ValueError) as exc:
-        raise UserError(f"--grid/--seeds: {exc}") from None
-    return grid_path, grid, seeds
-
-
 def cmd_study(args) -> int:
-    from .study import StudyError, run_study, run_study_parallel, write_aggregate
-    from .study.grid import emulated_bfloat16_notice
-    from .study.lock import EXIT_IN_USE, RunInUse
+    from .study.command import study_command
 
-    grid_path, grid, seeds = _study_grid(args)
-    results = Path(args.results or Path("docs") / "results" / grid.name)
-    out = Path(args.out or Path("runs") / f"study-{grid.name}")
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True))
-    common = dict(seeds=seeds, log=log, aggregate_after=not args.no_aggregate, evaluate_only=args.evaluate_only)
-    try:
-        only = None if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
-        if args.jobs is not None and args.jobs < 1:
-            raise StudyError(f"--jobs: must be >= 1, got {args.jobs}")
-        spec = _study_executor(args)
-        notice = None if args.aggregate_only else emulated_bfloat16_notice(grid, only)
-        if notice is not None:
-            print(f"warning: {notice}", file=sys.stderr, flush=True)
-        if args.aggregate_only:
-            result = write_aggregate(grid, results)
-        elif spec is not None:
-            from .study.cluster import run_study_jobs
-
-            result = run_study_jobs(grid_path, grid, out, results, spec, jobs=args.jobs, only=only,
-                                    child_args=["--commit"] if args.commit else [], **common)
-        elif (args.jobs or 1) > 1:
-            result = run_study_parallel(grid_path, grid, out, results, jobs=args.jobs, only=only,
-                                        child_args=["--commit"] if args.commit else [], **common)
-        else:
-            on_result = _commit_results(log, grid, results, out / ".commit.lock") if args.commit else None
-            result = run_study(grid, out, results, only=only, quiet=args.quiet, on_result=on_result, **common)
-    except StudyError as exc:
-        raise UserError(str(exc)) from None
-    except RunInUse:  # --no-aggregate: runs left to the process that has them (logged); the executor waits
-        return EXIT_IN_USE
-    if args.no_aggregate:
-        return 0
-    print((results / "results.md").read_text(), end="")
-    print(f"wrote {results / 'results.json'}, {results / 'results.md'}" + "".join(f", {f}" for f in result["files"]))
-    return 0
-
-
-def _study_executor(args):
-    """``rat study --executor local|slurm`` and its flags as an ExecutorSpec; None for ``process``."""
-    from .study import StudyError
-
-    if args.executor == "process":
-        given = [f for f in ("partition", "time", "gpus_per_job", "cpus_per_job", "sbatch", "executor_dir")
-                 if getattr(args, f) not in (None, [])]
-        if given:
-            raise StudyError(f"{', '.join('--' + f.replace('_', '-') for f in given)}: only with --executor "
-                             f"local or slurm")
-        return None
-    from .study.cluster import ExecutorSpec, parse_sbatch, parse_time
-
-    return ExecutorSpec(args.executor, partition=args.partition,
-                        time_min=None if args.time is None else parse_time(args.time),
-                        gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
-                        sbatch=parse_sbatch(args.sbatch), folder=args.executor_dir)
-
-
-def _analysis_common(args) -> dict:
-    if args.n < 1:
-        raise UserError(f"--n: must be a positive number of images, got {args.n}")
-    return dict(out=args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
-                data_dir=args.data_dir, device=str(resolve_device(args.device)), quiet=args.quiet,
-                model_code=model_code_policy(args))
+    return study_command(args)
 
 
 def cmd_landscape(args) -> int:
     from .analysis import format_landscapes, run_landscape
 
-    try:
-        job = run_landscape(args.checkpoints, dim=args.dim, adversarial=args.adversarial, points=args.points,
-                            span=args.span, **_analysis_common(args))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    print(format_landscapes(job.results))
-    print("wrote " + ", ".join(str(f) for f in job.files))
-    return 0
+    return _analysis(run_landscape, format_landscapes, args.checkpoints, args, dim=args.dim,
+                     adversarial=args.adversarial, points=args.points, span=args.span)
 
 
 def cmd_hessian(args) -> int:
     from .analysis import format_hessian, run_hessian
 
+    return _analysis(run_hessian, format_hessian, args.checkpoint, args, top_k=args.top_k, probes=args.probes,
+                     loss=args.loss, max_iter=args.max_iter, tol=args.tol, params=args.params)
+
+
+def _analysis(run, describe, checkpoints, args, **settings) -> int:
+    """What the analysis commands share: their common flags, the job, its results and files printed."""
+    from .device import resolve_device_flag
+
+    if args.n < 1:
+        raise UserError(f"--n: must be a positive number of images, got {args.n}")
+    common = dict(out=args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+                  data_dir=args.data_dir, device=str(resolve_device_flag(args.device)), quiet=args.quiet,
+                  model_code=model_code_policy(args))
     try:
-        job = run_hessian(args.checkpoint, top_k=args.top_k, probes=args.probes, loss=args.loss,
-                          max_iter=args.max_iter, tol=args.tol, params=args.params, **_analysis_common(args))
+        job = run(checkpoints, **settings, **common)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    print(format_hessian(job.results))
+    print(describe(job.results))
     print("wrote " + ", ".join(str(f) for f in job.files))
     return 0
 
 
 def cmd_import(args) -> int:
-    from .checkpoints import InteropError, import_layout, import_user_model
-    from .data.source import FILE_DATASETS, DataSource
-    from .models import is_user_model
+    from .checkpoints.command import import_command
 
-    if is_user_model(args.model):
-        source = DataSource(args.dataset, data_dir=args.data_dir, eps=args.eps,
-                            channels=args.channels, image_size=tuple(args.image_size) if args.image_size else None)
-        path, meta = import_user_model(args.state_dict, args.model, source, args.out, args.mean, args.std,
-                                       head=args.head)
-        print(f"{meta['imported_from']['file']}: {args.model} (head {meta['model']['head']}) for {args.dataset}; "
-              f"wrote {path}")
-        return 0
-    if args.dataset in FILE_DATASETS:
-        raise InteropError(f"--dataset {args.dataset}: your own data goes with your own model (--model module:callable)")
-    path, meta = import_layout(args.state_dict, args.model, args.dataset, args.out, args.mean, args.std, None)
-    kw, source = meta["model"]["kwargs"], meta["imported_from"]
-    print(f"{source['file']}: layout {source['layout']} -> {meta['model']['name']} ({meta['dataset']}, "
-          f"mean {kw['mean']}, std {kw['std']}); wrote {path}")
+    import_command(args)
     return 0
 
 
@@ -601,7 +226,7 @@ def _add_eval_command(sub) -> None:
 
 
 def _add_train_command(sub) -> None:
-    from .attacks.pgd import NORMS
+    from .choices import NORMS
     from .methods import BASE_METHODS
 
     p = sub.add_parser("train", help="train (default: RAT-TRADES on Fashion-MNIST, CPU preset) and evaluate",
@@ -661,7 +286,7 @@ def _add_train_command(sub) -> None:
 
 
 def _add_bench_command(sub) -> None:
-    from .attacks.pgd import PRECISIONS
+    from .choices import PRECISIONS
     from .methods import STEP_PRECISIONS
 
     p = sub.add_parser("bench", help="time and size a training step of every method, with and without RAT")
@@ -815,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             code = _main(argv)
         except Preempted as exc:  # before rat train's own handling began (imports, parsing)
-            code = _preempted_outside_the_loop(exc)
+            from .train.command import preempted_outside_the_loop
+
+            code = preempted_outside_the_loop(exc)
     from .distributed import active, exit_cleanly
 
     if active():  # a torchrun worker (python -m ratkit or the rat script): leave without gloo teardown
@@ -844,51 +471,3 @@ def _main(argv: list[str]) -> int:
         print(f"rat {args.command}: {'preempted' if preempted else 'interrupted'}", file=sys.stderr)
         code = EXIT_PREEMPTED if preempted else 130
     return code
-
-
-# ----------------------------------------------------------------------------- the device check
-
-
-def device_check_main(argv: list[str] | None = None) -> int:
-    """The command line of the device check (:mod:`ratkit.bench.device_check`). Not a ``rat``
-    subcommand: ``python -m ratkit.device_check`` runs it, as ``scripts/device_check.sh`` does."""
-    from dataclasses import replace
-
-    import torch
-
-    from .bench.device_check import EXIT_NO_DEVICE, DeviceCheckSettings, format_check, run_device_check
-    from .device import resolve_device as resolve
-
-    p = argparse.ArgumentParser(prog="device_check", description="Issue 19's device check: GPU against CPU "
-                                "correctness, training-step throughput, RAT's ratios with intervals and the "
-                                "presets' 200-epoch estimates (docs/performance.md, 'Device check').")
-    d = DeviceCheckSettings()
-    p.add_argument("--out", default="docs/performance/gpu.json", help="the JSON to write")
-    p.add_argument("--device", default=d.device, help="the device checked (default cuda)")
-    p.add_argument("--reference", default=d.reference, help="the device it is checked against (default cpu)")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="timing rounds per precision")
-    p.add_argument("--steps-per-round", type=int, default=d.steps_per_round)
-    p.add_argument("--aa-images", type=int, default=d.aa_images)
-    p.add_argument("--correctness-only", action="store_true", help="skip the throughput and the estimates")
-    args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("device_check: no GPU here (torch.cuda.is_available() is False), so nothing was checked. Run it "
-              "on a machine with a CUDA device and a CUDA build of torch; tests/test_device_check.py runs the "
-              "check's CPU side.", file=sys.stderr)
-        return EXIT_NO_DEVICE
-    try:
-        device, reference = resolve(args.device), resolve(args.reference)
-    except ValueError as exc:
-        p.error(str(exc))
-    settings = replace(d, device=str(device), reference=str(reference), rounds=args.rounds,
-                       steps_per_round=args.steps_per_round, aa_images=args.aa_images,
-                       throughput=not args.correctness_only)
-    started = time.perf_counter()
-    result = run_device_check(settings, lambda m: print(f"[{time.perf_counter() - started:6.0f} s] {m}",
-                                                        file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(format_check(result))
-    print(f"wrote {out}")
-    return 0 if result["correctness"]["rat_trades_step"]["passed"] else 1

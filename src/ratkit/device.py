@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .choices import AUTO  # attack.precision: "auto" is resolved here, per device, into a precision
+from .exits import UserError
 
 # Expected cost of an emulated bfloat16 step against float32, measured with benchmarks/step_precision.py
 # (docs/performance.md, "Precision follows the hardware"): 9.1 s against 1.9 s a step on an AVX2-only
@@ -46,6 +47,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not mps_available():
         raise ValueError("MPS was requested but torch.backends.mps.is_available() is False")
     return device
+
+
+def resolve_device_flag(name: str) -> torch.device:
+    """:func:`resolve_device` for a command's ``--device`` (or the config's ``train.device``): a
+    device that is not there is a one-line :class:`~ratkit.exits.UserError`."""
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise UserError(f"--device: {exc}") from None
 
 
 def _cpu_check(name: str) -> bool:

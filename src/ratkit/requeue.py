@@ -1,32 +1,9 @@
 """A ``rat`` command as a submitit job that requeues itself while the command says it was preempted.
 
-``rat study --executor slurm|local`` (:mod:`ratkit.study.cluster`) submits each run of a grid as
-a :class:`RequeueingJob` around ``rat study --only NAME --seeds S``; the job works the same
-around ``rat train`` or ``rat train --resume``, or any command that exits 75 when it stops
-resumably. The job:
-
-* runs the command in a child process, its output appended to a log (every attempt);
-* passes the scheduler's notices on to the child while it runs: SIGTERM and SIGUSR1 as they
-  are, and submitit's time-limit signal (SIGUSR2, sent ``--signal=USR2@90`` before the limit)
-  as SIGUSR1. ``rat train`` stops at a step boundary with ``last`` saved, writes ``preempted``
-  and exits 75. The child ignores SIGUSR2 itself: SLURM signals every process of the job step,
-  and SIGUSR2 would otherwise kill it;
-* when the child exits 75, or a notice ended it by its signal (during the start-up or the
-  evaluation of ``rat study``, which does not catch it there), requeues itself through
-  submitit's job environment: ``scontrol requeue`` on SLURM; on the local executor the requeue
-  exit code, on which submitit's controller starts the job again (6 attempts at most). The next
-  attempt runs the same command, which resumes. On SLURM the job itself stops at
-  :data:`MAX_ATTEMPTS` as well (``SLURM_RESTART_COUNT``), so a command that always exits 75 does not
-  requeue forever: the last attempt fails, saying so in the log; ``rat study`` run again submits
-  the run anew, and it resumes;
-* when the command exits 73 (``rat study``: the run is in use by another process, a duplicate
-  job), ends without a requeue and without failing, returning 73; otherwise returns 0 (exit 0) or
-  fails, naming its log.
-
-Why the job takes the signals over while the child runs, instead of leaving them to submitit's
-own handler: that handler calls :meth:`RequeueingJob.checkpoint` and requeues at once, without
-waiting for the child to save. ``checkpoint`` (the same job, submitted again) stays for a notice
-that arrives before or after the child runs; running the command again resumes or skips.
+``rat study --executor slurm|local`` (:mod:`ratkit.study.cluster`) submits each run of a grid as a
+:class:`RequeueingJob`; it passes the scheduler's notices on to its command and requeues when the
+command exits 75, at most :data:`MAX_ATTEMPTS` attempts; exit 73 (the run is another process's)
+ends it without failing. How and why: docs/scaling.md, "A study on a SLURM cluster".
 
 Free of torch and of the rest of ratkit, so a job starts its child without heavy imports.
 """
@@ -41,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .exits import EXIT_IN_USE, EXIT_PREEMPTED
 from .preemption import PREEMPT_SIGNALS, install_handlers, restore_handlers
 
-EXIT_PREEMPTED = 75  # rat's exit code for "preempted, resumable" (ratkit.cli.EXIT_PREEMPTED)
-EXIT_IN_USE = 73  # rat study: "the run is in use by another process, left to it" (ratkit.study.lock.EXIT_IN_USE)
 MAX_ATTEMPTS = 6  # a job's attempts at most, the first included: as submitit's local controller
 
 

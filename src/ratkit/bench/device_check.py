@@ -1,5 +1,5 @@
-"""The device check (issue 19, ``scripts/device_check.sh``): does a GPU compute what the CPU
-computes, and what do the paper's training steps cost on it. One run, one JSON
+"""The device check (``scripts/device_check.sh``): does a GPU compute what the CPU computes, and
+what do the paper's training steps cost on it. One run, one JSON
 (``docs/performance/gpu.json``), three parts:
 
 1. **Correctness**, the device against the CPU, in float32 with TF32 off (``strict_float32``).
@@ -23,16 +23,20 @@ computes, and what do the paper's training steps cost on it. One run, one JSON
 3. **Ratios and estimates**: RAT's two ratios with bootstrap intervals over rounds, and the
    wall time of each CIFAR-10 preset's 200 epochs (training, validation, final evaluation).
 
-Its command line is :func:`ratkit.cli.device_check_main` (``python -m ratkit.device_check``): without
-a CUDA device it exits at once with ``EXIT_NO_DEVICE``; ``--device cpu`` runs everything on the CPU
-(``tests/test_device_check.py`` does so with tiny sizes).
+Its command line is :func:`main` (``python -m ratkit.bench.device_check``, or the documented
+``python -m ratkit.device_check``): without a CUDA device it exits at once with ``EXIT_NO_DEVICE``;
+``--device cpu`` runs everything on the CPU (``tests/test_device_check.py`` does so with tiny sizes).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -42,7 +46,7 @@ from ..attacks import pgd
 from ..config import load_config, method_label
 from ..data import dataset_info
 from ..data.synthetic import synthetic_data
-from ..device import environment
+from ..device import environment, resolve_device
 from ..evaluate import evaluate, parse_attacks, protocol_attack, strict_float32
 from ..models import build_model, model_kwargs_for
 from ..modes import model_mode
@@ -401,3 +405,46 @@ def format_check(result: dict) -> str:
                 + ("-" if e["total_h"] is None else f"{e['total_h']:.1f} h"))
     lines.append(f"wall time {result['wall_s']:.0f} s")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The device check's command line. Not a ``rat`` subcommand: ``python -m ratkit.device_check``
+    runs it, as ``scripts/device_check.sh`` does."""
+    p = argparse.ArgumentParser(prog="device_check", description="The device check: does a GPU compute what the "
+                                "CPU computes (a RAT-TRADES step, PGD-20's verdicts), and what the paper's training "
+                                "steps cost on it: throughput, RAT's ratios with intervals and the presets' 200-epoch "
+                                "estimates (docs/performance.md, 'Device check').")
+    d = DeviceCheckSettings()
+    p.add_argument("--out", default="docs/performance/gpu.json", help="the JSON to write")
+    p.add_argument("--device", default=d.device, help="the device checked (default cuda)")
+    p.add_argument("--reference", default=d.reference, help="the device it is checked against (default cpu)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="timing rounds per precision")
+    p.add_argument("--steps-per-round", type=int, default=d.steps_per_round)
+    p.add_argument("--aa-images", type=int, default=d.aa_images)
+    p.add_argument("--correctness-only", action="store_true", help="skip the throughput and the estimates")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("device_check: no GPU here (torch.cuda.is_available() is False), so nothing was checked. Run it "
+              "on a machine with a CUDA device and a CUDA build of torch; tests/test_device_check.py runs the "
+              "check's CPU side.", file=sys.stderr)
+        return EXIT_NO_DEVICE
+    try:
+        device, reference = resolve_device(args.device), resolve_device(args.reference)
+    except ValueError as exc:
+        p.error(str(exc))
+    settings = replace(d, device=str(device), reference=str(reference), rounds=args.rounds,
+                       steps_per_round=args.steps_per_round, aa_images=args.aa_images,
+                       throughput=not args.correctness_only)
+    started = time.perf_counter()
+    result = run_device_check(settings, lambda m: print(f"[{time.perf_counter() - started:6.0f} s] {m}",
+                                                        file=sys.stderr, flush=True))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(format_check(result))
+    print(f"wrote {out}")
+    return 0 if result["correctness"]["rat_trades_step"]["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

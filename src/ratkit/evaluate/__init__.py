@@ -1,5 +1,6 @@
 """Evaluation: the fixed protocol as tables, the run, the report (:mod:`.protocol`), and the
-per-batch results on disk that let an interrupted evaluation resume (:mod:`.chunks`)."""
+per-batch results on disk that let an interrupted evaluation resume (:mod:`.chunks`);
+``rat eval``'s work behind its flags (:mod:`.command`, not imported here)."""
 
 from .chunks import AttackChunks, ChunkStore, fingerprint
 from .protocol import (ATTACK_TITLES, ATTACKS, DEFAULT_ATTACKS, PAPER_CW_KAPPA, PAPER_EPS, PROTOCOL_ATTACKS, PROTOCOLS,

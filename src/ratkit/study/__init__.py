@@ -3,7 +3,8 @@
 * :mod:`.grid`: the grid file (``configs/studies/*.yaml``) as typed data;
 * :mod:`.runner`: training, evaluating and recording each (configuration, seed), resumably, one
   at a time or each in its own process; every result file is handed to an ``on_result`` callback
-  (the command line's ``--commit`` commits it: the library never runs git);
+  (the command line's ``--commit`` commits it through :mod:`.commits`, which only the command
+  line imports: the library never runs git);
 * :mod:`.cluster`: each run as a submitit job instead (``--executor slurm``, or ``local``), which
   requeues itself when preempted and resumes (submitit is imported only to submit);
 * :mod:`.measurements`: what is measured beyond the protocol (the last checkpoint, Hessian,

@@ -1,31 +1,10 @@
 """A study's runs as cluster jobs: ``rat study --executor slurm`` (and ``local``), through submitit.
 
-``--executor process`` (the default) runs the runs as local processes, ``--jobs`` at a time
-(:func:`.runner.run_study_parallel`). ``slurm`` submits each (configuration, seed) as a SLURM job;
-``local`` runs the same jobs on this machine with submitit's local executor. Both take the same
-code path up to the scheduler, so the tests run ``local``.
-
-Each job is a :class:`ratkit.requeue.RequeueingJob` around the command the process executor
-runs, ``rat study --only NAME --seeds S --no-aggregate``: resumable (a run with ``last`` is
-resumed, a complete one skipped, its result file written atomically). The job passes the
-scheduler's notices on to that command and requeues itself when the command exits 75
-(preempted), so the run resumes in the next attempt. A run with nothing left to do gets no job.
-
-The submitting ``rat study`` waits for every job, then aggregates as the other executors do;
-with ``--commit`` each job commits its result file as it finishes, as the ``--jobs`` processes do.
-
-Started again while its jobs are still queued or running (the login node's ssh dropped, say),
-it submits no second job for them:
-
-* each submitted job is recorded in ``OUT/jobs.json`` (run -> executor, job id, submitit folder).
-  On SLURM a run whose recorded job is still pending, running or requeued (``sacct``, through
-  submitit) is not submitted again; the study waits on that job as on its own;
-* a run whose lock another process holds (:mod:`.lock`) gets no job either; the study waits until
-  that process is done with it. This is what keeps the local executor's runs apart: its jobs
-  outlive the ``rat study`` that started them, but a new one cannot ask for their state;
-* a job that starts on a run in use anyway (two studies at once, or a run whose recorded job
-  could not be asked for) leaves it alone and ends without failing (exit 73, no requeue); the
-  study waits for the run before it aggregates.
+Each (configuration, seed) with work left is a :class:`ratkit.requeue.RequeueingJob` around
+``rat study --only NAME --seeds S --no-aggregate``, the command the process executor runs; the
+submitting study waits for every job, then aggregates. Jobs are recorded in ``OUT/jobs.json`` so
+that a study started again submits none twice; ``local`` takes the same path up to the scheduler,
+so the tests run it. How it behaves on a cluster: docs/scaling.md, "A study on a SLURM cluster".
 
 >>> spec = ExecutorSpec("slurm", partition="gpu", time_min=180, gpus_per_job=1, cpus_per_job=8,
 ...                     sbatch={"account": "myproj"})
@@ -83,6 +62,25 @@ class ExecutorSpec:
                                    ("--cpus-per-job", self.cpus_per_job, 1)):
             if value is not None and value < least:
                 raise StudyError(f"{flag}: must be >= {least}, got {value}")
+
+
+EXECUTOR_FLAGS = ("partition", "time", "gpus_per_job", "cpus_per_job", "sbatch", "executor_dir")
+
+
+def executor_spec(kind: str, **flags) -> ExecutorSpec | None:
+    """``rat study --executor local|slurm`` and its flags (:data:`EXECUTOR_FLAGS`, as the command
+    line gives them) as an :class:`ExecutorSpec`; None for ``process``, which takes none of them."""
+    if kind == "process":
+        given = [f for f in EXECUTOR_FLAGS if flags.get(f) not in (None, [])]
+        if given:
+            raise StudyError(f"{', '.join('--' + f.replace('_', '-') for f in given)}: only with --executor "
+                             f"local or slurm")
+        return None
+    time_limit, sbatch = flags.get("time"), flags.get("sbatch") or []
+    return ExecutorSpec(kind, partition=flags.get("partition"),
+                        time_min=None if time_limit is None else parse_time(time_limit),
+                        gpus_per_job=flags.get("gpus_per_job"), cpus_per_job=flags.get("cpus_per_job"),
+                        sbatch=parse_sbatch(sbatch), folder=flags.get("executor_dir"))
 
 
 def parse_time(text: str) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config, preset_dir
 
 from ..attacks.protocols import ATTACKS
 
@@ -144,6 +144,12 @@ def _read_yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise StudyError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
+def grid_file(name: str) -> Path:
+    """``rat study --grid``: a grid file's path, or the name of one in ``configs/studies/``."""
+    path = Path(name)
+    return preset_dir() / "studies" / f"{name}.yaml" if not path.exists() and not path.suffix else path
 
 
 def load_grid(path: str | os.PathLike) -> StudyGrid:

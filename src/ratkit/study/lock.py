@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-EXIT_IN_USE = 73  # rat study: a run was in use by another process and was left to it
+from ..exits import EXIT_IN_USE
 
 # how long a process keeps trying a held lock before it leaves the run: a controller that waits
 # on a run holds the lock for an instant now and then (:func:`holder`)
