@@ -121,3 +121,13 @@ def test_the_commands_that_load_a_checkpoint_share_one_pair_of_model_code_flags(
         assert model_code_policy(named) == ModelCodePolicy(allowed="nets:Net"), command
         assert model_code_policy(trusted) == ModelCodePolicy(trust_all=True), command
         assert model_code_policy(parser.parse_args(command)) == ModelCodePolicy(), command
+
+
+def test_presets_lists_each_preset_with_what_it_is_and_an_empty_directory_is_one_line(tmp_path, monkeypatch,
+                                                                                       capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("fmnist-cpu ") for line in out.splitlines()) and "study grids in" in out
+    monkeypatch.setenv("RAT_CONFIG_DIR", str(tmp_path))
+    assert main(["presets"]) == 2
+    assert capsys.readouterr().err.strip() == f"rat presets: error: no presets in {tmp_path}"

@@ -114,15 +114,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .config import list_presets, preset_description, preset_dir
+    from .config import presets_listing
 
-    names = list_presets()
-    if not names:
-        raise UserError(f"no presets in {preset_dir()}")
-    width = max(map(len, names))
-    for name in names:
-        print(f"{name:<{width}}  {preset_description(name)}")
-    print(f"(in {preset_dir()}; study grids in {preset_dir() / 'studies'})")
+    print(presets_listing())
     return 0
 
 
@@ -134,33 +128,19 @@ def cmd_study(args) -> int:
 
 def cmd_landscape(args) -> int:
     from .analysis import format_landscapes, run_landscape
+    from .analysis.jobs import analysis_command
 
-    return _analysis(run_landscape, format_landscapes, args.checkpoints, args, dim=args.dim,
-                     adversarial=args.adversarial, points=args.points, span=args.span)
+    analysis_command(run_landscape, format_landscapes, args.checkpoints, args, model_code_policy(args),
+                     dim=args.dim, adversarial=args.adversarial, points=args.points, span=args.span)
+    return 0
 
 
 def cmd_hessian(args) -> int:
     from .analysis import format_hessian, run_hessian
+    from .analysis.jobs import analysis_command
 
-    return _analysis(run_hessian, format_hessian, args.checkpoint, args, top_k=args.top_k, probes=args.probes,
-                     loss=args.loss, max_iter=args.max_iter, tol=args.tol, params=args.params)
-
-
-def _analysis(run, describe, checkpoints, args, **settings) -> int:
-    """What the analysis commands share: their common flags, the job, its results and files printed."""
-    from .device import resolve_device_flag
-
-    if args.n < 1:
-        raise UserError(f"--n: must be a positive number of images, got {args.n}")
-    common = dict(out=args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
-                  data_dir=args.data_dir, device=str(resolve_device_flag(args.device)), quiet=args.quiet,
-                  model_code=model_code_policy(args))
-    try:
-        job = run(checkpoints, **settings, **common)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    print(describe(job.results))
-    print("wrote " + ", ".join(str(f) for f in job.files))
+    analysis_command(run_hessian, format_hessian, args.checkpoint, args, model_code_policy(args), top_k=args.top_k,
+                     probes=args.probes, loss=args.loss, max_iter=args.max_iter, tol=args.tol, params=args.params)
     return 0
 
 

@@ -192,3 +192,22 @@ def format_hessian(results: Sequence[HessianResult]) -> str:
         lines.append(f"{r.label} [{r.settings.loss}, n={r.settings.n}, {r.settings.num_params} params]: "
                      f"top eigenvalues {eig or '-'}; trace {trace}")
     return "\n".join(lines)
+
+
+def analysis_command(run, describe, checkpoints, args, model_code, **settings) -> None:
+    """What ``rat landscape`` and ``rat hessian`` share after their flags: ``run`` (:func:`run_landscape` or
+    :func:`run_hessian`) on the flags' common settings, its results (``describe``) and files printed."""
+    from ..device import resolve_device_flag
+    from ..exits import UserError
+
+    if args.n < 1:
+        raise UserError(f"--n: must be a positive number of images, got {args.n}")
+    common = dict(out=args.out, n=args.n, seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+                  data_dir=args.data_dir, device=str(resolve_device_flag(args.device)), quiet=args.quiet,
+                  model_code=model_code)
+    try:
+        job = run(checkpoints, **settings, **common)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    print(describe(job.results))
+    print("wrote " + ", ".join(str(f) for f in job.files))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from .derived import (attack_precision, data_source, evaluation_eps, method_label, method_settings, protocol_eps,
                       resolved_attack, with_resolved_precision)
 from .read import (CONFIG_DIR_ENV, DEFAULT_PRESET, FLAT_METHOD_KEYS, apply_override, config_from_dict, list_presets,
-                   load_config, preset_description, preset_dir, save_config, upgrade_flat_method)
+                   load_config, preset_description, preset_dir, presets_listing, save_config, upgrade_flat_method)
 from .schema import (SECTIONS, WRAPPER_KEYS, AttackConfig, Config, ConfigError, DataConfig, EvalConfig, MethodConfig,
                      ModelConfig, OptimConfig, TrainConfig, config_to_dict, wrapper_arguments, wrappers)
 from .validate import OPTIMIZERS, SCHEDULES, validate
@@ -53,6 +53,7 @@ __all__ = [
     "data_source",
     "evaluation_eps",
     "list_presets",
+    "presets_listing",
     "load_config",
     "method_label",
     "method_settings",

@@ -55,6 +55,15 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml") if p.is_file())
 
 
+def presets_listing() -> str:
+    """``rat presets``: each preset's name and what it is, and where they and the study grids are."""
+    names = list_presets()
+    if not names:
+        raise ConfigError(f"no presets in {preset_dir()}")
+    width = max(map(len, names))
+    lines = [f"{name:<{width}}  {preset_description(name)}" for name in names]
+    return "\n".join([*lines, f"(in {preset_dir()}; study grids in {preset_dir() / 'studies'})"])
+
 def _preset_path(name: str) -> Path | None:
     directory = preset_dir()
     for candidate in (directory / name, directory / f"{name}.yaml"):
