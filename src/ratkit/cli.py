@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
 def cmd_train(args) -> int:
     from .train.command import train_command
 
-    return train_command(args, started=_MAIN_STARTED)
+    return train_command(args, model_code_policy(args), started=_MAIN_STARTED)
 
 
 def cmd_bench(args) -> int:

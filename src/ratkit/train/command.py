@@ -20,8 +20,9 @@ from . import (PREEMPTED_FILE, TrainingInterrupted, TrainingPreempted, TrainingS
 from .budget import parse_budget
 
 
-def train_command(args, started: float | None = None) -> int:
-    """``rat train``: a preemption at any moment exits 75 with a ``preempted`` file, resumable: at
+def train_command(args, model_code: ModelCodePolicy | None = None, started: float | None = None) -> int:
+    """``rat train``: ``model_code`` is what the command line allows importing (``--model``,
+    ``--trust-model-code``), which applies to a resumed run's recorded model. A preemption at any moment exits 75 with a ``preempted`` file, resumable: at
     a step boundary in the loop (the trainer), at once during start-up and the final evaluation
     (:func:`ratkit.cli.main` catches the signals before anything heavy is imported). ``started``:
     when the job began (``time.monotonic()``; default now), where a budget counts from."""
@@ -32,7 +33,7 @@ def train_command(args, started: float | None = None) -> int:
                             "(change what a resume may change with --set)")
         cfg = resume_config(args.resume, train_overrides(args))
         run_dir = args.resume
-        policy = ModelCodePolicy.from_flags(args.model, args.trust_model_code)
+        policy = model_code
     else:
         cfg = load_config(args.config, train_overrides(args))
         run_dir, policy = None, None  # a new run: its config is the user's own
