@@ -290,6 +290,17 @@ def test_the_grid_files_in_configs_studies_are_valid():
         changed = {"taylor": "trh", "trh_coef": coef}
         assert replace(ref, method=replace(ref.method, rat={**ref.method.rat, **changed})) == cfg, control
         assert (control, base) in regime.pairs and (exact_name, control) in regime.pairs
+    # the warm-up pair differs in RAT alone, and its control from awp-trades in AWP's warm-up alone
+    warm, plain = run_config(regime, "awp-trades-warmup", 0), run_config(regime, "awp-trades", 0)
+    assert warm.method.awp["warmup"] == 2
+    assert replace(plain, method=replace(plain.method, awp={**plain.method.awp, "warmup": 2})) == warm
+    exact_warm = run_config(regime, "awp-rat-exact-trades-warmup", 0)
+    assert exact_warm.method.rat["taylor"] == "exact-head"
+    assert replace(exact_warm, method=replace(exact_warm.method, rat=None)) == warm
+    assert ("awp-rat-exact-trades-warmup", "awp-trades-warmup") in regime.pairs
+    # the exact form against the authors' (issue 43, part 4), in both grids
+    assert {("rat-exact-trades", "rat-trades"), ("rat-exact-at", "rat-at")} <= set(regime.pairs)
+    assert ("rat-exact-trades", "rat-trades") in core.pairs
     # the budget runs differ from the core grid's seed-0 runs in the number of epochs only
     budget = load_grid(STUDIES / "budget.yaml")
     for longer_name, core_name in (("trades-16ep", "trades"), ("rat-trades-16ep", "rat-trades")):
