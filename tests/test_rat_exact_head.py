@@ -219,6 +219,17 @@ def test_the_config_and_build_method_accept_exact_head():
     assert method_label(cfg) == "awp-rat-exact-at"
 
 
+def test_exact_head_inside_awp_from_the_first_epoch_is_warned_of_before_the_run_starts():
+    from ratkit.preflight import exact_head_in_awp_line
+
+    warned = ["method.rat.taylor=exact-head", "method.awp=true"]
+    assert "method.awp.warmup=2" in exact_head_in_awp_line(load_config("fmnist-cpu", warned))
+    assert "method.awp.warmup=2" in exact_head_in_awp_line(load_config("fmnist-cpu", warned + ["method.awp.warmup=1"]))
+    for quiet in (warned + ["method.awp.warmup=2"], ["method.rat.taylor=exact-head"], ["method.awp=true"],
+                  ["method.awp=true", "method.rat.taylor=trh"]):
+        assert exact_head_in_awp_line(load_config("fmnist-cpu", quiet)) is None
+
+
 @pytest.mark.parametrize("overrides,field", [
     (["method.taylor=exact-head", "method.clean_terms=always"], "method.rat.clean_terms"),
     (["method.taylor=exact-head", "method.pairing=reference"], "method.rat.pairing"),
@@ -243,3 +254,15 @@ def test_a_few_steps_of_exact_head_rat_lower_the_loss_on_a_fixedhead_batch(base,
     assert all(torch.isfinite(v).all() for s in steps for v in s.terms.values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_rat_train_with_exact_head_inside_awp_warns_before_the_first_step_and_trains(tmp_path, capsys):
+    from tiny import tiny_run
+
+    from ratkit.cli import main
+
+    sets = [a for s in tiny_run("method.rat.taylor=exact-head") for a in ("--set", s)]
+    assert main(["train", "--rat", "--awp", "--out", str(tmp_path / "run"), "--quiet", "--no-eval", *sets]) == 0
+    assert "set method.awp.warmup=2" in capsys.readouterr().err
+    recorded = load_config(tmp_path / "run" / "config.yaml")
+    assert recorded.method.rat["taylor"] == "exact-head" and recorded.method.awp is not None

@@ -27,7 +27,7 @@ from ..methods import Method, compose_method
 from ..models import build_from_spec, model_kwargs_for, model_spec
 from ..models.user import (DATA_KWARGS, ModelCodePolicy, UntrustedModelCode, build_user_model, is_user_model,
                            policy_or_default)
-from ..preflight import check_run_start, check_test_split, with_head
+from ..preflight import check_run_start, check_test_split, exact_head_in_awp_line, with_head
 from .budget import plan_run, write_plan
 from .rundir import (check_resume, default_run_dir, load_run_config, new_run_dir, with_data_record,
                      with_data_statistics, with_recorded_data, with_validation_eps)
@@ -196,7 +196,7 @@ def built_start(cfg: Config, run_dir: str | Path | None, rank: distributed.Rank,
         return _resumed(_recorded(cfg, run_dir), run_dir, None, [])
     model_code = policy_or_default(None, cfg.model.name)  # the caller's own config
     cfg, initial = _new_run_config(cfg, model_code)
-    return _new_run(cfg, run_dir, rank, model_code, initial, [])
+    return _new_run(cfg, run_dir, rank, model_code, initial, [w for w in [exact_head_in_awp_line(cfg)] if w])
 
 
 def _recorded(cfg: Config, run_dir) -> Config:
