@@ -150,7 +150,7 @@ def check_run_start(cfg: Config, build: Callable[[Config, object], tuple[nn.Modu
     lines to print as the run starts (warnings first: the class mapping, the head). Raises DataError
     or ConfigError (``model: ...``), one line each."""
     src = data_source(cfg)
-    lines = [w for w in [check_test_split(src, evaluation), exact_head_in_awp_line(cfg)] if w]
+    lines = [w for w in [check_test_split(src, evaluation)] if w]
     if not (src.from_files or is_user_model(cfg.model.name)):
         return cfg, lines
     info = source_info(src)
@@ -172,7 +172,7 @@ def exact_head_in_awp_line(cfg: Config) -> str | None:
     regime grid that collapsed to one output for every image within 40 steps, at every seed tried
     (docs/method.md, "AWP without warm-up around exact-head collapses"); a warm-up of 2 learned."""
     rat, awp = cfg.method.rat, cfg.method.awp
-    if not (rat and awp and rat.get("taylor") == "exact-head" and int(awp.get("warmup") or 0) <= 1):
+    if not (rat and awp and rat.get("taylor") == "exact-head" and awp.get("warmup", 0) <= 1):
         return None
     return ("warning: RAT's exact-head terms inside AWP from the first epoch collapsed to one output for "
             "every image in ratkit's measurements; set method.awp.warmup=2 (docs/method.md)")

@@ -22,9 +22,10 @@ from .budget import parse_budget
 
 def train_command(args, model_code: ModelCodePolicy | None = None, started: float | None = None) -> int:
     """``rat train``: ``model_code`` is what the command line allows importing (``--model``,
-    ``--trust-model-code``), which applies to a resumed run's recorded model. A preemption at any moment exits 75 with a ``preempted`` file, resumable: at
-    a step boundary in the loop (the trainer), at once during start-up and the final evaluation
-    (:func:`ratkit.cli.main` catches the signals before anything heavy is imported). ``started``:
+    ``--trust-model-code``), which applies to a resumed run's recorded model. A preemption at any
+    moment exits 75 with a ``preempted`` file, resumable: at a step boundary in the loop (the
+    trainer), at once during start-up and the final evaluation (:func:`ratkit.cli.main` catches the
+    signals before anything heavy is imported). ``started``:
     when the job began (``time.monotonic()``; default now), where a budget counts from."""
     started = started if started is not None else time.monotonic()
     if args.resume:

@@ -196,7 +196,7 @@ def built_start(cfg: Config, run_dir: str | Path | None, rank: distributed.Rank,
         return _resumed(_recorded(cfg, run_dir), run_dir, None, [])
     model_code = policy_or_default(None, cfg.model.name)  # the caller's own config
     cfg, initial = _new_run_config(cfg, model_code)
-    return _new_run(cfg, run_dir, rank, model_code, initial, [w for w in [exact_head_in_awp_line(cfg)] if w])
+    return _new_run(cfg, run_dir, rank, model_code, initial, [])
 
 
 def _recorded(cfg: Config, run_dir) -> Config:
@@ -219,8 +219,10 @@ def _new_run_config(cfg: Config, model_code: ModelCodePolicy) -> tuple[Config, d
 
 def _new_run(cfg: Config, run_dir, rank: distributed.Rank, model_code: ModelCodePolicy, initial,
              start_lines: list[str]) -> RunStart:
-    """A new run's directory made (refused if it holds a run)."""
+    """A new run's directory made (refused if it holds a run), with the warning of a method set up
+    to collapse after the start lines (:func:`~ratkit.preflight.exact_head_in_awp_line`)."""
     planned = Path(run_dir or cfg.train.out or default_run_dir(cfg))
     created = not planned.exists()
+    start_lines = start_lines + [w for w in [exact_head_in_awp_line(cfg)] if w]
     return RunStart(cfg, new_run_dir(cfg, planned, rank), resume=False, model_code=model_code, created=created,
                     start_lines=start_lines, initial=initial)
